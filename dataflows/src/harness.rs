@@ -1,0 +1,114 @@
+//! Runs the pipeline in memory on `workers` threads over a fixed list of messages, as the
+//! Kafka host does but with the epochs cut by message count: for oracle tests and benches.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::InputHandle;
+
+use crate::commit::{CommitCoordinator, SinkReport};
+use crate::model::{EntityKey, RawRecord};
+use crate::pipeline::{build, PipelineHooks, UpsertCounters};
+use crate::stats::Stats;
+use crate::store::{MemoryState, MemoryStore};
+
+/// How to run the harness.
+#[derive(Clone, Debug)]
+pub struct HarnessConfig {
+    pub workers: usize,
+    /// Messages per epoch, counted over the whole input in its order.
+    pub epoch_size: usize,
+    /// Keep a copy of all statistics after every commit (for oracle tests; costly).
+    pub snapshots: bool,
+}
+
+/// What a run produced.
+pub struct HarnessRun {
+    /// `(last epoch committed, statistics after that commit)`, when snapshots were asked for.
+    pub snapshots: Vec<(u64, BTreeMap<EntityKey, Stats>)>,
+    pub final_state: MemoryState,
+    pub counters: Arc<UpsertCounters>,
+    /// The epoch each message was given in, by index.
+    pub epoch_of: Vec<u64>,
+}
+
+/// Runs `messages` (in arrival order) through the pipeline. Worker `w` reads the partitions
+/// `p` with `p % workers == w`, as the Kafka source assigns them.
+pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
+    let workers = config.workers.max(1);
+    let epoch_size = config.epoch_size.max(1);
+    let epoch_of: Vec<u64> = (0..messages.len())
+        .map(|i| (i / epoch_size) as u64)
+        .collect();
+    let epochs = epoch_of.last().map_or(0, |e| e + 1);
+    // Per worker, per epoch, its messages in order.
+    let mut plan: Vec<Vec<Vec<RawRecord>>> = vec![vec![Vec::new(); epochs as usize]; workers];
+    for (i, m) in messages.into_iter().enumerate() {
+        let w = m.pos.partition as usize % workers;
+        plan[w][epoch_of[i] as usize].push(m);
+    }
+    let plan: Arc<Mutex<Vec<Option<Vec<Vec<RawRecord>>>>>> =
+        Arc::new(Mutex::new(plan.into_iter().map(Some).collect()));
+
+    let store = Arc::new(MemoryStore::new());
+    let counters = Arc::new(UpsertCounters::default());
+    let (tx, rx) = mpsc::channel::<SinkReport<()>>();
+    let snapshots_wanted = config.snapshots;
+    let committer_store = Arc::clone(&store);
+    let committer = std::thread::spawn(move || {
+        let mut coordinator = CommitCoordinator::<()>::new(workers, 0);
+        let mut snapshots = Vec::new();
+        for report in rx {
+            if let Some(batch) = coordinator.offer(report) {
+                committer_store.apply(&batch);
+                if snapshots_wanted {
+                    snapshots.push((batch.last_epoch, committer_store.snapshot().stats));
+                }
+            }
+        }
+        snapshots
+    });
+
+    let tx = Arc::new(Mutex::new(tx));
+    let (store2, counters2) = (Arc::clone(&store), Arc::clone(&counters));
+    timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let my_plan = plan.lock().expect("plan lock")[index]
+            .take()
+            .expect("one plan per worker");
+        let tx = tx.lock().expect("sender lock").clone();
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<RawRecord>>>::new();
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            let hooks = PipelineHooks {
+                store: store2.clone() as Arc<dyn crate::store::KillmailStore>,
+                counters: Arc::clone(&counters2),
+                report: move |r| {
+                    let _ = tx.send(r);
+                },
+                on_store_error: Box::new(|e| panic!("memory store failed: {e}")),
+            };
+            build(input.to_stream(scope), hooks)
+        });
+        for (epoch, batch) in my_plan.into_iter().enumerate() {
+            for m in batch {
+                input.send(m);
+            }
+            input.advance_to(epoch as u64 + 1);
+            worker.step_while(|| probe.less_than(&(epoch as u64 + 1)));
+        }
+    })
+    .expect("timely workers")
+    .join()
+    .into_iter()
+    .for_each(|r| r.expect("worker panicked"));
+
+    let snapshots = committer.join().expect("committer panicked");
+    HarnessRun {
+        snapshots,
+        final_state: store.snapshot(),
+        counters,
+        epoch_of,
+    }
+}

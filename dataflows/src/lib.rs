@@ -1,0 +1,19 @@
+//! kmflow's dataflows: the killmail model, decoding, and the timely/differential dataflow that
+//! turns raw messages into per-entity statistics with exactly-once upserts.
+//!
+//! No Kafka, RocksDB or HTTP here: the host supplies a source stream, a [`store::KillmailStore`]
+//! and a commit callback, so everything in this crate tests and benches on its own.
+
+pub mod commit;
+pub mod contrib;
+pub mod decode;
+pub mod harness;
+pub mod model;
+pub mod pipeline;
+pub mod reference;
+pub mod stats;
+pub mod store;
+pub mod time;
+
+pub use model::{EntityKey, EntityKind, Killmail, RawRecord, SourcePos, StoredKillmail};
+pub use stats::Stats;

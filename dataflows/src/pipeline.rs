@@ -1,0 +1,303 @@
+//! The kmflow dataflow: raw messages in, consistent per-epoch commits out.
+//!
+//! ```text
+//! raw ─ Decode ─┬─ ok ─ Upsert (exchange by killmail_id) ─┬─ facts ±1 ─ explode ─ consolidate ─┐
+//!               │                                          └─ upsert state ──────────────────────┼─ Commit
+//!               └─ dead letters ─────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Timestamps are ingestion epochs (`u64`). Every operator is data-parallel; the result does
+//! not depend on the number of workers or on how messages are cut into epochs, only on the
+//! order of the versions of each killmail (see [`upsert`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use differential_dataflow::AsCollection;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::{Map, Partition};
+use timely::dataflow::operators::{Capability, Concat, Probe};
+use timely::dataflow::{ProbeHandle, StreamVec};
+
+use crate::commit::{CommitItem, SinkReport};
+use crate::contrib::contributions;
+use crate::decode::decode;
+use crate::model::{
+    DeadLetter, Killmail, RawRecord, SourcePos, StoredKillmail, DEAD_LETTER_MAX_PAYLOAD,
+};
+use crate::reference::upsert_rule;
+use crate::store::{KillmailStore, StoreError};
+
+/// Counts of what the upsert operator decided, for metrics. Shared by all workers.
+#[derive(Debug, Default)]
+pub struct UpsertCounters {
+    /// First version of a killmail.
+    pub inserted: AtomicU64,
+    /// A new `zkb` replaced the applied one.
+    pub replaced: AtomicU64,
+    /// A re-delivery that changed nothing.
+    pub unchanged: AtomicU64,
+    /// State store reads that failed (retried).
+    pub store_errors: AtomicU64,
+}
+
+/// How the pipeline reports to its host.
+pub struct PipelineHooks<R> {
+    pub store: Arc<dyn KillmailStore>,
+    pub counters: Arc<UpsertCounters>,
+    /// Called on each worker when its commit frontier advances.
+    pub report: R,
+    /// Called when the state store fails (the operator retries on its next activation).
+    pub on_store_error: Box<dyn Fn(&StoreError)>,
+}
+
+#[derive(Clone, Debug)]
+enum Decoded {
+    Ok(SourcePos, Killmail),
+    Err(DeadLetter),
+}
+
+#[derive(Clone, Debug)]
+enum UpsertOut {
+    /// A killmail version entering (+1) or leaving (-1) the applied set, with its epoch.
+    Fact(Killmail, u64, isize),
+    State(u64, StoredKillmail),
+}
+
+/// How long the upsert operator waits before retrying a failed state read.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The epoch of a message: epochs are totally ordered, so a stamp holds one time.
+fn epoch_of(cap: &timely::dataflow::operators::InputCapability<u64>) -> u64 {
+    *cap.least().expect("a message stamp has a time")
+}
+
+fn hash_u64(x: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    x.hash(&mut h);
+    h.finish()
+}
+
+/// Builds the pipeline on `raw` and returns a probe on its commit sink.
+///
+/// `report` gets, on each worker, a [`SinkReport`] each time the sink's frontier advances; its
+/// `meta` is left empty for the host to fill (the host knows its source's offsets).
+pub fn build<'s, R>(raw: StreamVec<'s, u64, RawRecord>, hooks: PipelineHooks<R>) -> ProbeHandle<u64>
+where
+    R: FnMut(SinkReport<()>) + 'static,
+{
+    let PipelineHooks {
+        store,
+        counters,
+        report,
+        on_store_error,
+    } = hooks;
+    let worker = raw.scope().index();
+
+    let mut parts = raw
+        .map(|r| match decode(&r.payload) {
+            Ok(km) => Decoded::Ok(r.pos, km),
+            Err(e) => {
+                let mut payload = r.payload;
+                let payload_len = payload.len() as u64;
+                payload.truncate(DEAD_LETTER_MAX_PAYLOAD);
+                Decoded::Err(DeadLetter {
+                    pos: r.pos,
+                    reason: e.reason().to_string(),
+                    error: e.to_string(),
+                    payload,
+                    payload_len,
+                })
+            }
+        })
+        .partition(2, |d| match d {
+            Decoded::Ok(..) => (0, d),
+            Decoded::Err(..) => (1, d),
+        });
+    let dead = parts.pop().expect("two parts").flat_map(|d| match d {
+        Decoded::Err(dl) => Some(CommitItem::DeadLetter(dl)),
+        Decoded::Ok(..) => None,
+    });
+    let ok = parts.pop().expect("two parts").flat_map(|d| match d {
+        Decoded::Ok(pos, km) => Some((pos, km)),
+        Decoded::Err(..) => None,
+    });
+
+    let mut upserted = upsert(ok, store, counters, on_store_error).partition(2, |o| match o {
+        UpsertOut::Fact(..) => (0, o),
+        UpsertOut::State(..) => (1, o),
+    });
+    let states = upserted.pop().expect("two parts").flat_map(|o| match o {
+        UpsertOut::State(id, s) => Some(CommitItem::Upsert(id, s)),
+        UpsertOut::Fact(..) => None,
+    });
+    let deltas = upserted
+        .pop()
+        .expect("two parts")
+        .flat_map(|o| match o {
+            UpsertOut::Fact(km, epoch, diff) => Some((km, epoch, diff)),
+            UpsertOut::State(..) => None,
+        })
+        .as_collection()
+        .explode(|km: Killmail| contributions(&km))
+        .consolidate()
+        .inner
+        .map(|(key, _t, delta)| CommitItem::Delta(key, delta));
+
+    let (probe, committed) = deltas.concat(states).concat(dead).probe();
+    commit_sink(committed, worker, report);
+    probe
+}
+
+/// Buffers commit items per epoch and reports them when the frontier passes their epoch.
+fn commit_sink<'s, R>(stream: StreamVec<'s, u64, CommitItem>, worker: usize, mut report: R)
+where
+    R: FnMut(SinkReport<()>) + 'static,
+{
+    let mut pending: BTreeMap<u64, Vec<CommitItem>> = BTreeMap::new();
+    let mut reported = 0u64;
+    stream.sink(Pipeline, "Commit", move |(input, frontier)| {
+        input.for_each(|cap, data| {
+            pending.entry(epoch_of(&cap)).or_default().append(data);
+        });
+        let frontier = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+        if frontier > reported {
+            let rest = pending.split_off(&frontier);
+            let done = std::mem::replace(&mut pending, rest);
+            let items = done
+                .into_iter()
+                .flat_map(|(t, v)| v.into_iter().map(move |i| (t, i)));
+            report(SinkReport {
+                worker,
+                frontier,
+                items: items.collect(),
+                meta: Vec::new(),
+            });
+            reported = frontier;
+        }
+    });
+}
+
+/// The upsert operator: keeps, per killmail, the version whose contributions are applied, and
+/// emits the retraction of the old version and the insertion of the new one when it changes.
+///
+/// Versions of a killmail are applied in epoch order, and within an epoch in [`SourcePos`]
+/// order. Producers key messages by killmail id, so all versions of a killmail share a
+/// partition and this is their arrival order. State of epochs not yet committed is kept in an
+/// overlay until the store reports their commit.
+fn upsert<'s>(
+    input: StreamVec<'s, u64, (SourcePos, Killmail)>,
+    store: Arc<dyn KillmailStore>,
+    counters: Arc<UpsertCounters>,
+    on_store_error: Box<dyn Fn(&StoreError)>,
+) -> StreamVec<'s, u64, UpsertOut> {
+    let exchange = Exchange::new(|(_, km): &(SourcePos, Killmail)| hash_u64(km.killmail_id));
+    let scope = input.scope();
+    input.unary_frontier(exchange, "Upsert", move |_cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<(SourcePos, Killmail)>)> =
+            BTreeMap::new();
+        let mut overlay: HashMap<u64, StoredKillmail> = HashMap::new();
+        let mut overlay_by_epoch: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                let t = epoch_of(&cap);
+                let entry = stash.entry(t).or_insert_with(|| {
+                    (
+                        cap.retain_least(0).expect("input capability for output 0"),
+                        Vec::new(),
+                    )
+                });
+                for batch in data {
+                    entry.1.append(batch);
+                }
+            });
+            // Forget overlay entries the store now has.
+            if let Some(committed) = store.committed_epoch() {
+                let rest = overlay_by_epoch.split_off(&(committed + 1));
+                for (epoch, ids) in std::mem::replace(&mut overlay_by_epoch, rest) {
+                    for id in ids {
+                        if overlay.get(&id).is_some_and(|s| s.epoch == epoch) {
+                            overlay.remove(&id);
+                        }
+                    }
+                }
+            }
+            while let Some((&epoch, _)) = stash.first_key_value() {
+                if frontier.less_equal(&epoch) {
+                    break;
+                }
+                let (cap, mut records) = stash.remove(&epoch).expect("first key");
+                records.sort_by_key(|(pos, km)| (km.killmail_id, *pos));
+                let mut ids: Vec<u64> = records
+                    .iter()
+                    .map(|(_, km)| km.killmail_id)
+                    .filter(|id| !overlay.contains_key(id))
+                    .collect();
+                ids.dedup();
+                let fetched = match store.multi_get(&ids) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                        on_store_error(&e);
+                        stash.insert(epoch, (cap, records));
+                        activator.activate_after(STORE_RETRY);
+                        break;
+                    }
+                };
+                let mut known: HashMap<u64, StoredKillmail> = ids
+                    .into_iter()
+                    .zip(fetched)
+                    .filter_map(|(id, s)| s.map(|s| (id, s)))
+                    .collect();
+                let mut changed: Vec<u64> = Vec::new();
+                let mut session = output.session(&cap);
+                let (mut inserted, mut replaced, mut unchanged) = (0, 0, 0);
+                for (pos, km) in records {
+                    let id = km.killmail_id;
+                    let current = known.get(&id).or_else(|| overlay.get(&id));
+                    let Some(next) = upsert_rule(current.map(|s| &s.killmail), &km) else {
+                        unchanged += 1;
+                        continue;
+                    };
+                    let zkb_version = match current {
+                        Some(old) => {
+                            session.give(UpsertOut::Fact(old.killmail.clone(), epoch, -1));
+                            replaced += 1;
+                            old.zkb_version + 1
+                        }
+                        None => {
+                            inserted += 1;
+                            0
+                        }
+                    };
+                    session.give(UpsertOut::Fact(next.clone(), epoch, 1));
+                    known.insert(
+                        id,
+                        StoredKillmail {
+                            killmail: next,
+                            zkb_version,
+                            applied_from: pos,
+                            epoch,
+                        },
+                    );
+                    if changed.last() != Some(&id) {
+                        changed.push(id);
+                    }
+                }
+                for id in &changed {
+                    let state = known.remove(id).expect("changed ids are known");
+                    session.give(UpsertOut::State(*id, state.clone()));
+                    overlay.insert(*id, state);
+                }
+                overlay_by_epoch.entry(epoch).or_default().extend(changed);
+                counters.inserted.fetch_add(inserted, Ordering::Relaxed);
+                counters.replaced.fetch_add(replaced, Ordering::Relaxed);
+                counters.unchanged.fetch_add(unchanged, Ordering::Relaxed);
+            }
+        }
+    })
+}

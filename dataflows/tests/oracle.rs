@@ -1,0 +1,267 @@
+//! Oracle tests: after every commit, the statistics the dataflow maintains equal a from-scratch
+//! fold (`reference::ReferenceFold`) of the messages given up to that epoch, for random orders,
+//! worker counts, partitions, epoch sizes, duplicates, re-appraisals and undecodable messages.
+
+use proptest::prelude::*;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use kmflow_dataflows::decode::decode;
+use kmflow_dataflows::harness::{run, HarnessConfig};
+use kmflow_dataflows::reference::{upsert_rule, ReferenceFold};
+use kmflow_dataflows::{RawRecord, SourcePos};
+
+/// Builds the ESI part of killmail `id`.
+fn esi(rng: &mut SmallRng, id: u64) -> Value {
+    let char_of = |c: u64| 90_000_000 + c;
+    let corp_of = |c: u64| 98_000_000 + c % 7;
+    let alliance_of = |c: u64| {
+        if c % 7 < 5 {
+            Some(99_000_000 + c % 3)
+        } else {
+            None
+        }
+    };
+    let mut person = |rng: &mut SmallRng| -> (Option<u64>, Option<u64>, Option<u64>) {
+        match rng.random_range(0..10) {
+            0 => (None, Some(1_000_125), None), // NPC corp, no character
+            1 => (
+                Some(3_000_000 + rng.random_range(0..5)),
+                Some(1_000_127),
+                None,
+            ), // NPC id
+            _ => {
+                let c = rng.random_range(0..25u64);
+                (Some(char_of(c)), Some(corp_of(c)), alliance_of(c))
+            }
+        }
+    };
+    let n = if rng.random_bool(0.3) {
+        1
+    } else {
+        rng.random_range(1..7)
+    };
+    let fb = rng.random_range(0..n);
+    let attackers: Vec<Value> = (0..n)
+        .map(|i| {
+            let (c, corp, a) = person(rng);
+            let mut o = json!({"damage_done": rng.random_range(0..5000), "final_blow": i == fb,
+                               "security_status": 0.5, "ship_type_id": 587});
+            if let Some(c) = c {
+                o["character_id"] = json!(c)
+            }
+            if let Some(x) = corp {
+                o["corporation_id"] = json!(x)
+            }
+            if let Some(x) = a {
+                o["alliance_id"] = json!(x)
+            }
+            o
+        })
+        .collect();
+    let (vc, vcorp, va) = person(rng);
+    let mut victim = json!({"damage_taken": rng.random_range(0..9000), "ship_type_id": 670,
+                            "items": [{"flag": 5, "item_type_id": 34, "quantity_dropped": 3, "singleton": 0}]});
+    if rng.random_bool(0.9) {
+        if let Some(c) = vc {
+            victim["character_id"] = json!(c)
+        }
+    }
+    if let Some(x) = vcorp {
+        victim["corporation_id"] = json!(x)
+    }
+    if let Some(x) = va {
+        victim["alliance_id"] = json!(x)
+    }
+    let t = 1_638_000_000 + rng.random_range(0..3 * 86_400);
+    json!({"killmail_id": id, "killmail_time": kmflow_dataflows::time::format_rfc3339(t),
+           "solar_system_id": 30000142, "victim": victim, "attackers": attackers})
+}
+
+fn zkb(rng: &mut SmallRng) -> Value {
+    json!({"locationID": 1, "hash": "x", "fittedValue": 1.0,
+           "totalValue": (rng.random_range(0..1_000_000_000u64) as f64) / 100.0,
+           "points": rng.random_range(1..50), "npc": rng.random_bool(0.1),
+           "solo": rng.random_bool(0.3), "awox": false})
+}
+
+/// One message carrying killmail `esi` with `zkb` in a random shape.
+fn shaped(rng: &mut SmallRng, esi: &Value, zkb: Option<&Value>) -> Vec<u8> {
+    let id = esi["killmail_id"].clone();
+    let v = match (zkb, rng.random_range(0..3)) {
+        (None, _) => esi.clone(),
+        (Some(z), 0) => {
+            let mut e = esi.clone();
+            e["zkb"] = z.clone();
+            e
+        }
+        (Some(z), 1) => json!({"killmail_id": id, "hash": "h", "esi": esi, "zkb": z,
+                                "sequence_id": 1, "uploaded_at": 0}),
+        (Some(z), _) => json!({"package": {"killID": id, "killmail": esi, "zkb": z}}),
+    };
+    serde_json::to_vec(&v).unwrap()
+}
+
+const GARBAGE: &[&[u8]] = &[
+    b"{not json",
+    b"",
+    b"[]",
+    b"{\"killmail_id\": 5}",
+    b"{\"killmail_id\": 77, \"killmail_time\": \"2021-11-27T00:00:00Z\"}",
+    b"{\"killmail_id\": \"seven\"}",
+];
+
+/// Messages in arrival order, each killmail's versions on partition `id % partitions`.
+fn messages(seed: u64, killmails: usize, partitions: u32) -> Vec<RawRecord> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut payloads: Vec<(u64, Vec<u8>)> = Vec::new();
+    for i in 0..killmails {
+        let id = 1_000 + i as u64;
+        let e = esi(&mut rng, id);
+        let zkbs = [zkb(&mut rng), zkb(&mut rng)];
+        for _ in 0..rng.random_range(1..5) {
+            let z = match rng.random_range(0..4) {
+                0 => None,
+                1 => Some(&zkbs[1]),
+                _ => Some(&zkbs[0]),
+            };
+            payloads.push((id, shaped(&mut rng, &e, z)));
+        }
+    }
+    for _ in 0..killmails / 5 {
+        let g = GARBAGE[rng.random_range(0..GARBAGE.len())];
+        payloads.push((rng.random_range(0..1000), g.to_vec()));
+    }
+    payloads.shuffle(&mut rng);
+    let mut next_offset = vec![0i64; partitions as usize];
+    payloads
+        .into_iter()
+        .map(|(key, payload)| {
+            let partition = (key % partitions as u64) as u32;
+            let offset = next_offset[partition as usize];
+            next_offset[partition as usize] += 1;
+            RawRecord {
+                pos: SourcePos {
+                    topic: 0,
+                    partition,
+                    offset,
+                },
+                payload,
+            }
+        })
+        .collect()
+}
+
+fn check(seed: u64, killmails: usize, partitions: u32, workers: usize, epoch_size: usize) {
+    let msgs = messages(seed, killmails, partitions);
+    let garbage = msgs.iter().filter(|m| decode(&m.payload).is_err()).count();
+    let config = HarnessConfig {
+        workers,
+        epoch_size,
+        snapshots: true,
+    };
+    let out = run(msgs.clone(), &config);
+    assert!(!out.snapshots.is_empty() || msgs.is_empty());
+    for (last_epoch, stats) in &out.snapshots {
+        let mut fold = ReferenceFold::default();
+        for (m, e) in msgs.iter().zip(&out.epoch_of) {
+            if *e <= *last_epoch {
+                if let Ok(km) = decode(&m.payload) {
+                    fold.apply(&km);
+                }
+            }
+        }
+        let expected = fold.stats();
+        assert_eq!(
+            stats, &expected,
+            "after epoch {last_epoch} (seed {seed}, {workers} workers, epoch size {epoch_size})"
+        );
+    }
+    // The final upsert state and the dead letters.
+    let mut fold = ReferenceFold::default();
+    for m in &msgs {
+        if let Ok(km) = decode(&m.payload) {
+            fold.apply(&km);
+        }
+    }
+    assert_eq!(out.final_state.killmails.len(), fold.killmails.len());
+    for (id, stored) in &out.final_state.killmails {
+        assert_eq!(&stored.killmail, &fold.killmails[id], "killmail {id}");
+    }
+    assert_eq!(out.final_state.dead_letters.len(), garbage);
+    assert_eq!(out.final_state.stats, fold.stats());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dataflow_equals_fold_after_every_epoch(
+        seed in any::<u64>(),
+        killmails in 1usize..40,
+        partitions in 1u32..5,
+        workers in 1usize..4,
+        epoch_size in 1usize..30,
+    ) {
+        check(seed, killmails, partitions, workers, epoch_size);
+    }
+}
+
+#[test]
+fn larger_run_many_workers() {
+    check(7, 400, 4, 4, 97);
+}
+
+#[test]
+fn same_answer_for_any_worker_count_and_epoch_size() {
+    let msgs = messages(11, 200, 4);
+    let base = run(
+        msgs.clone(),
+        &HarnessConfig {
+            workers: 1,
+            epoch_size: 1000,
+            snapshots: false,
+        },
+    );
+    for (workers, epoch_size) in [(2, 1), (3, 7), (4, 50)] {
+        let other = run(
+            msgs.clone(),
+            &HarnessConfig {
+                workers,
+                epoch_size,
+                snapshots: false,
+            },
+        );
+        assert_eq!(
+            other.final_state.stats, base.final_state.stats,
+            "{workers} workers, epochs of {epoch_size}"
+        );
+    }
+}
+
+#[test]
+fn upsert_rule_semantics() {
+    let mut rng = SmallRng::seed_from_u64(3);
+    let e = esi(&mut rng, 42);
+    let (za, zb) = (zkb(&mut rng), zkb(&mut rng));
+    let plain = decode(&serde_json::to_vec(&e).unwrap()).unwrap();
+    let mut with_a = e.clone();
+    with_a["zkb"] = za;
+    let a = decode(&serde_json::to_vec(&with_a).unwrap()).unwrap();
+    let mut with_b = e.clone();
+    with_b["zkb"] = zb;
+    let b = decode(&serde_json::to_vec(&with_b).unwrap()).unwrap();
+    // First version applies; same version or zkb-less re-delivery is a no-op; new zkb replaces.
+    assert_eq!(upsert_rule(None, &plain), Some(plain.clone()));
+    assert_eq!(upsert_rule(Some(&plain), &plain), None);
+    assert_eq!(upsert_rule(Some(&plain), &a), Some(a.clone()));
+    assert_eq!(upsert_rule(Some(&a), &a), None);
+    assert_eq!(
+        upsert_rule(Some(&a), &plain),
+        None,
+        "a version without zkb never erases zkb"
+    );
+    assert_eq!(upsert_rule(Some(&a), &b), Some(b.clone()));
+}
