@@ -1,1 +1,179 @@
-fn main() {}
+//! The `kmflow` command line: parse, load config, run, and print the whole cause chain on error.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use kmflow::config::Config;
+use kmflow_dataflows::gen::{GenConfig, Generator};
+
+#[derive(Parser)]
+#[command(
+    name = "kmflow",
+    version,
+    about = "Streaming analytics for EVE Online killmails"
+)]
+struct Cli {
+    /// A TOML file layered over the defaults (see config/default.toml).
+    #[arg(long, global = true, env = "KMFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline and the API until stopped (SIGINT/SIGTERM).
+    Run,
+    /// Produce killmails from files to a Kafka topic.
+    Import {
+        /// EVE Ref .tar.bz2 archives, .jsonl files, .json files (arrays or single killmails),
+        /// or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        topic: String,
+        /// Defaults to kafka.brokers from the configuration.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Also produce records that do not decode (kmflow will dead-letter them).
+        #[arg(long)]
+        send_invalid: bool,
+    },
+    /// Generate realistic killmails to JSON Lines (stdout or --out) or to a Kafka topic.
+    Gen {
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Killmails per second; 0 for full speed.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Write JSON Lines to this file instead of stdout.
+        #[arg(long, conflicts_with = "topic")]
+        out: Option<PathBuf>,
+        /// Produce to this Kafka topic instead of writing JSON Lines.
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        brokers: Option<String>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KMFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("kmflow: error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Arc::new(Config::load(cli.config.as_deref())?);
+    match cli.command {
+        Command::Run => kmflow::app::run(config),
+        Command::Import {
+            paths,
+            topic,
+            brokers,
+            send_invalid,
+        } => {
+            let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
+            let report = kmflow::import::import(&paths, &brokers, &topic, send_invalid)?;
+            if report.failed > 0 {
+                anyhow::bail!("{} records failed to import", report.failed);
+            }
+            Ok(())
+        }
+        Command::Gen {
+            count,
+            seed,
+            rate,
+            out,
+            topic,
+            brokers,
+        } => gen(
+            count,
+            seed,
+            rate,
+            out,
+            topic,
+            brokers.unwrap_or_else(|| config.kafka.brokers.clone()),
+        ),
+    }
+}
+
+fn gen(
+    count: u64,
+    seed: u64,
+    rate: u64,
+    out: Option<PathBuf>,
+    topic: Option<String>,
+    brokers: String,
+) -> anyhow::Result<()> {
+    let generator = Generator::new(GenConfig {
+        seed,
+        count,
+        ..GenConfig::default()
+    });
+    let start = Instant::now();
+    let pace = |i: u64| {
+        if rate > 0 {
+            let due = Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    };
+    if let Some(topic) = topic {
+        let (p, counter) = kmflow::import::producer(&brokers)?;
+        let pb = kmflow::import::progress("generating");
+        for (i, (id, payload)) in generator.enumerate() {
+            pace(i as u64);
+            kmflow::import::send(&p, &topic, id.to_string().as_bytes(), &payload)?;
+            pb.inc(1);
+        }
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(120))?;
+        pb.finish_and_clear();
+        let failed = counter.failed.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "kmflow gen: {count} killmails to {topic} in {:.1}s, {failed} failed",
+            start.elapsed().as_secs_f64()
+        );
+        if failed > 0 {
+            anyhow::bail!("{failed} killmails were not delivered");
+        }
+        return Ok(());
+    }
+    let sink: Box<dyn std::io::Write> = match &out {
+        Some(path) => Box::new(std::fs::File::create(path)?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, sink);
+    for (i, (_, payload)) in generator.enumerate() {
+        pace(i as u64);
+        w.write_all(&payload)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    if out.is_some() {
+        eprintln!(
+            "kmflow gen: {count} killmails in {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -60,6 +60,8 @@ pub struct CommitCoordinator<M> {
     meta: Vec<BTreeMap<u64, M>>,
     /// Epochs below this were handed out.
     committed_frontier: u64,
+    /// The greatest epoch any item or metadata was reported for.
+    max_seen: Option<u64>,
 }
 
 impl<M: Clone> CommitCoordinator<M> {
@@ -70,6 +72,7 @@ impl<M: Clone> CommitCoordinator<M> {
             items: BTreeMap::new(),
             meta: (0..workers).map(|_| BTreeMap::new()).collect(),
             committed_frontier: start,
+            max_seen: None,
         }
     }
 
@@ -83,16 +86,26 @@ impl<M: Clone> CommitCoordinator<M> {
         let w = report.worker;
         self.frontiers[w] = self.frontiers[w].max(report.frontier);
         for (epoch, item) in report.items {
+            self.max_seen = self.max_seen.max(Some(epoch));
             self.items.entry(epoch).or_default().push(item);
         }
         for (epoch, m) in report.meta {
+            self.max_seen = self.max_seen.max(Some(epoch));
             self.meta[w].insert(epoch, m);
         }
         let frontier = self.frontier();
         if frontier <= self.committed_frontier {
             return None;
         }
-        let last_epoch = frontier.saturating_sub(1);
+        // When the input closed (frontier u64::MAX) the batch ends at the last epoch used.
+        let last_epoch = match self.max_seen {
+            Some(seen) => (frontier - 1).min(seen.max(self.committed_frontier.saturating_sub(1))),
+            None => (frontier - 1).min(self.committed_frontier.saturating_sub(1)),
+        };
+        if frontier == u64::MAX && self.items.is_empty() && self.meta.iter().all(|m| m.is_empty()) {
+            self.committed_frontier = frontier;
+            return None;
+        }
         let mut batch = EpochBatch {
             last_epoch,
             deltas: HashMap::new(),

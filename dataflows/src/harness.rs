@@ -14,6 +14,9 @@ use crate::pipeline::{build, PipelineHooks, UpsertCounters};
 use crate::stats::Stats;
 use crate::store::{MemoryState, MemoryStore};
 
+/// One worker's messages, per epoch.
+type WorkerPlan = Vec<Vec<RawRecord>>;
+
 /// How to run the harness.
 #[derive(Clone, Debug)]
 pub struct HarnessConfig {
@@ -49,7 +52,7 @@ pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
         let w = m.pos.partition as usize % workers;
         plan[w][epoch_of[i] as usize].push(m);
     }
-    let plan: Arc<Mutex<Vec<Option<Vec<Vec<RawRecord>>>>>> =
+    let plan: Arc<Mutex<Vec<Option<WorkerPlan>>>> =
         Arc::new(Mutex::new(plan.into_iter().map(Some).collect()));
 
     let store = Arc::new(MemoryStore::new());

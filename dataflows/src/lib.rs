@@ -7,6 +7,7 @@
 pub mod commit;
 pub mod contrib;
 pub mod decode;
+pub mod gen;
 pub mod harness;
 pub mod model;
 pub mod pipeline;

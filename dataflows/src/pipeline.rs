@@ -181,6 +181,9 @@ where
     });
 }
 
+/// Records of one epoch waiting for the frontier to pass it, with their capability.
+type EpochStash = (Capability<u64>, Vec<(SourcePos, Killmail)>);
+
 /// The upsert operator: keeps, per killmail, the version whose contributions are applied, and
 /// emits the retraction of the old version and the insertion of the new one when it changes.
 ///
@@ -198,8 +201,7 @@ fn upsert<'s>(
     let scope = input.scope();
     input.unary_frontier(exchange, "Upsert", move |_cap, info| {
         let activator = scope.activator_for(info.address);
-        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<(SourcePos, Killmail)>)> =
-            BTreeMap::new();
+        let mut stash: BTreeMap<u64, EpochStash> = BTreeMap::new();
         let mut overlay: HashMap<u64, StoredKillmail> = HashMap::new();
         let mut overlay_by_epoch: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         move |(input, frontier), output| {

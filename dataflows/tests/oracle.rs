@@ -24,7 +24,7 @@ fn esi(rng: &mut SmallRng, id: u64) -> Value {
             None
         }
     };
-    let mut person = |rng: &mut SmallRng| -> (Option<u64>, Option<u64>, Option<u64>) {
+    let person = |rng: &mut SmallRng| -> (Option<u64>, Option<u64>, Option<u64>) {
         match rng.random_range(0..10) {
             0 => (None, Some(1_000_125), None), // NPC corp, no character
             1 => (

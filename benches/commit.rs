@@ -1,0 +1,79 @@
+//! The RocksDB commit of one epoch: read-modify-write of the touched aggregates, the upsert
+//! state of every killmail, offsets and metadata, in one synced WriteBatch.
+//!
+//! Run: `cargo bench --bench commit`.
+
+use std::collections::BTreeMap;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use kmflow::state::RocksState;
+use kmflow_dataflows::commit::EpochBatch;
+use kmflow_dataflows::contrib::contributions;
+use kmflow_dataflows::decode::decode;
+use kmflow_dataflows::gen::{GenConfig, Generator};
+use kmflow_dataflows::{SourcePos, StoredKillmail};
+
+fn batch(first: u64, n: u64, epoch: u64) -> EpochBatch<()> {
+    let mut b = EpochBatch::<()> {
+        last_epoch: epoch,
+        ..Default::default()
+    };
+    let kms = Generator::new(GenConfig {
+        count: n,
+        first_id: first,
+        seed: first,
+        ..GenConfig::default()
+    });
+    for (i, (_, payload)) in kms.enumerate() {
+        let km = decode(&payload).unwrap();
+        for (k, s) in contributions(&km) {
+            b.deltas.entry(k).or_default().merge(&s);
+        }
+        let applied_from = SourcePos {
+            topic: 0,
+            partition: 0,
+            offset: i as i64,
+        };
+        b.upserts.push((
+            km.killmail_id,
+            StoredKillmail {
+                killmail: km,
+                zkb_version: 0,
+                applied_from,
+                epoch,
+            },
+        ));
+    }
+    b
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("commit");
+    g.sample_size(10);
+    let topics = vec!["killmails".to_string()];
+    let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 1i64)]))]);
+    for n in [1_000u64, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RocksState::open(dir.path(), 64).unwrap();
+        // Warm state: a history the commits update.
+        state
+            .commit(&batch(1, 50_000, 0), &topics, &offsets)
+            .unwrap();
+        let mut epoch = 1;
+        g.throughput(Throughput::Elements(n));
+        g.bench_with_input(BenchmarkId::new("epoch", n), &n, |b, &n| {
+            b.iter_batched(
+                || {
+                    epoch += 1;
+                    batch(epoch * 1_000_000, n, epoch)
+                },
+                |bt| state.commit(&bt, &topics, &offsets).unwrap(),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

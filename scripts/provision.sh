@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what kmflow needs on a fresh Debian machine, skipping what is already there:
+#   - libclang-dev (apt): bindgen for the rocksdb crate;
+#   - tansu 0.6.0 (cargo install): the Kafka-protocol broker the tests run against.
+# Usage: scripts/provision.sh [--no-tansu] [--tansu-background]
+#   --tansu-background  start the tansu build in the background and return at once; wait for
+#                       it later with `scripts/provision.sh --wait-tansu`.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+STAMP_DIR="${HOME}/.cache/kmflow"
+TANSU_LOG="${STAMP_DIR}/tansu-install.log"
+mkdir -p "$STAMP_DIR"
+
+have_tansu() {
+  command -v tansu >/dev/null 2>&1 || [ -x "${HOME}/.cargo/bin/tansu" ]
+}
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then echo sudo; else
+      echo "provision: need root (or sudo) to apt-get install $*" >&2; exit 1
+    fi
+  fi
+}
+
+install_apt() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local SUDO; SUDO=$(need_root "${missing[@]}")
+  echo "provision: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+case "${1:-}" in
+  --wait-tansu)
+    if have_tansu; then exit 0; fi
+    if [ -f "${STAMP_DIR}/tansu.pid" ]; then
+      pid=$(cat "${STAMP_DIR}/tansu.pid")
+      echo "provision: waiting for the tansu build (pid $pid, log $TANSU_LOG)"
+      while kill -0 "$pid" 2>/dev/null; do sleep 5; done
+    fi
+    have_tansu || { echo "provision: tansu install failed; see $TANSU_LOG" >&2; tail -20 "$TANSU_LOG" >&2 || true; exit 1; }
+    exit 0
+    ;;
+esac
+
+install_apt libclang-dev
+
+if [ "${1:-}" != "--no-tansu" ] && ! have_tansu; then
+  if [ "${1:-}" = "--tansu-background" ]; then
+    echo "provision: building tansu ${TANSU_VERSION} in the background (about 20 min cold; log $TANSU_LOG)"
+    nohup cargo install tansu --version "$TANSU_VERSION" --locked >"$TANSU_LOG" 2>&1 &
+    echo $! >"${STAMP_DIR}/tansu.pid"
+  else
+    echo "provision: cargo install tansu ${TANSU_VERSION} (about 20 min cold)"
+    cargo install tansu --version "$TANSU_VERSION" --locked
+  fi
+fi

@@ -1,0 +1,461 @@
+//! `kmflow run`: restore the state, serve the API, run the dataflow until stopped.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use crossbeam_channel::Receiver;
+
+use kmflow_dataflows::commit::{CommitCoordinator, SinkReport};
+use kmflow_dataflows::pipeline::{build, PipelineHooks, UpsertCounters};
+use kmflow_dataflows::store::KillmailStore;
+use kmflow_dataflows::EntityKind;
+
+use crate::api::{app, AppState};
+use crate::config::{Config, SourceKind};
+use crate::metrics::Metrics;
+use crate::source::generator::{GeneratorReader, GENERATOR_PARTITIONS, GENERATOR_TOPIC};
+use crate::source::kafka::{self, KafkaReader};
+use crate::source::{epoch_source, EpochControl, EpochPositions, PartitionReader, Position};
+use crate::state::{RocksState, StateError};
+
+type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// Runs kmflow until SIGINT/SIGTERM, or until the state store fails.
+pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = Metrics::new();
+    std::fs::create_dir_all(&config.state.dir)
+        .with_context(|| format!("creating state directory {}", config.state.dir.display()))?;
+    let state = RocksState::open(&config.state.dir, config.state.block_cache_mb)?;
+    let start_epoch = state.commit_meta().map_or(0, |m| m.epoch + 1);
+    let stored_offsets = state.offsets();
+    tracing::info!(
+        dir = %config.state.dir.display(),
+        epoch = start_epoch,
+        killmails = state.estimated_killmails(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state restored"
+    );
+
+    let topics: Vec<String> = match config.source.kind {
+        SourceKind::Kafka => config.kafka.topics(),
+        SourceKind::Generator => vec![GENERATOR_TOPIC.to_string()],
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let outage = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(UpsertCounters::default());
+    let store: Arc<dyn KillmailStore> = state.clone();
+    let ctl = Arc::new(EpochControl::new(
+        start_epoch,
+        store.clone(),
+        config.pipeline.epoch_max_records,
+        Duration::from_millis(config.pipeline.epoch_max_ms),
+        config.pipeline.max_inflight_epochs,
+    ));
+
+    // The API first: reads are served while the source connects or the broker is down.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kmflow-api")
+        .enable_all()
+        .build()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(config.api.listen))
+        .with_context(|| format!("binding the API to {}", config.api.listen))?;
+    let addr = listener.local_addr()?;
+    let api_state = AppState {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        topics: Arc::new(topics.clone()),
+    };
+    let api_stop = Arc::new(tokio::sync::Notify::new());
+    let api_stop2 = api_stop.clone();
+    let server = rt.spawn(async move {
+        axum::serve(listener, app(api_state))
+            .with_graceful_shutdown(async move { api_stop2.notified().await })
+            .await
+    });
+    {
+        let ctl = ctl.clone();
+        rt.spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: finishing the current epoch");
+            ctl.shutdown.store(true, Ordering::Release);
+        });
+    }
+    println!(
+        "kmflow: API and metrics on http://{addr}  (state in {})",
+        config.state.dir.display()
+    );
+    println!("kmflow: try  curl http://{addr}/readyz   curl http://{addr}/metrics");
+
+    // Partitions: fixed for the generator, asked of the brokers for Kafka (retrying).
+    let partitions: Vec<(u16, i32)> = match config.source.kind {
+        SourceKind::Generator => (0..GENERATOR_PARTITIONS).map(|p| (0u16, p)).collect(),
+        SourceKind::Kafka => loop {
+            match kafka::discover_partitions(&config.kafka, Duration::from_secs(5)) {
+                Ok(p) => break p,
+                Err(e) => {
+                    metrics.source_outage.set(1);
+                    tracing::warn!(error = %e, brokers = %config.kafka.brokers, "kafka: waiting for brokers and topics");
+                    if ctl.shutdown.load(Ordering::Acquire) {
+                        api_stop.notify_one();
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        },
+    };
+    check_offsets_against_partitions(&topics, &partitions, &stored_offsets);
+    metrics.source_outage.set(0);
+    ready.store(true, Ordering::Release);
+    metrics.ready.set(1);
+    tracing::info!(
+        partitions = partitions.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+
+    let workers = config.pipeline.workers;
+    let (tx, rx) = crossbeam_channel::unbounded::<SinkReport<Vec<Position>>>();
+    let committer = {
+        let (state, topics, metrics, ctl) =
+            (state.clone(), topics.clone(), metrics.clone(), ctl.clone());
+        let offsets = stored_offsets.clone();
+        let api = format!("http://{addr}");
+        std::thread::Builder::new()
+            .name("kmflow-commit".into())
+            .spawn(move || {
+                commit_loop(
+                    rx,
+                    workers,
+                    start_epoch,
+                    &state,
+                    &topics,
+                    offsets,
+                    &metrics,
+                    &ctl,
+                    &api,
+                )
+            })?
+    };
+    let monitor_stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let (config, state, metrics, counters) = (
+            config.clone(),
+            state.clone(),
+            metrics.clone(),
+            counters.clone(),
+        );
+        let (ready, outage, stop, partitions) = (
+            ready.clone(),
+            outage.clone(),
+            monitor_stop.clone(),
+            partitions.clone(),
+        );
+        std::thread::Builder::new()
+            .name("kmflow-monitor".into())
+            .spawn(move || {
+                monitor_loop(
+                    &config,
+                    &state,
+                    &metrics,
+                    &counters,
+                    &ready,
+                    &outage,
+                    &stop,
+                    &partitions,
+                )
+            })?
+    };
+
+    let guards = {
+        let (config, ctl, metrics, outage) =
+            (config.clone(), ctl.clone(), metrics.clone(), outage.clone());
+        timely::execute(timely::Config::process(workers), move |worker| {
+            let index = worker.index();
+            let mine = kafka::assign(&partitions, index, workers);
+            let reader: Box<dyn PartitionReader> = match config.source.kind {
+                SourceKind::Generator => {
+                    let parts: Vec<(i32, Option<i64>)> = mine
+                        .iter()
+                        .map(|&(_, p)| {
+                            (
+                                p,
+                                stored_offsets
+                                    .get(GENERATOR_TOPIC)
+                                    .and_then(|m| m.get(&p))
+                                    .copied(),
+                            )
+                        })
+                        .collect();
+                    Box::new(GeneratorReader::new(&config.generator, &parts))
+                }
+                SourceKind::Kafka => match KafkaReader::new(
+                    &config.kafka,
+                    &mine,
+                    &stored_offsets,
+                    metrics.clone(),
+                    outage.clone(),
+                ) {
+                    Ok(r) => Box::new(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "kafka: cannot create consumer; stopping");
+                        ctl.shutdown.store(true, Ordering::Release);
+                        Box::new(GeneratorReader::new(&config.generator, &[]))
+                    }
+                },
+            };
+            let positions: EpochPositions = Rc::new(RefCell::new(Vec::new()));
+            let tx = tx.clone();
+            let probe = worker.dataflow::<u64, _, _>(|scope| {
+                let raw = epoch_source(scope, start_epoch, reader, ctl.clone(), positions.clone());
+                let hooks = PipelineHooks {
+                    store: ctl.store.clone(),
+                    counters: counters.clone(),
+                    report: move |r: SinkReport<()>| {
+                        let mut meta = Vec::new();
+                        positions.borrow_mut().retain(|(e, p)| {
+                            if *e < r.frontier {
+                                meta.push((*e, p.clone()));
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                        let _ = tx.send(SinkReport {
+                            worker: r.worker,
+                            frontier: r.frontier,
+                            items: r.items,
+                            meta,
+                        });
+                    },
+                    on_store_error: Box::new(
+                        |e| tracing::error!(error = %e, "upsert: state read failed; retrying"),
+                    ),
+                };
+                build(raw, hooks)
+            });
+            while !probe.done() {
+                worker.step_or_park(Some(Duration::from_millis(5)));
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
+    };
+    drop(tx);
+    for r in guards.join() {
+        r.map_err(|e| anyhow::anyhow!("timely worker failed: {e}"))?;
+    }
+    let commit_result = committer
+        .join()
+        .map_err(|_| anyhow::anyhow!("committer panicked"))?;
+    monitor_stop.store(true, Ordering::Release);
+    let _ = monitor.join();
+    api_stop.notify_one();
+    let _ = rt.block_on(server);
+    match commit_result {
+        Ok(()) => {
+            tracing::info!(epoch = ?state.commit_meta().map(|m| m.epoch), "stopped cleanly");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "ingestion stopped: the state in {} is the last committed epoch {:?}",
+            config.state.dir.display(),
+            state.commit_meta().map(|m| m.epoch)
+        ))),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Warns loudly about stored offsets of partitions that no longer exist.
+fn check_offsets_against_partitions(
+    topics: &[String],
+    partitions: &[(u16, i32)],
+    stored: &Offsets,
+) {
+    for (topic, parts) in stored {
+        let Some(t) = topics.iter().position(|x| x == topic) else {
+            tracing::warn!(
+                topic,
+                "state has offsets for a topic no longer configured; ignored"
+            );
+            continue;
+        };
+        for p in parts.keys() {
+            if !partitions.contains(&(t as u16, *p)) {
+                tracing::error!(
+                    topic,
+                    partition = p,
+                    "state has offsets for a partition the broker does not have"
+                );
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn commit_loop(
+    rx: Receiver<SinkReport<Vec<Position>>>,
+    workers: usize,
+    start_epoch: u64,
+    state: &RocksState,
+    topics: &[String],
+    mut offsets: Offsets,
+    metrics: &Metrics,
+    ctl: &EpochControl,
+    api: &str,
+) -> Result<(), StateError> {
+    let mut coordinator = CommitCoordinator::<Vec<Position>>::new(workers, start_epoch);
+    let mut failure: Option<StateError> = None;
+    let mut hinted = false;
+    for report in rx {
+        if failure.is_some() {
+            continue; // drain until the workers stop
+        }
+        let Some(batch) = coordinator.offer(report) else {
+            continue;
+        };
+        for (t, p, o) in batch.meta.iter().flatten().flatten() {
+            offsets
+                .entry(topics[*t as usize].clone())
+                .or_default()
+                .insert(*p, *o);
+        }
+        let t0 = Instant::now();
+        match state.commit(&batch, topics, &offsets) {
+            Ok(meta) => {
+                metrics.commit_latency.observe(t0.elapsed().as_secs_f64());
+                metrics.commit_size.observe(
+                    (batch.deltas.len() + batch.upserts.len() + batch.dead_letters.len()) as f64,
+                );
+                metrics.committed_epoch.set(meta.epoch as i64);
+                for d in &batch.dead_letters {
+                    metrics
+                        .decode_failures
+                        .with_label_values(&[d.reason.as_str()])
+                        .inc();
+                    tracing::warn!(topic = %topics.get(d.pos.topic as usize).map_or("?", |s| s.as_str()),
+                        partition = d.pos.partition, offset = d.pos.offset, reason = %d.reason,
+                        error = %d.error, "dead letter");
+                }
+                if !hinted {
+                    if let Some(c) = batch
+                        .deltas
+                        .keys()
+                        .find(|k| k.kind == EntityKind::Character)
+                    {
+                        println!(
+                            "kmflow: first commit; try  curl {api}/v1/characters/{}",
+                            c.id
+                        );
+                        hinted = true;
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.commit_errors.inc();
+                tracing::error!(error = %e, "commit failed: stopping ingestion");
+                ctl.shutdown.store(true, Ordering::Release);
+                failure = Some(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn monitor_loop(
+    config: &Config,
+    state: &RocksState,
+    metrics: &Metrics,
+    counters: &UpsertCounters,
+    ready: &AtomicBool,
+    outage: &AtomicBool,
+    stop: &AtomicBool,
+    partitions: &[(u16, i32)],
+) {
+    let mut last = [0u64; 3];
+    let mut tick = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(250));
+        tick += 1;
+        let now = [
+            counters.inserted.load(Ordering::Relaxed),
+            counters.replaced.load(Ordering::Relaxed),
+            counters.unchanged.load(Ordering::Relaxed),
+        ];
+        for (i, outcome) in ["inserted", "replaced", "unchanged"].iter().enumerate() {
+            metrics
+                .upserts
+                .with_label_values(&[outcome])
+                .inc_by(now[i] - last[i]);
+        }
+        last = now;
+        if config.source.kind != SourceKind::Kafka || tick % 8 != 0 {
+            continue;
+        }
+        // Every 2 s: lag, and whether the broker answers.
+        match kafka::watermarks(&config.kafka, partitions, Duration::from_secs(2)) {
+            Ok(marks) => {
+                if outage.swap(false, Ordering::AcqRel) {
+                    tracing::info!("kafka: broker reachable again");
+                }
+                metrics.source_outage.set(0);
+                let offsets = state.offsets();
+                let topics = config.kafka.topics();
+                for ((t, p), lo, hi) in marks {
+                    let topic = &topics[t as usize];
+                    let next = offsets.get(topic).and_then(|m| m.get(&p)).copied();
+                    if let Some(n) = next {
+                        if n > hi {
+                            tracing::error!(topic, partition = p, stored = n, high_watermark = hi,
+                                "stored offset is past the end of the partition: was the topic deleted and recreated?");
+                        }
+                    }
+                    let lag = hi - next.unwrap_or(lo).max(lo);
+                    metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &p.to_string()])
+                        .set(lag.max(0));
+                }
+            }
+            Err(e) => {
+                if !outage.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "kafka: broker unreachable; serving reads, retrying");
+                }
+                metrics.source_outage.set(1);
+            }
+        }
+        let is_ready = !outage.load(Ordering::Acquire);
+        ready.store(is_ready, Ordering::Release);
+        metrics.ready.set(is_ready as i64);
+    }
+}

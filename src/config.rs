@@ -1,0 +1,201 @@
+//! Configuration: `config/default.toml` (embedded), then an optional file, then environment
+//! variables `KMFLOW__SECTION__KEY`, later layers winning. Validated once after loading.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The defaults, also the reference documentation of every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub kafka: KafkaConfig,
+    pub generator: GeneratorConfig,
+    pub pipeline: PipelineConfig,
+    pub state: StateConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Generator,
+    Kafka,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub live_topic: String,
+    pub history_topics: Vec<String>,
+    pub group_id: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// The live topic first, then the history topics: a topic's index here is its id in
+    /// [`kmflow_dataflows::SourcePos::topic`].
+    pub fn topics(&self) -> Vec<String> {
+        let mut t = vec![self.live_topic.clone()];
+        t.extend(self.history_topics.iter().cloned());
+        t
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GeneratorConfig {
+    pub seed: u64,
+    pub count: u64,
+    pub rate_per_sec: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub workers: usize,
+    pub epoch_max_records: usize,
+    pub epoch_max_ms: u64,
+    pub max_inflight_epochs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+    pub block_cache_mb: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `KMFLOW__*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} not found",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(
+            Env::prefixed("KMFLOW__")
+                .split("__")
+                .map(|k| k.as_str().to_ascii_lowercase().replace('_', "-").into()),
+        );
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.pipeline.workers == 0 || self.pipeline.workers > 256 {
+            return bad("pipeline.workers must be between 1 and 256");
+        }
+        if self.pipeline.epoch_max_records == 0 {
+            return bad("pipeline.epoch-max-records must be positive");
+        }
+        if self.pipeline.epoch_max_ms == 0 {
+            return bad("pipeline.epoch-max-ms must be positive");
+        }
+        if self.pipeline.max_inflight_epochs == 0 {
+            return bad("pipeline.max-inflight-epochs must be positive");
+        }
+        if self.source.kind == SourceKind::Kafka {
+            if self.kafka.brokers.trim().is_empty() {
+                return bad("kafka.brokers must not be empty");
+            }
+            let topics = self.kafka.topics();
+            if topics.iter().any(|t| t.trim().is_empty()) {
+                return bad("kafka topics must have names");
+            }
+            let mut uniq = topics.clone();
+            uniq.sort();
+            uniq.dedup();
+            if uniq.len() != topics.len() {
+                return bad("kafka.live-topic and kafka.history-topics must be distinct");
+            }
+            if topics.len() > u16::MAX as usize {
+                return bad("too many kafka topics");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.source.kind, SourceKind::Generator);
+        assert_eq!(c.kafka.topics(), vec!["killmails".to_string()]);
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let c: Config = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(include_str!("../config/kafka.example.toml")))
+            .extract()
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kafka.topics().len(), 3);
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KMFLOW__PIPELINE__WORKERS", "3");
+            jail.set_env("KMFLOW__KAFKA__LIVE_TOPIC", "live");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.pipeline.workers, 3);
+            assert_eq!(c.kafka.live_topic, "live");
+            jail.set_env("KMFLOW__PIPELINE__WORKERS", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("pipeline.workers"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let r: Result<Config, _> = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[pipeline]\nwrokers = 3\n"))
+            .extract();
+        assert!(r.is_err());
+    }
+}

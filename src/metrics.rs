@@ -1,0 +1,179 @@
+//! Prometheus metrics. The app owns one [`Registry`]; nothing goes to the default registry,
+//! so tests running side by side do not share counters.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use kmflow_dataflows::decode::DecodeError;
+
+/// Buckets for latencies in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Labels: topic, partition (bounded by the configured topics' partitions).
+    pub source_records: IntCounterVec,
+    pub source_errors: IntCounter,
+    /// 1 while the source cannot reach the broker.
+    pub source_outage: IntGauge,
+    /// Labels: reason (bounded: [`DecodeError::REASONS`]). Counted at commit: exactly once.
+    pub decode_failures: IntCounterVec,
+    /// Labels: topic, partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Labels: outcome (inserted, replaced, unchanged).
+    pub upserts: IntCounterVec,
+    pub commit_latency: Histogram,
+    /// Records (killmail upserts, deltas and dead letters) written per commit.
+    pub commit_size: Histogram,
+    pub committed_epoch: IntGauge,
+    pub commit_errors: IntCounter,
+    pub state_size: IntGauge,
+    pub ready: IntGauge,
+    /// Labels: route (the matched pattern, bounded), status.
+    pub http_latency: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            source_records: IntCounterVec::new(
+                Opts::new("kmflow_source_records_total", "Messages read, by topic and partition"),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+            source_errors: IntCounter::new(
+                "kmflow_source_errors_total",
+                "Errors reported by the Kafka client (broker unreachable, fetch failures)",
+            )
+            .expect("valid metric"),
+            source_outage: IntGauge::new(
+                "kmflow_source_outage",
+                "1 while the source cannot reach the broker",
+            )
+            .expect("valid metric"),
+            decode_failures: IntCounterVec::new(
+                Opts::new(
+                    "kmflow_decode_failures_total",
+                    "Messages that could not be decoded (kept as dead letters), by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "kmflow_source_consumer_lag_messages",
+                    "High watermark minus the committed next offset, by topic and partition",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+            upserts: IntCounterVec::new(
+                Opts::new(
+                    "kmflow_upsert_total",
+                    "Upsert decisions: inserted (new killmail), replaced (new zkb), unchanged (re-delivery)",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            commit_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "kmflow_commit_latency_seconds",
+                    "Time to write one commit (WriteBatch with sync) to RocksDB",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            commit_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "kmflow_commit_records",
+                    "Records written per commit (epochs are committed together when they complete together)",
+                )
+                .buckets(prometheus::exponential_buckets(1.0, 4.0, 12).expect("valid buckets")),
+            )
+            .expect("valid metric"),
+            committed_epoch: IntGauge::new("kmflow_committed_epoch", "The last committed epoch")
+                .expect("valid metric"),
+            commit_errors: IntCounter::new(
+                "kmflow_commit_errors_total",
+                "Commits that failed (ingestion stops on the first)",
+            )
+            .expect("valid metric"),
+            state_size: IntGauge::new(
+                "kmflow_state_rocksdb_size_bytes",
+                "RocksDB SST files and memtables, all column families",
+            )
+            .expect("valid metric"),
+            ready: IntGauge::new("kmflow_ready", "1 when state is restored and the source connected")
+                .expect("valid metric"),
+            http_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "kmflow_http_request_duration_seconds",
+                    "HTTP request latency, by route pattern and status",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.source_records.clone()))
+            .expect("register");
+        r.register(Box::new(m.source_errors.clone()))
+            .expect("register");
+        r.register(Box::new(m.source_outage.clone()))
+            .expect("register");
+        r.register(Box::new(m.decode_failures.clone()))
+            .expect("register");
+        r.register(Box::new(m.consumer_lag.clone()))
+            .expect("register");
+        r.register(Box::new(m.upserts.clone())).expect("register");
+        r.register(Box::new(m.commit_latency.clone()))
+            .expect("register");
+        r.register(Box::new(m.commit_size.clone()))
+            .expect("register");
+        r.register(Box::new(m.committed_epoch.clone()))
+            .expect("register");
+        r.register(Box::new(m.commit_errors.clone()))
+            .expect("register");
+        r.register(Box::new(m.state_size.clone()))
+            .expect("register");
+        r.register(Box::new(m.ready.clone())).expect("register");
+        r.register(Box::new(m.http_latency.clone()))
+            .expect("register");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("register");
+        for reason in DecodeError::REASONS {
+            m.decode_failures.with_label_values(&[reason]);
+        }
+        for outcome in ["inserted", "replaced", "unchanged"] {
+            m.upserts.with_label_values(&[outcome]);
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

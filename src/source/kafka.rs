@@ -1,0 +1,253 @@
+//! The Kafka source: static, deterministic partition assignment (no consumer-group
+//! rebalancing) and resumption at the offsets stored with the state, never the group's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use kmflow_dataflows::{RawRecord, SourcePos};
+
+use super::{PartitionReader, Position};
+use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
+
+/// Consumer properties kmflow sets; user options from `[kafka.options]` override them.
+fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        // Required by librdkafka, unused: offsets live in kmflow's state, never in the group.
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A partition without a stored offset starts at its beginning (backfill).
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Fetch tuning: answer fetches as soon as any data is there (Tansu and small topics
+        // otherwise wait the default 500 ms per fetch), and keep a deep local queue.
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "8388608")
+        .set("queued.min.messages", "200000")
+        .set("queued.max.messages.kbytes", "262144")
+        // Reconnect quickly after a broker outage, with backoff.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "5000")
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    for (k, v) in &cfg.options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Tracks broker reachability from librdkafka's error callback.
+pub struct SourceContext {
+    pub metrics: Metrics,
+    pub outage: Arc<AtomicBool>,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.source_errors.inc();
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.outage.store(true, Ordering::Release);
+            self.metrics.source_outage.set(1);
+        }
+        tracing::warn!(error = %error, reason, "kafka: client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+/// Asks the brokers for the partitions of every topic, retrying until `deadline` passes.
+pub fn discover_partitions(
+    cfg: &KafkaConfig,
+    timeout: Duration,
+) -> Result<Vec<(u16, i32)>, KafkaError> {
+    let consumer: BaseConsumer = consumer_config(cfg).create()?;
+    let mut out = Vec::new();
+    for (i, topic) in cfg.topics().iter().enumerate() {
+        let md = consumer.fetch_metadata(Some(topic), timeout)?;
+        let t = md.topics().iter().find(|t| t.name() == topic);
+        match t {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                for p in t.partitions() {
+                    out.push((i as u16, p.id()));
+                }
+            }
+            _ => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The partitions worker `index` of `workers` reads: every `workers`-th of the sorted list.
+pub fn assign(all: &[(u16, i32)], index: usize, workers: usize) -> Vec<(u16, i32)> {
+    all.iter()
+        .enumerate()
+        .filter(|(i, _)| i % workers == index)
+        .map(|(_, p)| *p)
+        .collect()
+}
+
+pub struct KafkaReader {
+    consumer: BaseConsumer<SourceContext>,
+    topic_index: HashMap<String, u16>,
+    topics: Vec<String>,
+    positions: BTreeMap<(u16, i32), i64>,
+    metrics: Metrics,
+    outage: Arc<AtomicBool>,
+    /// Records read since the last metrics flush, by (topic, partition).
+    counts: BTreeMap<(u16, i32), u64>,
+}
+
+impl KafkaReader {
+    /// A consumer assigned `partitions`, each at its stored next offset or at the beginning.
+    pub fn new(
+        cfg: &KafkaConfig,
+        partitions: &[(u16, i32)],
+        stored: &BTreeMap<String, BTreeMap<i32, i64>>,
+        metrics: Metrics,
+        outage: Arc<AtomicBool>,
+    ) -> Result<Self, KafkaError> {
+        let topics = cfg.topics();
+        let ctx = SourceContext {
+            metrics: metrics.clone(),
+            outage: Arc::clone(&outage),
+        };
+        let consumer: BaseConsumer<SourceContext> =
+            consumer_config(cfg).create_with_context(ctx)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut positions = BTreeMap::new();
+        for &(t, p) in partitions {
+            let name = &topics[t as usize];
+            match stored.get(name).and_then(|m| m.get(&p)) {
+                Some(&o) => {
+                    tpl.add_partition_offset(name, p, Offset::Offset(o))?;
+                    positions.insert((t, p), o);
+                }
+                None => {
+                    tpl.add_partition_offset(name, p, Offset::Beginning)?;
+                }
+            }
+        }
+        consumer.assign(&tpl)?;
+        let topic_index = topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u16))
+            .collect();
+        Ok(KafkaReader {
+            consumer,
+            topic_index,
+            topics,
+            positions,
+            metrics,
+            outage,
+            counts: BTreeMap::new(),
+        })
+    }
+
+    fn flush_metrics(&mut self) {
+        for ((t, p), n) in std::mem::take(&mut self.counts) {
+            self.metrics
+                .source_records
+                .with_label_values(&[self.topics[t as usize].as_str(), &p.to_string()])
+                .inc_by(n);
+        }
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => {
+                    let Some(&t) = self.topic_index.get(m.topic()) else {
+                        continue;
+                    };
+                    let (p, o) = (m.partition(), m.offset());
+                    // Never go backwards: a re-delivered offset is already counted.
+                    if self.positions.get(&(t, p)).is_some_and(|&next| o < next) {
+                        continue;
+                    }
+                    out.push(RawRecord {
+                        pos: SourcePos {
+                            topic: t,
+                            partition: p as u32,
+                            offset: o,
+                        },
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    });
+                    self.positions.insert((t, p), o + 1);
+                    *self.counts.entry((t, p)).or_default() += 1;
+                    n += 1;
+                }
+                Some(Err(e)) => {
+                    self.metrics.source_errors.inc();
+                    tracing::warn!(error = %e, "kafka: fetch error");
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            if self.outage.swap(false, Ordering::AcqRel) {
+                tracing::info!("kafka: broker reachable again");
+                self.metrics.source_outage.set(0);
+            }
+            self.flush_metrics();
+        }
+        n
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        self.positions
+            .iter()
+            .map(|(&(t, p), &o)| (t, p, o))
+            .collect()
+    }
+}
+
+/// High watermarks of `partitions`, for the lag metric and outage detection.
+pub fn watermarks(
+    cfg: &KafkaConfig,
+    partitions: &[(u16, i32)],
+    timeout: Duration,
+) -> Result<Vec<((u16, i32), i64, i64)>, KafkaError> {
+    thread_local! {
+        static CLIENT: std::cell::RefCell<Option<BaseConsumer>> = const { std::cell::RefCell::new(None) };
+    }
+    let topics = cfg.topics();
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(consumer_config(cfg).create()?);
+        }
+        let consumer = c.as_ref().expect("just created");
+        partitions
+            .iter()
+            .map(|&(t, p)| {
+                let (lo, hi) = consumer.fetch_watermarks(&topics[t as usize], p, timeout)?;
+                Ok(((t, p), lo, hi))
+            })
+            .collect()
+    })
+}

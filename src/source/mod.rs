@@ -1,0 +1,134 @@
+//! Sources: a timely operator per worker that reads its share of the partitions and cuts the
+//! stream into ingestion epochs.
+//!
+//! Epochs are aligned across workers: whichever worker closes an epoch first (by size or by
+//! time) raises a shared target, and every other worker closes its epoch as soon as it sees it,
+//! so commits do not wait for idle workers. A source stops reading while
+//! `max-inflight-epochs` epochs await their commit, which bounds memory during a replay.
+
+pub mod generator;
+pub mod kafka;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, StreamVec};
+
+use kmflow_dataflows::store::KillmailStore;
+use kmflow_dataflows::RawRecord;
+
+/// (topic index, partition, next offset to read).
+pub type Position = (u16, i32, i64);
+
+/// A worker's share of the input.
+pub trait PartitionReader {
+    /// Appends up to `max` records to `out`; returns how many. Must not block for long.
+    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> usize;
+    /// The next offset of every partition this reader owns and has a position for.
+    fn positions(&self) -> Vec<Position>;
+}
+
+/// Shared by all workers' sources.
+pub struct EpochControl {
+    target: AtomicU64,
+    pub shutdown: AtomicBool,
+    pub store: Arc<dyn KillmailStore>,
+    pub max_records: usize,
+    pub max_wait: Duration,
+    pub max_inflight: u64,
+}
+
+impl EpochControl {
+    pub fn new(
+        start: u64,
+        store: Arc<dyn KillmailStore>,
+        max_records: usize,
+        max_wait: Duration,
+        max_inflight: u64,
+    ) -> Self {
+        EpochControl {
+            target: AtomicU64::new(start),
+            shutdown: AtomicBool::new(false),
+            store,
+            max_records,
+            max_wait,
+            max_inflight,
+        }
+    }
+}
+
+/// Source metadata per closed epoch, shared between a worker's source and its sink.
+pub type EpochPositions = Rc<RefCell<Vec<(u64, Vec<Position>)>>>;
+
+/// At most this many records per activation, so one worker yields to others regularly.
+const POLL_CHUNK: usize = 4096;
+
+/// Builds the source operator on this worker.
+pub fn epoch_source<'s>(
+    scope: Scope<'s, u64>,
+    start: u64,
+    mut reader: Box<dyn PartitionReader>,
+    ctl: Arc<EpochControl>,
+    positions: EpochPositions,
+) -> StreamVec<'s, u64, RawRecord> {
+    source::<_, CapacityContainerBuilder<Vec<RawRecord>>, _, _>(
+        scope,
+        "Source",
+        move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut cap = Some(cap.delayed(&start));
+            let mut epoch = start;
+            let mut in_epoch = 0usize;
+            let mut first_at: Option<Instant> = None;
+            let mut buf: Vec<RawRecord> = Vec::with_capacity(POLL_CHUNK);
+            move |output| {
+                let Some(c) = cap.as_mut() else { return };
+                if ctl.shutdown.load(Ordering::Acquire) {
+                    positions.borrow_mut().push((epoch, reader.positions()));
+                    cap = None;
+                    return;
+                }
+                let committed_next = ctl
+                    .store
+                    .committed_epoch()
+                    .map_or(start, |e| e + 1)
+                    .max(start);
+                let mut got = 0;
+                if epoch < committed_next + ctl.max_inflight {
+                    let room = ctl
+                        .max_records
+                        .saturating_sub(in_epoch)
+                        .clamp(1, POLL_CHUNK);
+                    got = reader.poll(&mut buf, room);
+                    if got > 0 {
+                        output.session(c).give_iterator(buf.drain(..));
+                        in_epoch += got;
+                        first_at.get_or_insert_with(Instant::now);
+                    }
+                }
+                let target = ctl.target.load(Ordering::Acquire);
+                let timed_out = first_at.is_some_and(|t| t.elapsed() >= ctl.max_wait);
+                let close = in_epoch >= ctl.max_records || timed_out || target > epoch;
+                if close {
+                    positions.borrow_mut().push((epoch, reader.positions()));
+                    let next = (epoch + 1).max(target);
+                    ctl.target.fetch_max(next, Ordering::AcqRel);
+                    epoch = next;
+                    c.downgrade(&epoch);
+                    in_epoch = 0;
+                    first_at = None;
+                }
+                if got > 0 || close {
+                    activator.activate();
+                } else {
+                    activator.activate_after(Duration::from_millis(2));
+                }
+            }
+        },
+    )
+}

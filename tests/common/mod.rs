@@ -1,0 +1,364 @@
+//! Test helpers: the shared data, a real Tansu broker, and kmflow as its own process.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `../shared/data` beside the repository.
+pub fn shared_data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    assert!(
+        p.is_dir(),
+        "test data not found at {} (it lives beside the clone)",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The tansu binary: $TANSU, then PATH, then ~/.cargo/bin.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return PathBuf::from(p);
+    }
+    if let Ok(out) = Command::new("sh").args(["-c", "command -v tansu"]).output() {
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !s.is_empty() {
+            return PathBuf::from(s);
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = Path::new(&home).join(".cargo/bin/tansu");
+    assert!(p.exists(), "tansu not found: run scripts/provision.sh (or `cargo install tansu --version 0.6.0 --locked`)");
+    p
+}
+
+/// A Tansu broker on a free loopback port, in memory, killed on drop.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let port = free_port();
+        let mut b = Broker { child: None, port };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(30));
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .env("RUST_LOG", "warn")
+            .status()
+            .expect("tansu topic create");
+        assert!(status.success(), "creating topic {name}");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < timeout,
+            "port {port} did not open within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn kmflow_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kmflow")
+}
+
+/// `kmflow import` into `topic`; returns its stdout.
+pub fn import(broker: &Broker, topic: &str, paths: &[PathBuf]) -> String {
+    let out = Command::new(kmflow_bin())
+        .arg("import")
+        .args(paths)
+        .args(["--topic", topic, "--brokers", &broker.addr()])
+        .env("KMFLOW_LOG", "warn")
+        .output()
+        .expect("run kmflow import");
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// kmflow running as its own process against a broker.
+pub struct Kmflow {
+    child: Option<Child>,
+    pub port: u16,
+    pub state_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Kmflow {
+    pub fn start(state_dir: &Path, env: &[(&str, String)]) -> Kmflow {
+        let mut k = Kmflow {
+            child: None,
+            port: free_port(),
+            state_dir: state_dir.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.clone()))
+                .collect(),
+        };
+        k.spawn();
+        k
+    }
+
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(kmflow_bin());
+        cmd.arg("run")
+            .env("KMFLOW__STATE__DIR", &self.state_dir)
+            .env("KMFLOW__API__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("KMFLOW_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start kmflow"));
+        wait_for_port(self.port, Duration::from_secs(60));
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        unsafe_kill(c.id(), "TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = c.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, no chance to finish anything.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the process exits by itself; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(s) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Kmflow {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+pub fn get_json(url: &str) -> (u16, Value) {
+    let mut r = agent()
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+pub fn get_text(url: &str) -> (u16, String) {
+    let mut r = agent()
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+pub fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let mut r = agent()
+        .post(url)
+        .send_json(body)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Sum of a Prometheus counter family over all its series.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A commit batch that inserts `kms` as new killmails at `epoch`.
+pub fn batch_of(
+    kms: &[kmflow_dataflows::Killmail],
+    epoch: u64,
+) -> kmflow_dataflows::commit::EpochBatch<()> {
+    use kmflow_dataflows::contrib::contributions;
+    let mut b = kmflow_dataflows::commit::EpochBatch::<()> {
+        last_epoch: epoch,
+        ..Default::default()
+    };
+    for (i, km) in kms.iter().enumerate() {
+        for (k, s) in contributions(km) {
+            b.deltas.entry(k).or_default().merge(&s);
+        }
+        b.upserts.push((
+            km.killmail_id,
+            kmflow_dataflows::StoredKillmail {
+                killmail: km.clone(),
+                zkb_version: 0,
+                applied_from: kmflow_dataflows::SourcePos {
+                    topic: 0,
+                    partition: 0,
+                    offset: i as i64,
+                },
+                epoch,
+            },
+        ));
+    }
+    b
+}
+
+/// A small real-shaped killmail: `attackers` (character, corporation, alliance) kill `victim`.
+pub fn killmail(
+    id: u64,
+    victim: (u64, u64, u64),
+    attackers: &[(u64, u64, u64)],
+    isk: Option<f64>,
+) -> kmflow_dataflows::Killmail {
+    let atk: Vec<Value> = attackers
+        .iter()
+        .enumerate()
+        .map(|(i, (c, corp, a))| {
+            serde_json::json!({"character_id": c, "corporation_id": corp, "alliance_id": a,
+            "damage_done": 100, "final_blow": i == 0, "ship_type_id": 587})
+        })
+        .collect();
+    let mut v = serde_json::json!({"killmail_id": id, "killmail_time": "2021-11-27T12:00:00Z", "solar_system_id": 30000142,
+        "victim": {"character_id": victim.0, "corporation_id": victim.1, "alliance_id": victim.2, "damage_taken": 300, "ship_type_id": 670},
+        "attackers": atk});
+    if let Some(isk) = isk {
+        v["zkb"] = serde_json::json!({"totalValue": isk, "points": 10, "npc": false, "solo": attackers.len() == 1, "awox": false});
+    }
+    kmflow_dataflows::decode::decode(&serde_json::to_vec(&v).unwrap()).unwrap()
+}
