@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what kmflow needs on a fresh Debian machine, skipping what is already there:
 #   - libclang-dev (apt): bindgen for the rocksdb crate;
-#   - tansu 0.6.0 (cargo install): the Kafka-protocol broker the tests run against.
+#   - tansu 0.6.0 with the `dynostore` feature (cargo install): the Kafka-protocol broker the
+#     tests run against. The feature provides its in-memory storage (`memory://`); a default
+#     build has no storage engine and refuses to start.
 # Usage: scripts/provision.sh [--no-tansu] [--tansu-background]
 #   --tansu-background  start the tansu build in the background and return at once; wait for
 #                       it later with `scripts/provision.sh --wait-tansu`.
@@ -12,8 +14,14 @@ STAMP_DIR="${HOME}/.cache/kmflow"
 TANSU_LOG="${STAMP_DIR}/tansu-install.log"
 mkdir -p "$STAMP_DIR"
 
+TANSU_STAMP="${STAMP_DIR}/tansu-${TANSU_VERSION}-dynostore.installed"
 have_tansu() {
-  command -v tansu >/dev/null 2>&1 || [ -x "${HOME}/.cargo/bin/tansu" ]
+  [ -f "$TANSU_STAMP" ] && { command -v tansu >/dev/null 2>&1 || [ -x "${HOME}/.cargo/bin/tansu" ]; }
+}
+install_tansu() {
+  # A kept target dir makes a reinstall incremental.
+  CARGO_TARGET_DIR="${STAMP_DIR}/tansu-target" cargo install tansu --version "$TANSU_VERSION" \
+    --locked --features dynostore --force && touch "$TANSU_STAMP"
 }
 
 need_root() {
@@ -54,10 +62,10 @@ install_apt libclang-dev
 if [ "${1:-}" != "--no-tansu" ] && ! have_tansu; then
   if [ "${1:-}" = "--tansu-background" ]; then
     echo "provision: building tansu ${TANSU_VERSION} in the background (about 20 min cold; log $TANSU_LOG)"
-    nohup cargo install tansu --version "$TANSU_VERSION" --locked >"$TANSU_LOG" 2>&1 &
+    ( install_tansu ) >"$TANSU_LOG" 2>&1 &
     echo $! >"${STAMP_DIR}/tansu.pid"
   else
-    echo "provision: cargo install tansu ${TANSU_VERSION} (about 20 min cold)"
-    cargo install tansu --version "$TANSU_VERSION" --locked
+    echo "provision: cargo install tansu ${TANSU_VERSION} --features dynostore (about 20 min cold)"
+    install_tansu
   fi
 fi

@@ -16,7 +16,7 @@ use kmflow_dataflows::store::KillmailStore;
 use kmflow_dataflows::EntityKind;
 
 use crate::api::{app, AppState};
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, OffsetResetPolicy, SourceKind};
 use crate::metrics::Metrics;
 use crate::source::generator::{GeneratorReader, GENERATOR_PARTITIONS, GENERATOR_TOPIC};
 use crate::source::kafka::{self, KafkaReader};
@@ -114,9 +114,58 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         },
     };
     check_offsets_against_partitions(&topics, &partitions, &stored_offsets);
+    // Partitions whose stored offset is past their end: the topic was recreated.
+    let mut stored_offsets = stored_offsets;
+    let mut partitions = partitions;
+    let mut blocked: Vec<(u16, i32)> = Vec::new();
+    if config.source.kind == SourceKind::Kafka {
+        let marks = loop {
+            match kafka::watermarks(&config.kafka, &partitions, Duration::from_secs(5)) {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka: waiting for watermarks");
+                    if ctl.shutdown.load(Ordering::Acquire) {
+                        api_stop.notify_one();
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        for ((t, p), _lo, hi) in marks {
+            let topic = &topics[t as usize];
+            let Some(&stored) = stored_offsets.get(topic).and_then(|m| m.get(&p)) else {
+                continue;
+            };
+            if stored <= hi {
+                continue;
+            }
+            metrics
+                .partition_reset
+                .with_label_values(&[topic.as_str(), &p.to_string()])
+                .set(1);
+            match config.kafka.on_offset_reset {
+                OffsetResetPolicy::Stop => {
+                    tracing::error!(topic, partition = p, stored, high_watermark = hi,
+                        "stored offset is past the end of the partition: was the topic deleted and recreated? \
+                         not reading this partition; set kafka.on-offset-reset = \"reprocess\" to read it again from its beginning");
+                    blocked.push((t, p));
+                }
+                OffsetResetPolicy::Reprocess => {
+                    tracing::error!(topic, partition = p, stored, high_watermark = hi,
+                        "stored offset is past the end of the partition: reprocessing it from its beginning (kafka.on-offset-reset = reprocess)");
+                    if let Some(m) = stored_offsets.get_mut(topic) {
+                        m.remove(&p);
+                    }
+                }
+            }
+        }
+        partitions.retain(|p| !blocked.contains(p));
+    }
+    let blocked = Arc::new(blocked);
     metrics.source_outage.set(0);
-    ready.store(true, Ordering::Release);
-    metrics.ready.set(1);
+    ready.store(blocked.is_empty(), Ordering::Release);
+    metrics.ready.set(blocked.is_empty() as i64);
     tracing::info!(
         partitions = partitions.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -154,25 +203,23 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
             metrics.clone(),
             counters.clone(),
         );
-        let (ready, outage, stop, partitions) = (
+        let (ready, outage, stop, partitions, blocked) = (
             ready.clone(),
             outage.clone(),
             monitor_stop.clone(),
             partitions.clone(),
+            blocked.clone(),
         );
         std::thread::Builder::new()
             .name("kmflow-monitor".into())
             .spawn(move || {
-                monitor_loop(
-                    &config,
-                    &state,
-                    &metrics,
-                    &counters,
-                    &ready,
-                    &outage,
-                    &stop,
-                    &partitions,
-                )
+                let ctx = MonitorCtx {
+                    config: &config,
+                    state: &state,
+                    metrics: &metrics,
+                    counters: &counters,
+                };
+                monitor_loop(ctx, &ready, &outage, &stop, &partitions, &blocked)
             })?
     };
 
@@ -196,7 +243,11 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                             )
                         })
                         .collect();
-                    Box::new(GeneratorReader::new(&config.generator, &parts))
+                    Box::new(GeneratorReader::new(
+                        &config.generator,
+                        &parts,
+                        metrics.clone(),
+                    ))
                 }
                 SourceKind::Kafka => match KafkaReader::new(
                     &config.kafka,
@@ -209,7 +260,11 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                     Err(e) => {
                         tracing::error!(error = %e, "kafka: cannot create consumer; stopping");
                         ctl.shutdown.store(true, Ordering::Release);
-                        Box::new(GeneratorReader::new(&config.generator, &[]))
+                        Box::new(GeneratorReader::new(
+                            &config.generator,
+                            &[],
+                            metrics.clone(),
+                        ))
                     }
                 },
             };
@@ -249,7 +304,8 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?
     };
-    drop(tx);
+    // The original sender lives in the worker closure, dropped when the workers finish; the
+    // committer's loop then ends.
     for r in guards.join() {
         r.map_err(|e| anyhow::anyhow!("timely worker failed: {e}"))?;
     }
@@ -262,14 +318,21 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let _ = rt.block_on(server);
     match commit_result {
         Ok(()) => {
+            if let Err(e) = state.flush() {
+                tracing::warn!(error = %e, "flushing state on stop failed; the next start replays the WAL");
+            }
             tracing::info!(epoch = ?state.commit_meta().map(|m| m.epoch), "stopped cleanly");
             Ok(())
         }
-        Err(e) => Err(anyhow::Error::new(e).context(format!(
-            "ingestion stopped: the state in {} is the last committed epoch {:?}",
-            config.state.dir.display(),
-            state.commit_meta().map(|m| m.epoch)
-        ))),
+        Err(e) => {
+            let last = state
+                .commit_meta()
+                .map_or_else(|| "none".to_string(), |m| m.epoch.to_string());
+            Err(anyhow::Error::new(e).context(format!(
+                "ingestion stopped: the state in {} is intact at its last committed epoch ({last})",
+                config.state.dir.display(),
+            )))
+        }
     }
 }
 
@@ -391,17 +454,27 @@ fn commit_loop(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+struct MonitorCtx<'a> {
+    config: &'a Config,
+    state: &'a RocksState,
+    metrics: &'a Metrics,
+    counters: &'a UpsertCounters,
+}
+
 fn monitor_loop(
-    config: &Config,
-    state: &RocksState,
-    metrics: &Metrics,
-    counters: &UpsertCounters,
+    ctx: MonitorCtx<'_>,
     ready: &AtomicBool,
     outage: &AtomicBool,
     stop: &AtomicBool,
     partitions: &[(u16, i32)],
+    blocked: &[(u16, i32)],
 ) {
+    let MonitorCtx {
+        config,
+        state,
+        metrics,
+        counters,
+    } = ctx;
     let mut last = [0u64; 3];
     let mut tick = 0u64;
     while !stop.load(Ordering::Acquire) {
@@ -434,11 +507,15 @@ fn monitor_loop(
                 for ((t, p), lo, hi) in marks {
                     let topic = &topics[t as usize];
                     let next = offsets.get(topic).and_then(|m| m.get(&p)).copied();
-                    if let Some(n) = next {
-                        if n > hi {
-                            tracing::error!(topic, partition = p, stored = n, high_watermark = hi,
-                                "stored offset is past the end of the partition: was the topic deleted and recreated?");
+                    if next.is_some_and(|n| n > hi) {
+                        let gauge = metrics
+                            .partition_reset
+                            .with_label_values(&[topic.as_str(), &p.to_string()]);
+                        if gauge.get() == 0 {
+                            tracing::error!(topic, partition = p, stored = next, high_watermark = hi,
+                                "stored offset is past the end of the partition: was the topic deleted and recreated? restart kmflow to apply kafka.on-offset-reset");
                         }
+                        gauge.set(1);
                     }
                     let lag = hi - next.unwrap_or(lo).max(lo);
                     metrics
@@ -454,7 +531,15 @@ fn monitor_loop(
                 metrics.source_outage.set(1);
             }
         }
-        let is_ready = !outage.load(Ordering::Acquire);
+        let any_reset = partitions.iter().chain(blocked).any(|(t, p)| {
+            let topic = &config.kafka.topics()[*t as usize];
+            metrics
+                .partition_reset
+                .with_label_values(&[topic.as_str(), &p.to_string()])
+                .get()
+                == 1
+        });
+        let is_ready = !outage.load(Ordering::Acquire) && !any_reset;
         ready.store(is_ready, Ordering::Release);
         metrics.ready.set(is_ready as i64);
     }

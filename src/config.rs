@@ -36,6 +36,14 @@ pub struct SourceConfig {
     pub kind: SourceKind,
 }
 
+/// What to do with a partition whose stored offset is past its end.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetResetPolicy {
+    Stop,
+    Reprocess,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -43,6 +51,7 @@ pub struct KafkaConfig {
     pub live_topic: String,
     pub history_topics: Vec<String>,
     pub group_id: String,
+    pub on_offset_reset: OffsetResetPolicy,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
@@ -181,9 +190,13 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("KMFLOW__PIPELINE__WORKERS", "3");
             jail.set_env("KMFLOW__KAFKA__LIVE_TOPIC", "live");
+            jail.set_env("KMFLOW__KAFKA__HISTORY_TOPICS", "[\"h1\", \"h2\"]");
+            jail.set_env("KMFLOW__KAFKA__ON_OFFSET_RESET", "reprocess");
             let c = Config::load(None).unwrap();
             assert_eq!(c.pipeline.workers, 3);
             assert_eq!(c.kafka.live_topic, "live");
+            assert_eq!(c.kafka.topics(), vec!["live", "h1", "h2"]);
+            assert_eq!(c.kafka.on_offset_reset, OffsetResetPolicy::Reprocess);
             jail.set_env("KMFLOW__PIPELINE__WORKERS", "0");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("pipeline.workers"), "{err}");

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub decode_failures: IntCounterVec,
     /// Labels: topic, partition.
     pub consumer_lag: IntGaugeVec,
+    /// Labels: topic, partition. 1 when the stored offset is past the partition's end.
+    pub partition_reset: IntGaugeVec,
     /// Labels: outcome (inserted, replaced, unchanged).
     pub upserts: IntCounterVec,
     pub commit_latency: Histogram,
@@ -70,6 +72,14 @@ impl Metrics {
                 Opts::new(
                     "kmflow_source_consumer_lag_messages",
                     "High watermark minus the committed next offset, by topic and partition",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+            partition_reset: IntGaugeVec::new(
+                Opts::new(
+                    "kmflow_source_partition_reset",
+                    "1 when the stored offset is past the end of the partition (topic deleted and recreated?)",
                 ),
                 &["topic", "partition"],
             )
@@ -135,6 +145,8 @@ impl Metrics {
         r.register(Box::new(m.consumer_lag.clone()))
             .expect("register");
         r.register(Box::new(m.upserts.clone())).expect("register");
+        r.register(Box::new(m.partition_reset.clone()))
+            .expect("register");
         r.register(Box::new(m.commit_latency.clone()))
             .expect("register");
         r.register(Box::new(m.commit_size.clone()))

@@ -90,6 +90,8 @@ impl RocksState {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // Bounds the WAL replayed after a crash (and so restart time) by forcing flushes.
+        opts.set_max_total_wal_size(128 * 1024 * 1024);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cache = Cache::new_lru_cache(block_cache_mb.max(8) * 1024 * 1024);
         let mut table = BlockBasedOptions::default();
@@ -144,6 +146,14 @@ impl RocksState {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(codec_err),
         }
+    }
+
+    /// Flushes memtables to SST files, so the next open replays no WAL (called on clean stop).
+    pub fn flush(&self) -> Result<(), StateError> {
+        for cf in [CF_KILLMAILS, CF_STATS, CF_DEAD_LETTERS, CF_OFFSETS, CF_META] {
+            self.db.flush_cf(self.cf(cf)).map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     /// The last commit, if any.
@@ -285,6 +295,19 @@ impl RocksState {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let key = EntityKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
             out.insert(key, bincode::deserialize(&v).map_err(codec_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Every killmail's upsert state (for consistency checks; scans the column family).
+    pub fn all_killmails(&self) -> Result<Vec<StoredKillmail>, StateError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_KILLMAILS), IteratorMode::Start)
+        {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            out.push(bincode::deserialize(&v).map_err(codec_err)?);
         }
         Ok(out)
     }

@@ -8,6 +8,7 @@ use kmflow_dataflows::{RawRecord, SourcePos};
 
 use super::{PartitionReader, Position};
 use crate::config::GeneratorConfig;
+use crate::metrics::Metrics;
 
 /// The topic name the generator's records carry.
 pub const GENERATOR_TOPIC: &str = "generator";
@@ -27,11 +28,12 @@ pub struct GeneratorReader {
     started: Instant,
     emitted: u64,
     next_part: usize,
+    metrics: Metrics,
 }
 
 impl GeneratorReader {
     /// The reader for `partitions`, each resumed at its stored offset.
-    pub fn new(cfg: &GeneratorConfig, partitions: &[(i32, Option<i64>)]) -> Self {
+    pub fn new(cfg: &GeneratorConfig, partitions: &[(i32, Option<i64>)], metrics: Metrics) -> Self {
         let parts = partitions
             .iter()
             .map(|&(p, offset)| {
@@ -63,6 +65,7 @@ impl GeneratorReader {
             started: Instant::now(),
             emitted: 0,
             next_part: 0,
+            metrics,
         }
     }
 }
@@ -76,6 +79,7 @@ impl PartitionReader for GeneratorReader {
         }
         let mut n = 0;
         let mut idle = 0;
+        let mut per_part = vec![0u64; self.parts.len()];
         while n < budget && idle < self.parts.len() {
             let i = self.next_part % self.parts.len();
             self.next_part += 1;
@@ -91,6 +95,7 @@ impl PartitionReader for GeneratorReader {
                         payload,
                     });
                     part.next_offset += 1;
+                    per_part[i] += 1;
                     n += 1;
                     idle = 0;
                 }
@@ -98,6 +103,14 @@ impl PartitionReader for GeneratorReader {
             }
         }
         self.emitted += n as u64;
+        for (part, count) in self.parts.iter().zip(per_part) {
+            if count > 0 {
+                self.metrics
+                    .source_records
+                    .with_label_values(&[GENERATOR_TOPIC, &part.partition.to_string()])
+                    .inc_by(count);
+            }
+        }
         n
     }
 

@@ -155,11 +155,20 @@ pub struct Kmflow {
     pub port: u16,
     pub state_dir: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Where stderr goes (inherited when `None`).
+    pub stderr_file: Option<PathBuf>,
 }
 
 impl Kmflow {
     pub fn start(state_dir: &Path, env: &[(&str, String)]) -> Kmflow {
-        let mut k = Kmflow {
+        let mut k = Kmflow::new(state_dir, env);
+        k.spawn();
+        k
+    }
+
+    /// Configured but not started.
+    pub fn new(state_dir: &Path, env: &[(&str, String)]) -> Kmflow {
+        Kmflow {
             child: None,
             port: free_port(),
             state_dir: state_dir.to_path_buf(),
@@ -167,9 +176,8 @@ impl Kmflow {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.clone()))
                 .collect(),
-        };
-        k.spawn();
-        k
+            stderr_file: None,
+        }
     }
 
     pub fn spawn(&mut self) {
@@ -178,8 +186,11 @@ impl Kmflow {
             .env("KMFLOW__STATE__DIR", &self.state_dir)
             .env("KMFLOW__API__LISTEN", format!("127.0.0.1:{}", self.port))
             .env("KMFLOW_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::null());
+        match &self.stderr_file {
+            Some(f) => cmd.stderr(std::fs::File::create(f).expect("stderr file")),
+            None => cmd.stderr(Stdio::inherit()),
+        };
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -361,4 +372,138 @@ pub fn killmail(
         v["zkb"] = serde_json::json!({"totalValue": isk, "points": 10, "npc": false, "solo": attackers.len() == 1, "awox": false});
     }
     kmflow_dataflows::decode::decode(&serde_json::to_vec(&v).unwrap()).unwrap()
+}
+
+/// A loopback TCP proxy in front of a broker that can be cut: while down it closes every
+/// connection and refuses new ones, as a broker outage looks to its clients.
+pub struct Proxy {
+    pub port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(port: u16, target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("proxy port");
+        listener.set_nonblocking(true).unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (d, s, c) = (down.clone(), stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        if d.load(Ordering::Relaxed) {
+                            drop(client);
+                            continue;
+                        }
+                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        let mut list = c.lock().unwrap();
+                        list.push(client.try_clone().unwrap());
+                        list.push(server.try_clone().unwrap());
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Proxy {
+            port,
+            down,
+            conns,
+            stop,
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
+        if down {
+            for c in self.conns.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.set_down(true);
+    }
+}
+
+impl Broker {
+    /// A broker that tells clients to connect through `advertised` (a proxy's port).
+    pub fn start_advertising(advertised: u16) -> Broker {
+        let port = free_port();
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        wait_for_port(port, Duration::from_secs(30));
+        Broker {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn delete_topic(&self, name: &str) {
+        let status = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "delete",
+                name,
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .env("RUST_LOG", "warn")
+            .status()
+            .expect("tansu topic delete");
+        assert!(status.success(), "deleting topic {name}");
+    }
+}
+
+/// Sum of the committed next offsets of every partition, as the API reports them.
+pub fn committed_total(k: &Kmflow) -> Option<i64> {
+    let mut r = agent()
+        .post(&k.url("/v1/characters:batch"))
+        .send_json(serde_json::json!({"ids": []}))
+        .ok()?;
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+    let offsets = v["as_of"]["offsets"].as_object()?;
+    Some(
+        offsets
+            .values()
+            .filter_map(Value::as_object)
+            .flat_map(|m| m.values())
+            .filter_map(Value::as_i64)
+            .sum(),
+    )
 }

@@ -1,0 +1,226 @@
+//! Exactly-once under crashes: kmflow is killed with SIGKILL at random moments (mid-fetch,
+//! mid-epoch, mid-commit, under API load) while it ingests the real killmails from a history
+//! topic and a live topic, restarted each time, and at the end every entity's statistics must
+//! equal the from-scratch fold of everything produced. Deterministic by seed:
+//! `KMFLOW_CRASH_SEED=n cargo test --release --test crash`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use common::{post_json, wait_until, Broker, Kmflow};
+use kmflow::files::for_each_message;
+use kmflow_dataflows::decode::decode;
+use kmflow_dataflows::reference::ReferenceFold;
+use kmflow_dataflows::time::format_rfc3339;
+use kmflow_dataflows::{EntityKey, EntityKind, Stats};
+
+fn committed(k: &Kmflow) -> Option<i64> {
+    let mut r = common::agent()
+        .post(&k.url("/v1/characters:batch"))
+        .send_json(json!({"ids": []}))
+        .ok()?;
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+    let offsets = v["as_of"]["offsets"].as_object()?;
+    Some(
+        offsets
+            .values()
+            .filter_map(Value::as_object)
+            .flat_map(|m| m.values())
+            .filter_map(Value::as_i64)
+            .sum(),
+    )
+}
+
+/// Every entity of the fold, asked of the API 1,000 at a time.
+fn assert_all_equal(k: &Kmflow, expected: &BTreeMap<EntityKey, Stats>) {
+    for kind in EntityKind::ALL {
+        let ids: Vec<u64> = expected
+            .keys()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.id)
+            .collect();
+        let path = match kind {
+            EntityKind::Character => "characters",
+            EntityKind::Corporation => "corporations",
+            EntityKind::Alliance => "alliances",
+        };
+        for chunk in ids.chunks(1000) {
+            let (status, v) = post_json(
+                &k.url(&format!("/v1/{path}:batch")),
+                &json!({ "ids": chunk }),
+            );
+            assert_eq!(status, 200);
+            assert_eq!(v["missing"], json!([]), "{kind:?}");
+            for r in v["results"].as_array().unwrap() {
+                let id = r["id"].as_u64().unwrap();
+                let e = &expected[&EntityKey::new(kind, id)];
+                let s = &r["stats"];
+                let got = (
+                    s["kills"].as_i64().unwrap(),
+                    s["losses"].as_i64().unwrap(),
+                    s["npc_losses"].as_i64().unwrap(),
+                    s["final_blows"].as_i64().unwrap(),
+                    s["damage_done"].as_i64().unwrap(),
+                    s["damage_taken"].as_i64().unwrap(),
+                    (s["isk_destroyed"].as_f64().unwrap() * 100.0).round() as i128,
+                    (s["isk_lost"].as_f64().unwrap() * 100.0).round() as i128,
+                    s["points_destroyed"].as_i64().unwrap(),
+                    s["solo_kills"].as_i64().unwrap(),
+                );
+                let want = (
+                    e.kills,
+                    e.losses,
+                    e.npc_losses,
+                    e.final_blows,
+                    e.damage_done,
+                    e.damage_taken,
+                    e.isk_destroyed_cents,
+                    e.isk_lost_cents,
+                    e.points_destroyed,
+                    e.solo_kills,
+                );
+                assert_eq!(got, want, "{kind:?} {id}");
+                assert_eq!(
+                    s["first_seen"].as_str(),
+                    e.first_seen.map(format_rfc3339).as_deref()
+                );
+                assert_eq!(
+                    s["last_seen"].as_str(),
+                    e.last_seen.map(format_rfc3339).as_deref()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
+    let seed: u64 = std::env::var("KMFLOW_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20211127);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    eprintln!("crash: seed {seed}");
+    let data = common::shared_data().join("killmails");
+    let broker = Broker::start();
+    broker.create_topic("live", 4);
+    broker.create_topic("history", 3);
+
+    // The history topic holds the EVE Ref week; the live topic gets the zkb samples (and an
+    // overlapping slice of the week) while kmflow is being killed.
+    let history = vec![data.join("everef")];
+    let live = vec![
+        data.join("zkb-api"),
+        data.join("r2z2"),
+        data.join("redisq"),
+        data.join("esi-large"),
+        data.join("everef-jsonl"),
+    ];
+    common::import(&broker, "history", &history);
+    let mut fold = ReferenceFold::default();
+    let mut total = 0i64;
+    for_each_message(&[history.clone(), live.clone()].concat(), &mut |r| {
+        fold.apply(&decode(&r.unwrap().1).unwrap());
+        total += 1;
+    });
+    let expected = fold.stats();
+
+    let state = tempfile::tempdir().unwrap();
+    let env = [
+        ("KMFLOW__SOURCE__KIND", "kafka".to_string()),
+        ("KMFLOW__KAFKA__BROKERS", broker.addr()),
+        ("KMFLOW__KAFKA__LIVE_TOPIC", "live".to_string()),
+        ("KMFLOW__KAFKA__HISTORY_TOPICS", "[\"history\"]".to_string()),
+        ("KMFLOW__PIPELINE__WORKERS", "2".to_string()),
+        // Small epochs: many commits to land a kill in the middle of.
+        ("KMFLOW__PIPELINE__EPOCH_MAX_RECORDS", "1500".to_string()),
+        ("KMFLOW__PIPELINE__EPOCH_MAX_MS", "20".to_string()),
+    ];
+    let mut k = Kmflow::start(state.path(), &env);
+
+    // API load throughout: any answer but a 5xx is fine while kmflow restarts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let port = Arc::new(AtomicU64::new(k.port as u64));
+    let load = {
+        let (stop, served, port) = (stop.clone(), served.clone(), port.clone());
+        let ids: Vec<u64> = expected
+            .keys()
+            .filter(|e| e.kind == EntityKind::Character)
+            .map(|e| e.id)
+            .take(5000)
+            .collect();
+        std::thread::spawn(move || {
+            let agent = common::agent();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let url = format!(
+                    "http://127.0.0.1:{}/v1/characters/{}",
+                    port.load(Ordering::Relaxed),
+                    ids[i % ids.len()]
+                );
+                i += 7;
+                if let Ok(r) = agent.get(&url).call() {
+                    assert!(r.status().as_u16() < 500, "{url}: {}", r.status());
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    // The live producer, concurrently.
+    let producer = {
+        let addr = broker.addr();
+        std::thread::spawn(move || {
+            for p in live {
+                let out = std::process::Command::new(common::kmflow_bin())
+                    .args(["import", "--topic", "live", "--brokers", &addr])
+                    .arg(&p)
+                    .env("KMFLOW_LOG", "error")
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+
+    let kills = 12;
+    let mut restarts = Vec::new();
+    for i in 0..kills {
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..1200)));
+        let before = committed(&k);
+        k.crash();
+        let t = Instant::now();
+        k.spawn();
+        port.store(k.port as u64, Ordering::Relaxed);
+        wait_until("ready after SIGKILL", Duration::from_secs(60), || {
+            common::get_json(&k.url("/readyz")).0 == 200
+        });
+        restarts.push(t.elapsed());
+        eprintln!(
+            "crash {i}: killed at {before:?} committed offsets; ready again in {:?}",
+            t.elapsed()
+        );
+    }
+    producer.join().unwrap();
+    wait_until("everything committed", Duration::from_secs(600), || {
+        committed(&k) == Some(total)
+    });
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    eprintln!(
+        "crash: {kills} SIGKILLs, {} API answers under load, slowest restart {:?}",
+        served.load(Ordering::Relaxed),
+        restarts.iter().max().unwrap()
+    );
+    assert_all_equal(&k, &expected);
+    assert!(k.stop());
+}
