@@ -492,7 +492,7 @@ fn monitor_loop(
                 .inc_by(now[i] - last[i]);
         }
         last = now;
-        if config.source.kind != SourceKind::Kafka || tick % 8 != 0 {
+        if config.source.kind != SourceKind::Kafka || !tick.is_multiple_of(8) {
             continue;
         }
         // Every 2 s: lag, and whether the broker answers.

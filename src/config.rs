@@ -186,6 +186,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
     fn env_overrides_and_validation() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("KMFLOW__PIPELINE__WORKERS", "3");

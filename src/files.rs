@@ -32,12 +32,12 @@ pub enum FileError {
     Unsupported(PathBuf),
 }
 
+/// Receives each message read (or the error reading it).
+pub type MessageSink<'a> = dyn FnMut(Result<(Origin, Vec<u8>), FileError>) + 'a;
+
 /// Calls `f` with every message under `paths`, in order (directories sorted by name).
 /// Unreadable records are passed as errors and reading goes on.
-pub fn for_each_message(
-    paths: &[PathBuf],
-    f: &mut dyn FnMut(Result<(Origin, Vec<u8>), FileError>),
-) {
+pub fn for_each_message(paths: &[PathBuf], f: &mut MessageSink<'_>) {
     for path in paths {
         if path.is_dir() {
             let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
@@ -84,10 +84,7 @@ fn kind(path: &Path) -> Option<Kind> {
     }
 }
 
-fn read_file(
-    path: &Path,
-    f: &mut dyn FnMut(Result<(Origin, Vec<u8>), FileError>),
-) -> Result<(), FileError> {
+fn read_file(path: &Path, f: &mut MessageSink<'_>) -> Result<(), FileError> {
     let io = |e| FileError::Io(path.to_path_buf(), e);
     let k = kind(path).ok_or_else(|| FileError::Unsupported(path.to_path_buf()))?;
     let file = File::open(path).map_err(io)?;
@@ -118,12 +115,7 @@ fn read_file(
 }
 
 /// A JSON array becomes one message per element; anything else is one message.
-fn split_json(
-    path: &Path,
-    within: &str,
-    bytes: &[u8],
-    f: &mut dyn FnMut(Result<(Origin, Vec<u8>), FileError>),
-) {
+fn split_json(path: &Path, within: &str, bytes: &[u8], f: &mut MessageSink<'_>) {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         match serde_json::from_slice::<Vec<Box<RawValue>>>(bytes) {
@@ -150,11 +142,7 @@ fn split_json(
     }
 }
 
-fn read_tar<R: Read>(
-    path: &Path,
-    reader: R,
-    f: &mut dyn FnMut(Result<(Origin, Vec<u8>), FileError>),
-) -> Result<(), FileError> {
+fn read_tar<R: Read>(path: &Path, reader: R, f: &mut MessageSink<'_>) -> Result<(), FileError> {
     let io = |e| FileError::Io(path.to_path_buf(), e);
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(io)? {

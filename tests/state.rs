@@ -36,10 +36,18 @@ fn commits_merge_and_survive_reopen() {
         let s = RocksState::open(dir.path(), 16).unwrap();
         assert_eq!(s.committed_epoch(), None);
         assert!(s.commit_meta().is_none());
-        s.commit(&common::batch_of(&[a.clone()], 0), &topics, &offsets(1))
-            .unwrap();
-        s.commit(&common::batch_of(&[b.clone()], 1), &topics, &offsets(2))
-            .unwrap();
+        s.commit(
+            &common::batch_of(std::slice::from_ref(&a), 0),
+            &topics,
+            &offsets(1),
+        )
+        .unwrap();
+        s.commit(
+            &common::batch_of(std::slice::from_ref(&b), 1),
+            &topics,
+            &offsets(2),
+        )
+        .unwrap();
         assert_eq!(s.committed_epoch(), Some(1));
     }
     let s = RocksState::open(dir.path(), 16).unwrap();

@@ -226,12 +226,15 @@ impl PartitionReader for KafkaReader {
     }
 }
 
+/// A partition with its low and high watermarks.
+pub type Watermark = ((u16, i32), i64, i64);
+
 /// High watermarks of `partitions`, for the lag metric and outage detection.
 pub fn watermarks(
     cfg: &KafkaConfig,
     partitions: &[(u16, i32)],
     timeout: Duration,
-) -> Result<Vec<((u16, i32), i64, i64)>, KafkaError> {
+) -> Result<Vec<Watermark>, KafkaError> {
     thread_local! {
         static CLIENT: std::cell::RefCell<Option<BaseConsumer>> = const { std::cell::RefCell::new(None) };
     }
