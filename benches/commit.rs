@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
         let state = RocksState::open(dir.path(), 64).unwrap();
         // Warm state: a history the commits update.
         state
-            .commit(&batch(1, 50_000, 0), &topics, &offsets)
+            .commit(&batch(1, 50_000, 0), &topics, &offsets, &BTreeMap::new())
             .unwrap();
         let mut epoch = 1;
         g.throughput(Throughput::Elements(n));
@@ -67,7 +67,11 @@ fn bench(c: &mut Criterion) {
                     epoch += 1;
                     batch(epoch * 1_000_000, n, epoch)
                 },
-                |bt| state.commit(&bt, &topics, &offsets).unwrap(),
+                |bt| {
+                    state
+                        .commit(&bt, &topics, &offsets, &BTreeMap::new())
+                        .unwrap()
+                },
                 BatchSize::LargeInput,
             )
         });

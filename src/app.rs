@@ -118,12 +118,34 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let mut stored_offsets = stored_offsets;
     let mut partitions = partitions;
     let mut blocked: Vec<(u16, i32)> = Vec::new();
+    let mut stored_fps = state
+        .commit_meta()
+        .map(|m| m.fingerprints)
+        .unwrap_or_default();
     if config.source.kind == SourceKind::Kafka {
-        let marks = loop {
-            match kafka::watermarks(&config.kafka, &partitions, Duration::from_secs(5)) {
-                Ok(m) => break m,
+        let stored: Vec<Position> = partitions
+            .iter()
+            .filter_map(|&(t, p)| {
+                let topic = &topics[t as usize];
+                let next = *stored_offsets.get(topic)?.get(&p)?;
+                let fingerprint = stored_fps
+                    .get(topic)
+                    .and_then(|m| m.get(&p))
+                    .copied()
+                    .unwrap_or(0);
+                Some(Position {
+                    topic: t,
+                    partition: p,
+                    next,
+                    fingerprint,
+                })
+            })
+            .collect();
+        let failed = loop {
+            match kafka::verify_positions(&config.kafka, &stored, Duration::from_secs(10)) {
+                Ok(f) => break f,
                 Err(e) => {
-                    tracing::warn!(error = %e, "kafka: waiting for watermarks");
+                    tracing::warn!(error = %e, "kafka: cannot verify stored positions yet; retrying");
                     if ctl.shutdown.load(Ordering::Acquire) {
                         api_stop.notify_one();
                         return Ok(());
@@ -132,29 +154,27 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                 }
             }
         };
-        for ((t, p), _lo, hi) in marks {
+        for (t, p) in failed {
             let topic = &topics[t as usize];
-            let Some(&stored) = stored_offsets.get(topic).and_then(|m| m.get(&p)) else {
-                continue;
-            };
-            if stored <= hi {
-                continue;
-            }
+            let stored = stored_offsets.get(topic).and_then(|m| m.get(&p)).copied();
             metrics
                 .partition_reset
                 .with_label_values(&[topic.as_str(), &p.to_string()])
                 .set(1);
             match config.kafka.on_offset_reset {
                 OffsetResetPolicy::Stop => {
-                    tracing::error!(topic, partition = p, stored, high_watermark = hi,
-                        "stored offset is past the end of the partition: was the topic deleted and recreated? \
+                    tracing::error!(topic, partition = p, stored,
+                        "the message before the stored offset is missing or different: was the topic deleted and recreated? \
                          not reading this partition; set kafka.on-offset-reset = \"reprocess\" to read it again from its beginning");
                     blocked.push((t, p));
                 }
                 OffsetResetPolicy::Reprocess => {
-                    tracing::error!(topic, partition = p, stored, high_watermark = hi,
-                        "stored offset is past the end of the partition: reprocessing it from its beginning (kafka.on-offset-reset = reprocess)");
+                    tracing::error!(topic, partition = p, stored,
+                        "the message before the stored offset is missing or different: reprocessing the partition from its beginning (kafka.on-offset-reset = reprocess)");
                     if let Some(m) = stored_offsets.get_mut(topic) {
+                        m.remove(&p);
+                    }
+                    if let Some(m) = stored_fps.get_mut(topic) {
                         m.remove(&p);
                     }
                 }
@@ -253,6 +273,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                     &config.kafka,
                     &mine,
                     &stored_offsets,
+                    &stored_fps,
                     metrics.clone(),
                     outage.clone(),
                 ) {
@@ -394,6 +415,10 @@ fn commit_loop(
     api: &str,
 ) -> Result<(), StateError> {
     let mut coordinator = CommitCoordinator::<Vec<Position>>::new(workers, start_epoch);
+    let mut fingerprints = state
+        .commit_meta()
+        .map(|m| m.fingerprints)
+        .unwrap_or_default();
     let mut failure: Option<StateError> = None;
     let mut hinted = false;
     for report in rx {
@@ -403,14 +428,19 @@ fn commit_loop(
         let Some(batch) = coordinator.offer(report) else {
             continue;
         };
-        for (t, p, o) in batch.meta.iter().flatten().flatten() {
+        for pos in batch.meta.iter().flatten().flatten() {
+            let topic = &topics[pos.topic as usize];
             offsets
-                .entry(topics[*t as usize].clone())
+                .entry(topic.clone())
                 .or_default()
-                .insert(*p, *o);
+                .insert(pos.partition, pos.next);
+            fingerprints
+                .entry(topic.clone())
+                .or_default()
+                .insert(pos.partition, pos.fingerprint);
         }
         let t0 = Instant::now();
-        match state.commit(&batch, topics, &offsets) {
+        match state.commit(&batch, topics, &offsets, &fingerprints) {
             Ok(meta) => {
                 metrics.commit_latency.observe(t0.elapsed().as_secs_f64());
                 metrics.commit_size.observe(
@@ -477,6 +507,7 @@ fn monitor_loop(
     } = ctx;
     let mut last = [0u64; 3];
     let mut tick = 0u64;
+    let mut failures = 0u32;
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(250));
         tick += 1;
@@ -498,6 +529,7 @@ fn monitor_loop(
         // Every 2 s: lag, and whether the broker answers.
         match kafka::watermarks(&config.kafka, partitions, Duration::from_secs(2)) {
             Ok(marks) => {
+                failures = 0;
                 if outage.swap(false, Ordering::AcqRel) {
                     tracing::info!("kafka: broker reachable again");
                 }
@@ -507,16 +539,7 @@ fn monitor_loop(
                 for ((t, p), lo, hi) in marks {
                     let topic = &topics[t as usize];
                     let next = offsets.get(topic).and_then(|m| m.get(&p)).copied();
-                    if next.is_some_and(|n| n > hi) {
-                        let gauge = metrics
-                            .partition_reset
-                            .with_label_values(&[topic.as_str(), &p.to_string()]);
-                        if gauge.get() == 0 {
-                            tracing::error!(topic, partition = p, stored = next, high_watermark = hi,
-                                "stored offset is past the end of the partition: was the topic deleted and recreated? restart kmflow to apply kafka.on-offset-reset");
-                        }
-                        gauge.set(1);
-                    }
+                    // Clamped: Tansu reports the last batch's base offset as high watermark.
                     let lag = hi - next.unwrap_or(lo).max(lo);
                     metrics
                         .consumer_lag
@@ -525,10 +548,14 @@ fn monitor_loop(
                 }
             }
             Err(e) => {
-                if !outage.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(error = %e, "kafka: broker unreachable; serving reads, retrying");
+                // Three failed probes in a row (about 6 s) make an outage, not one slow answer.
+                failures += 1;
+                if failures >= 3 {
+                    if !outage.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "kafka: broker unreachable; serving reads, retrying");
+                    }
+                    metrics.source_outage.set(1);
                 }
-                metrics.source_outage.set(1);
             }
         }
         let any_reset = partitions.iter().chain(blocked).any(|(t, p)| {

@@ -42,11 +42,14 @@ impl ProducerContext for CountingContext {
 }
 
 /// A producer tuned for bulk loads.
+/// `options` (`key=value` librdkafka producer properties) override kmflow's settings.
 pub fn producer(
     brokers: &str,
+    options: &[String],
 ) -> anyhow::Result<(ThreadedProducer<CountingContext>, Arc<DeliveryCounter>)> {
     let counter = Arc::new(DeliveryCounter::default());
-    let p = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
@@ -54,7 +57,14 @@ pub fn producer(
         .set("queue.buffering.max.kbytes", "1048576")
         .set("message.max.bytes", "10000000")
         .set("enable.idempotence", "false")
-        .set("acks", "all")
+        .set("acks", "all");
+    for opt in options {
+        let (k, v) = opt
+            .split_once('=')
+            .with_context(|| format!("producer option {opt:?} is not key=value"))?;
+        config.set(k.trim(), v.trim());
+    }
+    let p = config
         .create_with_context(CountingContext(counter.clone()))
         .context("creating the Kafka producer")?;
     Ok((p, counter))
@@ -109,8 +119,9 @@ pub fn import(
     brokers: &str,
     topic: &str,
     send_invalid: bool,
+    options: &[String],
 ) -> anyhow::Result<ImportReport> {
-    let (p, counter) = producer(brokers)?;
+    let (p, counter) = producer(brokers, options)?;
     let pb = progress("importing");
     let start = Instant::now();
     let mut failed = 0u64;

@@ -42,6 +42,9 @@ enum Command {
         /// Also produce records that do not decode (kmflow will dead-letter them).
         #[arg(long)]
         send_invalid: bool,
+        /// A librdkafka producer property, key=value (repeatable), e.g. -X linger.ms=50.
+        #[arg(short = 'X', value_name = "KEY=VALUE")]
+        producer_option: Vec<String>,
     },
     /// Generate realistic killmails to JSON Lines (stdout or --out) or to a Kafka topic.
     Gen {
@@ -60,6 +63,9 @@ enum Command {
         topic: Option<String>,
         #[arg(long)]
         brokers: Option<String>,
+        /// A librdkafka producer property, key=value (repeatable).
+        #[arg(short = 'X', value_name = "KEY=VALUE")]
+        producer_option: Vec<String>,
     },
 }
 
@@ -90,9 +96,11 @@ fn real_main() -> anyhow::Result<()> {
             topic,
             brokers,
             send_invalid,
+            producer_option,
         } => {
             let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
-            let report = kmflow::import::import(&paths, &brokers, &topic, send_invalid)?;
+            let report =
+                kmflow::import::import(&paths, &brokers, &topic, send_invalid, &producer_option)?;
             if report.failed > 0 {
                 anyhow::bail!("{} records failed to import", report.failed);
             }
@@ -105,25 +113,42 @@ fn real_main() -> anyhow::Result<()> {
             out,
             topic,
             brokers,
-        } => gen(
-            count,
-            seed,
-            rate,
-            out,
-            topic,
-            brokers.unwrap_or_else(|| config.kafka.brokers.clone()),
-        ),
+            producer_option,
+        } => {
+            let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
+            gen(GenArgs {
+                count,
+                seed,
+                rate,
+                out,
+                topic,
+                brokers,
+                producer_option,
+            })
+        }
     }
 }
 
-fn gen(
+struct GenArgs {
     count: u64,
     seed: u64,
     rate: u64,
     out: Option<PathBuf>,
     topic: Option<String>,
     brokers: String,
-) -> anyhow::Result<()> {
+    producer_option: Vec<String>,
+}
+
+fn gen(args: GenArgs) -> anyhow::Result<()> {
+    let GenArgs {
+        count,
+        seed,
+        rate,
+        out,
+        topic,
+        brokers,
+        producer_option,
+    } = args;
     let generator = Generator::new(GenConfig {
         seed,
         count,
@@ -139,7 +164,7 @@ fn gen(
         }
     };
     if let Some(topic) = topic {
-        let (p, counter) = kmflow::import::producer(&brokers)?;
+        let (p, counter) = kmflow::import::producer(&brokers, &producer_option)?;
         let pb = kmflow::import::progress("generating");
         for (i, (id, payload)) in generator.enumerate() {
             pace(i as u64);

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Labels: topic, partition. 1 when the stored offset is past the partition's end.
     pub partition_reset: IntGaugeVec,
+    /// Labels: topic, partition. Offsets the broker skipped after a resume.
+    pub offset_gaps: IntCounterVec,
     /// Labels: outcome (inserted, replaced, unchanged).
     pub upserts: IntCounterVec,
     pub commit_latency: Histogram,
@@ -72,6 +74,14 @@ impl Metrics {
                 Opts::new(
                     "kmflow_source_consumer_lag_messages",
                     "High watermark minus the committed next offset, by topic and partition",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+                        offset_gaps: IntCounterVec::new(
+                Opts::new(
+                    "kmflow_source_offset_gaps_total",
+                    "Offsets the broker skipped right after kmflow resumed a partition (records not read)",
                 ),
                 &["topic", "partition"],
             )
@@ -146,6 +156,8 @@ impl Metrics {
             .expect("register");
         r.register(Box::new(m.upserts.clone())).expect("register");
         r.register(Box::new(m.partition_reset.clone()))
+            .expect("register");
+        r.register(Box::new(m.offset_gaps.clone()))
             .expect("register");
         r.register(Box::new(m.commit_latency.clone()))
             .expect("register");

@@ -44,6 +44,9 @@ pub struct CommitMeta {
     pub committed_at: u64,
     /// topic → partition → next offset to read.
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// topic → partition → fingerprint of the message before the next offset (0: unknown).
+    #[serde(default)]
+    pub fingerprints: BTreeMap<String, BTreeMap<i32, u64>>,
 }
 
 /// A dead letter as stored, with its topic's name.
@@ -172,6 +175,7 @@ impl RocksState {
         batch: &EpochBatch<M>,
         topics: &[String],
         offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
+        fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
     ) -> Result<CommitMeta, StateError> {
         let mut wb = WriteBatch::default();
         let stats_cf = self.cf(CF_STATS);
@@ -221,6 +225,7 @@ impl RocksState {
             epoch: batch.last_epoch,
             committed_at: now_ms(),
             offsets: offsets.clone(),
+            fingerprints: fingerprints.clone(),
         };
         wb.put_cf(
             self.cf(CF_META),

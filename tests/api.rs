@@ -55,8 +55,13 @@ fn fixture() -> Fixture {
         payload_len: 1,
     });
     let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 5i64), (1, 8)]))]);
-    s.commit(&batch, &["killmails".to_string()], &offsets)
-        .unwrap();
+    s.commit(
+        &batch,
+        &["killmails".to_string()],
+        &offsets,
+        &BTreeMap::new(),
+    )
+    .unwrap();
     let state = AppState {
         state: s,
         metrics: Metrics::new(),

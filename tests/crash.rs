@@ -182,6 +182,7 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
             for p in live {
                 let out = std::process::Command::new(common::kmflow_bin())
                     .args(["import", "--topic", "live", "--brokers", &addr])
+                    .args(common::TANSU_PRODUCER)
                     .arg(&p)
                     .env("KMFLOW_LOG", "error")
                     .output()

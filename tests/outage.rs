@@ -27,6 +27,7 @@ fn broker_outage_keeps_reads_and_loses_nothing() {
     // Day one through the proxy.
     let status = std::process::Command::new(common::kmflow_bin())
         .args(["import", "--topic", "killmails", "--brokers", &via_proxy])
+        .args(common::TANSU_PRODUCER)
         .arg(data.join("everef/killmails-2021-11-27.tar.bz2"))
         .env("KMFLOW_LOG", "error")
         .stdout(std::process::Stdio::null())
@@ -76,6 +77,7 @@ fn broker_outage_keeps_reads_and_loses_nothing() {
     // Day two after the outage: everything arrives exactly once.
     let status = std::process::Command::new(common::kmflow_bin())
         .args(["import", "--topic", "killmails", "--brokers", &via_proxy])
+        .args(common::TANSU_PRODUCER)
         .arg(data.join("everef/killmails-2021-11-28.tar.bz2"))
         .env("KMFLOW_LOG", "error")
         .stdout(std::process::Stdio::null())
@@ -85,7 +87,9 @@ fn broker_outage_keeps_reads_and_loses_nothing() {
     wait_until("day two committed", Duration::from_secs(300), || {
         committed_total(&k) == Some(17_862 + 17_047)
     });
-    assert_eq!(metric(&k, "kmflow_upsert_total"), (17_862 + 17_047) as f64);
+    wait_until("upsert metrics", Duration::from_secs(10), || {
+        metric(&k, "kmflow_upsert_total") == (17_862 + 17_047) as f64
+    });
     assert!(k.stop());
 }
 
@@ -149,7 +153,10 @@ fn recreated_topic_is_detected_not_skipped_or_double_counted() {
     assert_eq!(metric(&k, "kmflow_source_records_total"), 3.0);
     // The kill and loss re-delivered are duplicates of killmails already counted; the R2Z2
     // killmail is new.
-    assert_eq!(metric(&k, "kmflow_upsert_total{outcome=\"inserted\"}"), 1.0);
+    wait_until("upsert metrics", Duration::from_secs(10), || {
+        metric(&k, "kmflow_upsert_total{outcome=\"inserted\"}") == 1.0
+            && metric(&k, "kmflow_upsert_total{outcome=\"unchanged\"}") == 2.0
+    });
     let (_, after) = get_json(&k.url("/v1/characters/2112957068"));
     assert_eq!(after["stats"], before["stats"]);
     assert_eq!(get_json(&k.url("/v1/killmails/134265477")).0, 200);

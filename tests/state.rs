@@ -40,12 +40,14 @@ fn commits_merge_and_survive_reopen() {
             &common::batch_of(std::slice::from_ref(&a), 0),
             &topics,
             &offsets(1),
+            &BTreeMap::new(),
         )
         .unwrap();
         s.commit(
             &common::batch_of(std::slice::from_ref(&b), 1),
             &topics,
             &offsets(2),
+            &BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(s.committed_epoch(), Some(1));
@@ -92,7 +94,8 @@ fn retraction_to_zero_deletes_the_entity() {
         Some(5.0),
     );
     let mut batch = common::batch_of(&[a], 0);
-    s.commit(&batch, &topics, &BTreeMap::new()).unwrap();
+    s.commit(&batch, &topics, &BTreeMap::new(), &BTreeMap::new())
+        .unwrap();
     for d in batch.deltas.values_mut() {
         *d = d.negated();
         d.first_seen = None;
@@ -100,7 +103,8 @@ fn retraction_to_zero_deletes_the_entity() {
     }
     batch.upserts.clear();
     batch.last_epoch = 1;
-    s.commit(&batch, &topics, &BTreeMap::new()).unwrap();
+    s.commit(&batch, &topics, &BTreeMap::new(), &BTreeMap::new())
+        .unwrap();
     // Times remain (they are never retracted), so the entities stay with zero counts.
     let all = s.all_stats().unwrap();
     assert!(all

@@ -117,7 +117,12 @@ impl PartitionReader for GeneratorReader {
     fn positions(&self) -> Vec<Position> {
         self.parts
             .iter()
-            .map(|p| (0, p.partition, p.next_offset))
+            .map(|p| Position {
+                topic: 0,
+                partition: p.partition,
+                next: p.next_offset,
+                fingerprint: 0,
+            })
             .collect()
     }
 }

@@ -15,7 +15,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use kmflow_dataflows::{RawRecord, SourcePos};
 
-use super::{PartitionReader, Position};
+use super::{fingerprint, PartitionReader, Position};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 
@@ -110,11 +110,14 @@ pub struct KafkaReader {
     consumer: BaseConsumer<SourceContext>,
     topic_index: HashMap<String, u16>,
     topics: Vec<String>,
-    positions: BTreeMap<(u16, i32), i64>,
+    /// (topic, partition) → (next offset, fingerprint of the message before it).
+    positions: BTreeMap<(u16, i32), (i64, u64)>,
     metrics: Metrics,
     outage: Arc<AtomicBool>,
     /// Records read since the last metrics flush, by (topic, partition).
     counts: BTreeMap<(u16, i32), u64>,
+    /// Partitions resumed at a stored offset whose first record has not arrived yet.
+    resumed: std::collections::BTreeSet<(u16, i32)>,
 }
 
 impl KafkaReader {
@@ -123,6 +126,7 @@ impl KafkaReader {
         cfg: &KafkaConfig,
         partitions: &[(u16, i32)],
         stored: &BTreeMap<String, BTreeMap<i32, i64>>,
+        fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
         metrics: Metrics,
         outage: Arc<AtomicBool>,
     ) -> Result<Self, KafkaError> {
@@ -140,7 +144,12 @@ impl KafkaReader {
             match stored.get(name).and_then(|m| m.get(&p)) {
                 Some(&o) => {
                     tpl.add_partition_offset(name, p, Offset::Offset(o))?;
-                    positions.insert((t, p), o);
+                    let fp = fingerprints
+                        .get(name)
+                        .and_then(|m| m.get(&p))
+                        .copied()
+                        .unwrap_or(0);
+                    positions.insert((t, p), (o, fp));
                 }
                 None => {
                     tpl.add_partition_offset(name, p, Offset::Beginning)?;
@@ -148,6 +157,7 @@ impl KafkaReader {
             }
         }
         consumer.assign(&tpl)?;
+        let resumed = positions.keys().copied().collect();
         let topic_index = topics
             .iter()
             .enumerate()
@@ -161,6 +171,7 @@ impl KafkaReader {
             metrics,
             outage,
             counts: BTreeMap::new(),
+            resumed,
         })
     }
 
@@ -177,6 +188,8 @@ impl KafkaReader {
 impl PartitionReader for KafkaReader {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> usize {
         let mut n = 0;
+        // The last record of each partition in this poll, fingerprinted once at the end.
+        let mut last: BTreeMap<(u16, i32), usize> = BTreeMap::new();
         while n < max {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
@@ -186,8 +199,26 @@ impl PartitionReader for KafkaReader {
                     };
                     let (p, o) = (m.partition(), m.offset());
                     // Never go backwards: a re-delivered offset is already counted.
-                    if self.positions.get(&(t, p)).is_some_and(|&next| o < next) {
+                    if self
+                        .positions
+                        .get(&(t, p))
+                        .is_some_and(|&(next, _)| o < next)
+                    {
                         continue;
+                    }
+                    if self.resumed.remove(&(t, p)) {
+                        let next = self.positions.get(&(t, p)).map_or(o, |&(n, _)| n);
+                        if o > next {
+                            // The broker skipped records after the resume point (Tansu 0.6 does
+                            // when the stored offset is inside a record batch): say so loudly.
+                            let topic = self.topics[t as usize].as_str();
+                            self.metrics
+                                .offset_gaps
+                                .with_label_values(&[topic, &p.to_string()])
+                                .inc_by((o - next) as u64);
+                            tracing::error!(topic, partition = p, resumed_at = next, first_offset = o,
+                                "kafka: the broker skipped offsets after the resume point; those records were not read");
+                        }
                     }
                     out.push(RawRecord {
                         pos: SourcePos {
@@ -197,7 +228,8 @@ impl PartitionReader for KafkaReader {
                         },
                         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     });
-                    self.positions.insert((t, p), o + 1);
+                    self.positions.insert((t, p), (o + 1, 0));
+                    last.insert((t, p), out.len() - 1);
                     *self.counts.entry((t, p)).or_default() += 1;
                     n += 1;
                 }
@@ -206,6 +238,11 @@ impl PartitionReader for KafkaReader {
                     tracing::warn!(error = %e, "kafka: fetch error");
                     break;
                 }
+            }
+        }
+        for (key, idx) in last {
+            if let Some(pos) = self.positions.get_mut(&key) {
+                pos.1 = fingerprint(&out[idx].payload);
             }
         }
         if n > 0 {
@@ -221,7 +258,12 @@ impl PartitionReader for KafkaReader {
     fn positions(&self) -> Vec<Position> {
         self.positions
             .iter()
-            .map(|(&(t, p), &o)| (t, p, o))
+            .map(|(&(topic, partition), &(next, fingerprint))| Position {
+                topic,
+                partition,
+                next,
+                fingerprint,
+            })
             .collect()
     }
 }
@@ -253,4 +295,79 @@ pub fn watermarks(
             })
             .collect()
     })
+}
+
+/// Proves stored positions still name the same data: reads the message just before each stored
+/// offset and compares its offset and fingerprint. Returns the partitions that fail (deleted and
+/// recreated, or truncated): a missing message or a different one. High watermarks are not
+/// used for this: they cannot tell a recreated topic that grew past the old offset, and some
+/// brokers (Tansu 0.6) report the last batch's base offset as the high watermark.
+pub fn verify_positions(
+    cfg: &KafkaConfig,
+    stored: &[Position],
+    timeout: Duration,
+) -> Result<Vec<(u16, i32)>, KafkaError> {
+    let topics = cfg.topics();
+    let probe: BaseConsumer = consumer_config(cfg).create()?;
+    let mut pending: BTreeMap<(u16, i32), (i64, u64)> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for pos in stored.iter().filter(|p| p.next > 0) {
+        let topic = &topics[pos.topic as usize];
+        let want = pos.next - 1;
+        // Start at the wanted message, or earlier where the broker's high watermark is below
+        // it (Tansu reports the last batch's base offset), and read forward to it.
+        let (lo, hi) = probe.fetch_watermarks(topic, pos.partition, timeout)?;
+        let start = want.min(hi).max(lo);
+        tpl.add_partition_offset(topic, pos.partition, Offset::Offset(start))?;
+        pending.insert((pos.topic, pos.partition), (want, pos.fingerprint));
+    }
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let consumer: BaseConsumer = consumer_config(cfg).create()?;
+    consumer.assign(&tpl)?;
+    let index: HashMap<&str, u16> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i as u16))
+        .collect();
+    let mut failed = Vec::new();
+    let deadline = std::time::Instant::now() + timeout;
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let Some(&t) = index.get(m.topic()) else {
+            continue;
+        };
+        let key = (t, m.partition());
+        let Some((want_offset, want_fp)) = pending.remove(&key) else {
+            continue;
+        };
+        let fp = fingerprint(m.payload().unwrap_or_default());
+        if m.offset() != want_offset || (want_fp != 0 && fp != want_fp) {
+            tracing::warn!(
+                topic = m.topic(),
+                partition = m.partition(),
+                want_offset,
+                got_offset = m.offset(),
+                want_fingerprint = want_fp,
+                got_fingerprint = fp,
+                "kafka: stored position does not match the partition"
+            );
+            failed.push(key);
+        } else {
+            // Seen; stop fetching this partition.
+            let mut one = TopicPartitionList::new();
+            one.add_partition(m.topic(), m.partition());
+            let _ = consumer.pause(&one);
+        }
+    }
+    for ((t, p), (want_offset, _)) in &pending {
+        tracing::warn!(topic = %topics[*t as usize], partition = p, want_offset,
+            "kafka: no message at the stored position within the timeout");
+    }
+    failed.extend(pending.into_keys());
+    failed.sort_unstable();
+    Ok(failed)
 }

@@ -22,8 +22,25 @@ use timely::dataflow::{Scope, StreamVec};
 use kmflow_dataflows::store::KillmailStore;
 use kmflow_dataflows::RawRecord;
 
-/// (topic index, partition, next offset to read).
-pub type Position = (u16, i32, i64);
+/// Where a partition stands: the next offset to read, and the fingerprint of the message just
+/// before it (see [`fingerprint`]), which lets a restart prove the partition is the one it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub topic: u16,
+    pub partition: i32,
+    pub next: i64,
+    pub fingerprint: u64,
+}
+
+/// FNV-1a of a payload: stable across versions and platforms, stored with the offsets.
+pub fn fingerprint(payload: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in payload {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
 
 /// A worker's share of the input.
 pub trait PartitionReader {

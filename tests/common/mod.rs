@@ -132,10 +132,17 @@ pub fn kmflow_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kmflow")
 }
 
+/// Producer settings for Tansu: one record per batch. Tansu 0.6 answers a fetch from an offset
+/// inside a record batch with the *next* batch, so a consumer resuming mid-batch would miss the
+/// rest of that batch; with single-record batches every offset starts a batch. (kmflow reports
+/// such skipped offsets in `kmflow_source_offset_gaps_total`; real Kafka does not skip.)
+pub const TANSU_PRODUCER: [&str; 2] = ["-X", "batch.num.messages=1"];
+
 /// `kmflow import` into `topic`; returns its stdout.
 pub fn import(broker: &Broker, topic: &str, paths: &[PathBuf]) -> String {
     let out = Command::new(kmflow_bin())
         .arg("import")
+        .args(TANSU_PRODUCER)
         .args(paths)
         .args(["--topic", topic, "--brokers", &broker.addr()])
         .env("KMFLOW_LOG", "warn")
