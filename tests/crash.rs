@@ -196,7 +196,7 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let kills = 12;
     let mut restarts = Vec::new();
     for i in 0..kills {
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..1200)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(30..700)));
         let before = committed(&k);
         k.crash();
         let t = Instant::now();
