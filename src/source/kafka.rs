@@ -299,73 +299,105 @@ pub fn watermarks(
 
 /// Proves stored positions still name the same data: reads the message just before each stored
 /// offset and compares its offset and fingerprint. Returns the partitions that fail (deleted and
-/// recreated, or truncated): a missing message or a different one. High watermarks are not
-/// used for this: they cannot tell a recreated topic that grew past the old offset, and some
-/// brokers (Tansu 0.6) report the last batch's base offset as the high watermark.
+/// recreated, or truncated): a missing message or a different one.
+///
+/// High watermarks cannot decide this (a recreated topic may have grown past the old offset),
+/// and some brokers cannot serve a fetch that starts inside a record batch (Tansu 0.6 answers
+/// with the next batch, and reports a high watermark inside the last batch). So each check
+/// starts at the wanted offset, then ever earlier, reading forward to it; only from the
+/// partition's low watermark, which always starts a batch, is a miss conclusive. On Kafka the
+/// first attempt decides.
 pub fn verify_positions(
     cfg: &KafkaConfig,
     stored: &[Position],
     timeout: Duration,
 ) -> Result<Vec<(u16, i32)>, KafkaError> {
+    const BACK: [i64; 4] = [0, 1_000, 20_000, i64::MAX];
     let topics = cfg.topics();
     let probe: BaseConsumer = consumer_config(cfg).create()?;
-    let mut pending: BTreeMap<(u16, i32), (i64, u64)> = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
+    // (topic, partition) -> (wanted offset, fingerprint, low watermark, first start)
+    let mut pending: BTreeMap<(u16, i32), (i64, u64, i64, i64)> = BTreeMap::new();
     for pos in stored.iter().filter(|p| p.next > 0) {
         let topic = &topics[pos.topic as usize];
         let want = pos.next - 1;
-        // Start at the wanted message, or earlier where the broker's high watermark is below
-        // it (Tansu reports the last batch's base offset), and read forward to it.
         let (lo, hi) = probe.fetch_watermarks(topic, pos.partition, timeout)?;
-        let start = want.min(hi).max(lo);
-        tpl.add_partition_offset(topic, pos.partition, Offset::Offset(start))?;
-        pending.insert((pos.topic, pos.partition), (want, pos.fingerprint));
+        pending.insert(
+            (pos.topic, pos.partition),
+            (want, pos.fingerprint, lo, want.min(hi).max(lo)),
+        );
     }
-    if pending.is_empty() {
-        return Ok(Vec::new());
-    }
-    let consumer: BaseConsumer = consumer_config(cfg).create()?;
-    consumer.assign(&tpl)?;
     let index: HashMap<&str, u16> = topics
         .iter()
         .enumerate()
         .map(|(i, t)| (t.as_str(), i as u16))
         .collect();
     let mut failed = Vec::new();
-    let deadline = std::time::Instant::now() + timeout;
-    while !pending.is_empty() && std::time::Instant::now() < deadline {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let Some(&t) = index.get(m.topic()) else {
-            continue;
-        };
-        let key = (t, m.partition());
-        let Some((want_offset, want_fp)) = pending.remove(&key) else {
-            continue;
-        };
-        let fp = fingerprint(m.payload().unwrap_or_default());
-        if m.offset() != want_offset || (want_fp != 0 && fp != want_fp) {
-            tracing::warn!(
-                topic = m.topic(),
-                partition = m.partition(),
-                want_offset,
-                got_offset = m.offset(),
-                want_fingerprint = want_fp,
-                got_fingerprint = fp,
-                "kafka: stored position does not match the partition"
-            );
-            failed.push(key);
+    for (attempt, back) in BACK.iter().enumerate() {
+        if pending.is_empty() {
+            break;
+        }
+        let last = attempt == BACK.len() - 1;
+        let mut starts: BTreeMap<(u16, i32), i64> = BTreeMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for (&(t, p), &(_, _, lo, first)) in &pending {
+            let start = if last {
+                lo
+            } else {
+                first.saturating_sub(*back).max(lo)
+            };
+            tpl.add_partition_offset(&topics[t as usize], p, Offset::Offset(start))?;
+            starts.insert((t, p), start);
+        }
+        let consumer: BaseConsumer = consumer_config(cfg).create()?;
+        consumer.assign(&tpl)?;
+        // Early attempts can only succeed or defer, so they may be short; the last decides.
+        let wait = if last {
+            timeout
         } else {
-            // Seen; stop fetching this partition.
+            timeout.min(Duration::from_secs(1))
+        };
+        let deadline = std::time::Instant::now() + wait;
+        while !pending.is_empty() && std::time::Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let Some(&t) = index.get(m.topic()) else {
+                continue;
+            };
+            let key = (t, m.partition());
+            let Some(&(want, want_fp, lo, _)) = pending.get(&key) else {
+                continue;
+            };
+            if m.offset() < want {
+                continue; // read forward to the wanted message
+            }
+            let fp = fingerprint(m.payload().unwrap_or_default());
+            let matches = m.offset() == want && (want_fp == 0 || fp == want_fp);
+            let conclusive = matches || m.offset() == want || starts[&key] == lo || last;
+            if !conclusive {
+                continue; // the broker skipped ahead; an earlier start will tell
+            }
+            pending.remove(&key);
             let mut one = TopicPartitionList::new();
             one.add_partition(m.topic(), m.partition());
             let _ = consumer.pause(&one);
+            if !matches {
+                tracing::warn!(
+                    topic = m.topic(),
+                    partition = m.partition(),
+                    want_offset = want,
+                    got_offset = m.offset(),
+                    want_fingerprint = want_fp,
+                    got_fingerprint = fp,
+                    "kafka: stored position does not match the partition"
+                );
+                failed.push(key);
+            }
         }
     }
-    for ((t, p), (want_offset, _)) in &pending {
-        tracing::warn!(topic = %topics[*t as usize], partition = p, want_offset,
-            "kafka: no message at the stored position within the timeout");
+    for ((t, p), (want, ..)) in &pending {
+        tracing::warn!(topic = %topics[*t as usize], partition = p, want_offset = want,
+            "kafka: no message at the stored position");
     }
     failed.extend(pending.into_keys());
     failed.sort_unstable();
