@@ -24,6 +24,29 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Killmails per second; 0 for full speed.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Write JSON Lines to this file instead of stdout.
+    #[arg(long, conflicts_with = "topic")]
+    out: Option<PathBuf>,
+    /// Produce to this Kafka topic instead of writing JSON Lines.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Defaults to kafka.brokers from the configuration.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// A librdkafka producer property, key=value (repeatable).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    producer_option: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the pipeline and the API until stopped (SIGINT/SIGTERM).
@@ -47,26 +70,7 @@ enum Command {
         producer_option: Vec<String>,
     },
     /// Generate realistic killmails to JSON Lines (stdout or --out) or to a Kafka topic.
-    Gen {
-        #[arg(long, default_value_t = 100_000)]
-        count: u64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Killmails per second; 0 for full speed.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Write JSON Lines to this file instead of stdout.
-        #[arg(long, conflicts_with = "topic")]
-        out: Option<PathBuf>,
-        /// Produce to this Kafka topic instead of writing JSON Lines.
-        #[arg(long)]
-        topic: Option<String>,
-        #[arg(long)]
-        brokers: Option<String>,
-        /// A librdkafka producer property, key=value (repeatable).
-        #[arg(short = 'X', value_name = "KEY=VALUE")]
-        producer_option: Vec<String>,
-    },
+    Gen(GenArgs),
 }
 
 fn main() {
@@ -106,48 +110,25 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gen {
-            count,
-            seed,
-            rate,
-            out,
-            topic,
-            brokers,
-            producer_option,
-        } => {
-            let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
-            gen(GenArgs {
-                count,
-                seed,
-                rate,
-                out,
-                topic,
-                brokers,
-                producer_option,
-            })
+        Command::Gen(args) => {
+            let brokers = args
+                .brokers
+                .clone()
+                .unwrap_or_else(|| config.kafka.brokers.clone());
+            gen(args, brokers)
         }
     }
 }
 
-struct GenArgs {
-    count: u64,
-    seed: u64,
-    rate: u64,
-    out: Option<PathBuf>,
-    topic: Option<String>,
-    brokers: String,
-    producer_option: Vec<String>,
-}
-
-fn gen(args: GenArgs) -> anyhow::Result<()> {
+fn gen(args: GenArgs, brokers: String) -> anyhow::Result<()> {
     let GenArgs {
         count,
         seed,
         rate,
         out,
         topic,
-        brokers,
         producer_option,
+        ..
     } = args;
     let generator = Generator::new(GenConfig {
         seed,

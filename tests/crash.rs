@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::{post_json, wait_until, Broker, Kmflow};
 use kmflow::files::for_each_message;
@@ -21,23 +21,6 @@ use kmflow_dataflows::decode::decode;
 use kmflow_dataflows::reference::ReferenceFold;
 use kmflow_dataflows::time::format_rfc3339;
 use kmflow_dataflows::{EntityKey, EntityKind, Stats};
-
-fn committed(k: &Kmflow) -> Option<i64> {
-    let mut r = common::agent()
-        .post(&k.url("/v1/characters:batch"))
-        .send_json(json!({"ids": []}))
-        .ok()?;
-    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
-    let offsets = v["as_of"]["offsets"].as_object()?;
-    Some(
-        offsets
-            .values()
-            .filter_map(Value::as_object)
-            .flat_map(|m| m.values())
-            .filter_map(Value::as_i64)
-            .sum(),
-    )
-}
 
 /// Every entity of the fold, asked of the API 1,000 at a time.
 fn assert_all_equal(k: &Kmflow, expected: &BTreeMap<EntityKey, Stats>) {
@@ -197,7 +180,7 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let mut restarts = Vec::new();
     for i in 0..kills {
         std::thread::sleep(Duration::from_millis(rng.random_range(30..700)));
-        let before = committed(&k);
+        let before = common::committed_total(&k);
         k.crash();
         let t = Instant::now();
         k.spawn();
@@ -213,7 +196,7 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     }
     producer.join().unwrap();
     wait_until("everything committed", Duration::from_secs(600), || {
-        committed(&k) == Some(total)
+        common::committed_total(&k) == Some(total)
     });
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();

@@ -34,13 +34,6 @@ fn fold(paths: &[PathBuf]) -> (usize, ReferenceFold) {
     (n, f)
 }
 
-fn committed_offsets(k: &Kmflow) -> Option<i64> {
-    let (status, v) = post_json(&k.url("/v1/characters:batch"), &json!({"ids": []}));
-    assert_eq!(status, 200, "{v}");
-    let offsets = v["as_of"]["offsets"][TOPIC].as_object()?;
-    Some(offsets.values().filter_map(Value::as_i64).sum())
-}
-
 fn path_for(kind: EntityKind) -> &'static str {
     match kind {
         EntityKind::Character => "characters",
@@ -156,7 +149,7 @@ fn real_killmails_through_kafka_with_restarts() {
     wait_until(
         "kmflow to commit every message",
         Duration::from_secs(600),
-        || committed_offsets(&k) == Some(messages as i64),
+        || common::committed_total(&k) == Some(messages as i64),
     );
     eprintln!(
         "e2e: {messages} messages imported and committed in {:.1}s",
@@ -210,7 +203,7 @@ fn real_killmails_through_kafka_with_restarts() {
         .unwrap();
     assert!(!status.success(), "import exits non-zero when records fail");
     wait_until("dead letters", Duration::from_secs(120), || {
-        committed_offsets(&k) == Some(messages as i64 + 3)
+        common::committed_total(&k) == Some(messages as i64 + 3)
     });
     wait_until("dead letters counted", Duration::from_secs(10), || {
         metric_sum(
@@ -229,7 +222,7 @@ fn real_killmails_through_kafka_with_restarts() {
     common::import(&broker, TOPIC, &[data.join("zkb-api")]);
     let total = messages as i64 + 3 + 427;
     wait_until("re-import", Duration::from_secs(120), || {
-        committed_offsets(&k) == Some(total)
+        common::committed_total(&k) == Some(total)
     });
     assert_eq!(assert_matches(&k, &expected, &picks), before);
 
@@ -252,7 +245,7 @@ fn real_killmails_through_kafka_with_restarts() {
         0.0,
         "no record re-read"
     );
-    assert_eq!(committed_offsets(&k), Some(total));
+    assert_eq!(common::committed_total(&k), Some(total));
 
     // Crash (SIGKILL) and restart: still the same.
     k.crash();
@@ -261,6 +254,6 @@ fn real_killmails_through_kafka_with_restarts() {
         get_json(&k.url("/readyz")).0 == 200
     });
     assert_eq!(assert_matches(&k, &expected, &picks), before);
-    assert_eq!(committed_offsets(&k), Some(total));
+    assert_eq!(common::committed_total(&k), Some(total));
     assert!(k.stop());
 }

@@ -10,6 +10,19 @@ use common::{
     committed_total, get_json, get_text, metric_sum, post_json, wait_until, Broker, Kmflow, Proxy,
 };
 
+/// `kmflow import` of one file into `killmails` through `brokers`.
+fn import_via(brokers: &str, path: &std::path::Path) {
+    let status = std::process::Command::new(common::kmflow_bin())
+        .args(["import", "--topic", "killmails", "--brokers", brokers])
+        .args(common::TANSU_PRODUCER)
+        .arg(path)
+        .env("KMFLOW_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 fn metric(k: &Kmflow, name: &str) -> f64 {
     metric_sum(&get_text(&k.url("/metrics")).1, name)
 }
@@ -25,15 +38,10 @@ fn broker_outage_keeps_reads_and_loses_nothing() {
     broker.create_topic("killmails", 4);
     let via_proxy = format!("127.0.0.1:{proxy_port}");
     // Day one through the proxy.
-    let status = std::process::Command::new(common::kmflow_bin())
-        .args(["import", "--topic", "killmails", "--brokers", &via_proxy])
-        .args(common::TANSU_PRODUCER)
-        .arg(data.join("everef/killmails-2021-11-27.tar.bz2"))
-        .env("KMFLOW_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    import_via(
+        &via_proxy,
+        &data.join("everef/killmails-2021-11-27.tar.bz2"),
+    );
     let state = tempfile::tempdir().unwrap();
     let env = [
         ("KMFLOW__SOURCE__KIND", "kafka".to_string()),
@@ -75,15 +83,10 @@ fn broker_outage_keeps_reads_and_loses_nothing() {
     assert_eq!(metric(&k, "kmflow_source_outage"), 0.0);
 
     // Day two after the outage: everything arrives exactly once.
-    let status = std::process::Command::new(common::kmflow_bin())
-        .args(["import", "--topic", "killmails", "--brokers", &via_proxy])
-        .args(common::TANSU_PRODUCER)
-        .arg(data.join("everef/killmails-2021-11-28.tar.bz2"))
-        .env("KMFLOW_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    import_via(
+        &via_proxy,
+        &data.join("everef/killmails-2021-11-28.tar.bz2"),
+    );
     wait_until("day two committed", Duration::from_secs(300), || {
         committed_total(&k) == Some(17_862 + 17_047)
     });

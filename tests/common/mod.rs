@@ -48,25 +48,32 @@ pub fn tansu_bin() -> PathBuf {
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
+    /// The port clients are told to connect to (a proxy's, or `port`).
+    advertised: u16,
 }
 
 impl Broker {
     pub fn start() -> Broker {
         let port = free_port();
-        let mut b = Broker { child: None, port };
+        let mut b = Broker {
+            child: None,
+            port,
+            advertised: port,
+        };
         b.spawn();
         b
     }
 
     fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .args([
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{}", self.advertised),
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
@@ -457,28 +464,13 @@ impl Drop for Proxy {
 impl Broker {
     /// A broker that tells clients to connect through `advertised` (a proxy's port).
     pub fn start_advertising(advertised: u16) -> Broker {
-        let port = free_port();
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        wait_for_port(port, Duration::from_secs(30));
-        Broker {
-            child: Some(child),
-            port,
-        }
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            advertised,
+        };
+        b.spawn();
+        b
     }
 
     pub fn delete_topic(&self, name: &str) {
