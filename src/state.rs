@@ -94,7 +94,7 @@ impl RocksState {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         // Bounds the WAL replayed after a crash (and so restart time) by forcing flushes.
-                opts.set_max_total_wal_size(128 * 1024 * 1024);
+        opts.set_max_total_wal_size(128 * 1024 * 1024);
         // All memtables together stay under 128 MiB (RocksDB's default would let five column
         // families hold 2 x 64 MiB each), so memory does not follow the write volume.
         opts.set_db_write_buffer_size(128 * 1024 * 1024);

@@ -107,13 +107,24 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         data.join("esi-large"),
         data.join("everef-jsonl"),
     ];
-    common::import(&broker, "history", &history);
+    // The first day is there before kmflow starts; the rest arrives during the kills.
+    // A second history topic, added to kmflow's configuration midway through the kills, replays
+    // a slice that overlaps what the live topic carries (same killmails, same zkb).
+    let replay = vec![
+        data.join("zkb-api/elit-kbresponse.json"),
+        data.join("redisq"),
+    ];
+    broker.create_topic("history-replay", 2);
+    common::import(&broker, "history-replay", &replay);
     let mut fold = ReferenceFold::default();
     let mut total = 0i64;
-    for_each_message(&[history.clone(), live.clone()].concat(), &mut |r| {
-        fold.apply(&decode(&r.unwrap().1).unwrap());
-        total += 1;
-    });
+    for_each_message(
+        &[history.clone(), live.clone(), replay].concat(),
+        &mut |r| {
+            fold.apply(&decode(&r.unwrap().1).unwrap());
+            total += 1;
+        },
+    );
     let expected = fold.stats();
 
     let state = tempfile::tempdir().unwrap();
@@ -159,29 +170,58 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         })
     };
     // The live producer, concurrently.
+    let mut days: Vec<std::path::PathBuf> = std::fs::read_dir(&history[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    days.sort();
+    common::import(&broker, "history", &days[..1]);
+    // Days of history and live files interleaved, produced while kmflow is being killed.
+    let mut schedule: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    for (i, day) in days.iter().enumerate().skip(1) {
+        schedule.push(("history", day.clone()));
+        if let Some(l) = live.get(i - 1) {
+            schedule.push(("live", l.clone()));
+        }
+    }
+    schedule.extend(
+        live.iter()
+            .skip(days.len() - 1)
+            .map(|l| ("live", l.clone())),
+    );
     let producer = {
         let addr = broker.addr();
         std::thread::spawn(move || {
-            for p in live {
+            for (topic, p) in schedule {
                 let out = std::process::Command::new(common::kmflow_bin())
-                    .args(["import", "--topic", "live", "--brokers", &addr])
+                    .args(["import", "--topic", topic, "--brokers", &addr])
                     .args(common::TANSU_PRODUCER)
                     .arg(&p)
                     .env("KMFLOW_LOG", "error")
                     .output()
                     .unwrap();
                 assert!(out.status.success());
-                std::thread::sleep(Duration::from_millis(300));
+                std::thread::sleep(Duration::from_millis(700));
             }
         })
     };
 
     let kills = 12;
     let mut restarts = Vec::new();
+    let mut kill_points = std::collections::BTreeSet::new();
     for i in 0..kills {
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..700)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..2000)));
         let before = common::committed_total(&k);
+        kill_points.insert(before);
         k.crash();
+        if i == kills / 2 {
+            k.env
+                .retain(|(key, _)| key != "KMFLOW__KAFKA__HISTORY_TOPICS");
+            k.env.push((
+                "KMFLOW__KAFKA__HISTORY_TOPICS".into(),
+                "[\"history\", \"history-replay\"]".into(),
+            ));
+        }
         let t = Instant::now();
         k.spawn();
         port.store(k.port as u64, Ordering::Relaxed);
@@ -195,6 +235,11 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         );
     }
     producer.join().unwrap();
+    // The kills must land at many points of the ingestion, not all before or after it.
+    assert!(
+        kill_points.len() >= 6,
+        "kills landed at only {kill_points:?}"
+    );
     wait_until("everything committed", Duration::from_secs(600), || {
         common::committed_total(&k) == Some(total)
     });
