@@ -505,6 +505,7 @@ fn monitor_loop(
         metrics,
         counters,
     } = ctx;
+    let topics = config.kafka.topics();
     let mut last = [0u64; 3];
     let mut tick = 0u64;
     let mut failures = 0u32;
@@ -535,7 +536,6 @@ fn monitor_loop(
                 }
                 metrics.source_outage.set(0);
                 let offsets = state.offsets();
-                let topics = config.kafka.topics();
                 for ((t, p), lo, hi) in marks {
                     let topic = &topics[t as usize];
                     let next = offsets.get(topic).and_then(|m| m.get(&p)).copied();
@@ -559,7 +559,7 @@ fn monitor_loop(
             }
         }
         let any_reset = partitions.iter().chain(blocked).any(|(t, p)| {
-            let topic = &config.kafka.topics()[*t as usize];
+            let topic = &topics[*t as usize];
             metrics
                 .partition_reset
                 .with_label_values(&[topic.as_str(), &p.to_string()])
