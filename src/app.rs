@@ -524,6 +524,10 @@ fn monitor_loop(
                 .inc_by(now[i] - last[i]);
         }
         last = now;
+        let read_errors = counters.store_errors.load(Ordering::Relaxed);
+        metrics
+            .state_read_errors
+            .inc_by(read_errors - metrics.state_read_errors.get());
         if config.source.kind != SourceKind::Kafka || !tick.is_multiple_of(8) {
             continue;
         }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub commit_size: Histogram,
     pub committed_epoch: IntGauge,
     pub commit_errors: IntCounter,
+    /// State reads by the upsert operator that failed (retried).
+    pub state_read_errors: IntCounter,
     pub state_size: IntGauge,
     pub ready: IntGauge,
     /// Labels: route (the matched pattern, bounded), status.
@@ -120,6 +122,11 @@ impl Metrics {
             .expect("valid metric"),
             committed_epoch: IntGauge::new("kmflow_committed_epoch", "The last committed epoch")
                 .expect("valid metric"),
+                        state_read_errors: IntCounter::new(
+                "kmflow_state_read_errors_total",
+                "Upsert-state reads that failed; the operator retries them",
+            )
+            .expect("valid metric"),
             commit_errors: IntCounter::new(
                 "kmflow_commit_errors_total",
                 "Commits that failed (ingestion stops on the first)",
@@ -164,6 +171,8 @@ impl Metrics {
         r.register(Box::new(m.commit_size.clone()))
             .expect("register");
         r.register(Box::new(m.committed_epoch.clone()))
+            .expect("register");
+        r.register(Box::new(m.state_read_errors.clone()))
             .expect("register");
         r.register(Box::new(m.commit_errors.clone()))
             .expect("register");

@@ -172,7 +172,7 @@ impl RocksState {
         self.commit_meta().map(|m| m.offsets).unwrap_or_default()
     }
 
-    /// Writes one batch atomically with the new offsets; returns the bytes written.
+    /// Writes one batch atomically with the new offsets and fingerprints; returns what it committed.
     pub fn commit<M>(
         &self,
         batch: &EpochBatch<M>,

@@ -275,6 +275,7 @@ async fn health_readiness_and_metrics() {
     for name in [
         "kmflow_decode_failures_total{reason=\"malformed_json\"}",
         "kmflow_commit_latency_seconds_bucket",
+        "kmflow_state_read_errors_total 0",
         "kmflow_commit_records_bucket",
         "kmflow_state_rocksdb_size_bytes",
         "kmflow_http_request_duration_seconds_bucket{route=\"/v1/characters/{id}\",status=\"200\"",

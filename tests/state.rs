@@ -83,7 +83,7 @@ fn commits_merge_and_survive_reopen() {
 }
 
 #[test]
-fn retraction_to_zero_deletes_the_entity() {
+fn retraction_zeroes_counts_and_keeps_times() {
     let dir = tempfile::tempdir().unwrap();
     let topics = vec!["t".to_string()];
     let s = RocksState::open(dir.path(), 16).unwrap();
