@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use kmflow::state::RocksState;
 use kmflow_dataflows::commit::EpochBatch;
-use kmflow_dataflows::contrib::contributions;
+use kmflow_dataflows::contrib::{contributions, StatsLevel};
 use kmflow_dataflows::decode::decode;
 use kmflow_dataflows::gen::{GenConfig, Generator};
 use kmflow_dataflows::{SourcePos, StoredKillmail};
@@ -26,9 +26,10 @@ fn batch(first: u64, n: u64, epoch: u64) -> EpochBatch<()> {
     });
     for (i, (_, payload)) in kms.enumerate() {
         let km = decode(&payload).unwrap();
-        for (k, s) in contributions(&km) {
+        for (k, s) in contributions(&km, StatsLevel::Full) {
             b.deltas.entry(k).or_default().merge(&s);
         }
+        b.max_time = b.max_time.max(Some(km.time));
         let applied_from = SourcePos {
             topic: 0,
             partition: 0,
@@ -57,7 +58,13 @@ fn bench(c: &mut Criterion) {
         let state = RocksState::open(dir.path(), 64).unwrap();
         // Warm state: a history the commits update.
         state
-            .commit(&batch(1, 50_000, 0), &topics, &offsets, &BTreeMap::new())
+            .commit(
+                &batch(1, 50_000, 0),
+                &topics,
+                &offsets,
+                &BTreeMap::new(),
+                i64::MAX,
+            )
             .unwrap();
         let mut epoch = 1;
         g.throughput(Throughput::Elements(n));
@@ -69,7 +76,7 @@ fn bench(c: &mut Criterion) {
                 },
                 |bt| {
                     state
-                        .commit(&bt, &topics, &offsets, &BTreeMap::new())
+                        .commit(&bt, &topics, &offsets, &BTreeMap::new(), i64::MAX)
                         .unwrap()
                 },
                 BatchSize::LargeInput,

@@ -2,6 +2,7 @@
 //! microseconds, never wait for the timely workers, and every answer comes from one snapshot,
 //! so it reflects exactly one committed epoch (`as_of`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,12 +17,16 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use kmflow_dataflows::contrib::StatsLevel;
 use kmflow_dataflows::model::CENTS_PER_ISK;
+use kmflow_dataflows::static_data::StaticData;
 use kmflow_dataflows::time::format_rfc3339;
-use kmflow_dataflows::{EntityKey, EntityKind, Stats, StoredKillmail};
+use kmflow_dataflows::{EntityKey, EntityKind, StoredKillmail};
 
 use crate::metrics::Metrics;
 use crate::state::{CommitMeta, RocksState};
+use crate::views;
+pub use crate::views::stats_json;
 
 /// Most ids one batch request may ask for.
 pub const MAX_BATCH_IDS: usize = 1000;
@@ -37,6 +42,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Topic names, for `applied_from` in killmail answers.
     pub topics: Arc<Vec<String>>,
+    /// The static data loaded, if any (group names; why fields are unknown).
+    pub static_data: Option<Arc<StaticData>>,
+    /// Which statistics the pipeline maintains.
+    pub level: StatsLevel,
 }
 
 /// The one error type of the API: client mistakes are 4xx with a message, internal errors are
@@ -48,19 +57,19 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
         }
     }
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
         }
     }
-    fn internal(err: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "api: internal error");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,6 +94,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/characters:batch", post(batch_characters))
         .route("/v1/corporations:batch", post(batch_corporations))
         .route("/v1/alliances:batch", post(batch_alliances))
+        .route("/v1/corporations/{id}/members", get(get_members))
+        .route("/v1/leaderboards/{kind}", get(get_leaderboard))
         .route("/v1/killmails/{id}", get(get_killmail))
         .route("/v1/dead-letters", get(get_dead_letters))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -117,7 +128,7 @@ async fn track_latency(State(s): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// Parses an entity or killmail id: a positive integer.
-fn parse_id(raw: &str, what: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<u64, ApiError> {
     match raw.parse::<u64>() {
         Ok(id) if id > 0 => Ok(id),
         _ => Err(ApiError::bad_request(format!(
@@ -126,31 +137,7 @@ fn parse_id(raw: &str, what: &str) -> Result<u64, ApiError> {
     }
 }
 
-fn isk(cents: i128) -> f64 {
-    cents as f64 / CENTS_PER_ISK as f64
-}
-
-/// The JSON of one entity's statistics, with exactly the API's field names.
-pub fn stats_json(s: &Stats) -> Value {
-    json!({
-        "kills": s.kills,
-        "losses": s.losses,
-        "npc_losses": s.npc_losses,
-        "final_blows": s.final_blows,
-        "damage_done": s.damage_done,
-        "damage_taken": s.damage_taken,
-        "isk_destroyed": isk(s.isk_destroyed_cents),
-        "isk_lost": isk(s.isk_lost_cents),
-        "points_destroyed": s.points_destroyed,
-        "points_lost": s.points_lost,
-        "solo_kills": s.solo_kills,
-        "solo_losses": s.solo_losses,
-        "first_seen": s.first_seen.map(format_rfc3339),
-        "last_seen": s.last_seen.map(format_rfc3339),
-    })
-}
-
-fn as_of_json(meta: &Option<CommitMeta>) -> Value {
+pub(crate) fn as_of_json(meta: &Option<CommitMeta>) -> Value {
     match meta {
         None => Value::Null,
         Some(m) => json!({
@@ -162,40 +149,46 @@ fn as_of_json(meta: &Option<CommitMeta>) -> Value {
     }
 }
 
-async fn entity(s: &AppState, kind: EntityKind, raw: &str) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(raw, kind.as_str())?;
-    let (mut found, meta) = s
-        .state
-        .stats_many(&[EntityKey::new(kind, id)])
-        .map_err(ApiError::internal)?;
-    match found.pop().flatten() {
-        Some(stats) => Ok(Json(
-            json!({"id": id, "stats": stats_json(&stats), "as_of": as_of_json(&meta)}),
-        )),
-        None => Err(ApiError::not_found(format!(
-            "no {} with id {id}",
-            kind.as_str()
-        ))),
-    }
-}
-
 async fn get_character(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    entity(&s, EntityKind::Character, &id).await
+    views::entity(&s, EntityKind::Character, &id, q)
+        .await
+        .map(Json)
 }
 async fn get_corporation(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    entity(&s, EntityKind::Corporation, &id).await
+    views::entity(&s, EntityKind::Corporation, &id, q)
+        .await
+        .map(Json)
 }
 async fn get_alliance(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    entity(&s, EntityKind::Alliance, &id).await
+    views::entity(&s, EntityKind::Alliance, &id, q)
+        .await
+        .map(Json)
+}
+async fn get_members(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    views::members(&s, &id, q).await.map(Json)
+}
+async fn get_leaderboard(
+    State(s): State<AppState>,
+    Path(kind): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    views::leaderboard(&s, &kind, q).await.map(Json)
 }
 
 async fn batch(s: &AppState, kind: EntityKind, body: &Bytes) -> Result<Json<Value>, ApiError> {
@@ -231,7 +224,7 @@ async fn batch(s: &AppState, kind: EntityKind, body: &Bytes) -> Result<Json<Valu
     let mut missing = Vec::new();
     for (id, st) in ids.iter().zip(found) {
         match st {
-            Some(st) => results.push(json!({"id": id, "stats": stats_json(&st)})),
+            Some(st) => results.push(json!({"id": id, "stats": stats_json(&st, true)})),
             None => missing.push(*id),
         }
     }

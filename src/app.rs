@@ -11,12 +11,13 @@ use anyhow::Context as _;
 use crossbeam_channel::Receiver;
 
 use kmflow_dataflows::commit::{CommitCoordinator, SinkReport};
-use kmflow_dataflows::pipeline::{build, PipelineHooks, UpsertCounters};
+use kmflow_dataflows::pipeline::{build, PipelineHooks, StatsSpec, UpsertCounters};
+use kmflow_dataflows::static_data::StaticData;
 use kmflow_dataflows::store::KillmailStore;
 use kmflow_dataflows::EntityKind;
 
 use crate::api::{app, AppState};
-use crate::config::{Config, OffsetResetPolicy, SourceKind};
+use crate::config::{Config, OffsetResetPolicy, SourceKind, WallClock};
 use crate::metrics::Metrics;
 use crate::source::generator::{GeneratorReader, GENERATOR_PARTITIONS, GENERATOR_TOPIC};
 use crate::source::kafka::{self, KafkaReader};
@@ -33,6 +34,18 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .with_context(|| format!("creating state directory {}", config.state.dir.display()))?;
     let state = RocksState::open(&config.state.dir, config.state.block_cache_mb)?;
     let start_epoch = state.commit_meta().map_or(0, |m| m.epoch + 1);
+    let wall = config.stats.wall_clock()?;
+    let static_data = if config.stats.static_dir.as_os_str().is_empty() {
+        tracing::warn!(
+            "stats.static-dir is empty: solo without zkb and victim ship groups will be unknown"
+        );
+        None
+    } else {
+        let sd = StaticData::load(&config.stats.static_dir)?;
+        tracing::info!(dir = %config.stats.static_dir.display(), types = sd.type_group.len(),
+            groups = sd.group_category.len(), "static data loaded");
+        Some(Arc::new(sd))
+    };
     let stored_offsets = state.offsets();
     tracing::info!(
         dir = %config.state.dir.display(),
@@ -73,6 +86,8 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         topics: Arc::new(topics.clone()),
+        static_data: static_data.clone(),
+        level: config.stats.level,
     };
     let api_stop = Arc::new(tokio::sync::Notify::new());
     let api_stop2 = api_stop.clone();
@@ -212,6 +227,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                     &metrics,
                     &ctl,
                     &api,
+                    wall,
                 )
             })?
     };
@@ -296,6 +312,10 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                 let hooks = PipelineHooks {
                     store: ctl.store.clone(),
                     counters: counters.clone(),
+                    spec: StatsSpec {
+                        level: config.stats.level,
+                        static_data: static_data.clone(),
+                    },
                     report: move |r: SinkReport<()>| {
                         let mut meta = Vec::new();
                         positions.borrow_mut().retain(|(e, p)| {
@@ -413,6 +433,7 @@ fn commit_loop(
     metrics: &Metrics,
     ctl: &EpochControl,
     api: &str,
+    wall: WallClock,
 ) -> Result<(), StateError> {
     let mut coordinator = CommitCoordinator::<Vec<Position>>::new(workers, start_epoch);
     let mut fingerprints = state
@@ -440,7 +461,7 @@ fn commit_loop(
                 .insert(pos.partition, pos.fingerprint);
         }
         let t0 = Instant::now();
-        match state.commit(&batch, topics, &offsets, &fingerprints) {
+        match state.commit(&batch, topics, &offsets, &fingerprints, wall.now()) {
             Ok(meta) => {
                 metrics.commit_latency.observe(t0.elapsed().as_secs_f64());
                 metrics.commit_size.observe(
@@ -460,11 +481,11 @@ fn commit_loop(
                     if let Some(c) = batch
                         .deltas
                         .keys()
-                        .find(|k| k.kind == EntityKind::Character)
+                        .find(|k| k.entity.kind == EntityKind::Character)
                     {
                         println!(
                             "kmflow: first commit; try  curl {api}/v1/characters/{}",
-                            c.id
+                            c.entity.id
                         );
                         hinted = true;
                     }

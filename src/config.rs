@@ -9,6 +9,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use kmflow_dataflows::contrib::StatsLevel;
+
 /// The defaults, also the reference documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -21,6 +23,51 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub state: StateConfig,
     pub api: ApiConfig,
+    pub stats: StatsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StatsConfig {
+    pub level: StatsLevel,
+    /// Directory with `zkillboard-items.json` and `invGroups.csv`; empty: none.
+    pub static_dir: PathBuf,
+    /// `system`, or a fixed RFC 3339 time the stream clock is capped by.
+    pub wall_clock: String,
+}
+
+impl StatsConfig {
+    /// The wall clock: the system's, or the pinned time.
+    pub fn wall_clock(&self) -> Result<WallClock, ConfigError> {
+        match self.wall_clock.trim() {
+            "system" => Ok(WallClock::System),
+            t => kmflow_dataflows::time::parse_rfc3339(t)
+                .map(WallClock::Pinned)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "stats.wall-clock must be \"system\" or an RFC 3339 UTC time, got {t:?}"
+                    ))
+                }),
+        }
+    }
+}
+
+/// What the stream clock is capped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WallClock {
+    System,
+    /// Unix seconds.
+    Pinned(i64),
+}
+
+impl WallClock {
+    /// Now, in Unix seconds.
+    pub fn now(self) -> i64 {
+        match self {
+            WallClock::System => (crate::state::now_ms() / 1000) as i64,
+            WallClock::Pinned(t) => t,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -141,6 +188,7 @@ impl Config {
         if self.pipeline.max_inflight_epochs == 0 {
             return bad("pipeline.max-inflight-epochs must be positive");
         }
+        self.stats.wall_clock()?;
         if self.source.kind == SourceKind::Kafka {
             if self.kafka.brokers.trim().is_empty() {
                 return bad("kafka.brokers must not be empty");

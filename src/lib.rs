@@ -11,3 +11,4 @@ pub mod import;
 pub mod metrics;
 pub mod source;
 pub mod state;
+pub mod views;

@@ -4,7 +4,9 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `killmails` | killmail id (u64 BE) | bincode [`StoredKillmail`]: the upsert state |
-//! | `stats` | [`EntityKey::to_bytes`] | bincode [`Stats`] |
+//! | `stats` | [`StatKey::to_bytes`]: entity, then dimension (all time, month, window, breakdowns, roster) | varint bincode [`Stats`] |
+//! | `days` | [`StatKey::day_major_bytes`]: day, then entity | varint bincode [`Stats`]: the day buckets windows slide over |
+//! | `ranks` | [`RankKey::to_bytes`]: kind, window, metric, value descending, id | empty: the leaderboards |
 //! | `dead_letters` | topic, 0, partition (i32 BE), offset (i64 BE) | JSON [`DeadLetterRecord`] |
 //! | `offsets` | topic, 0, partition (i32 BE) | next offset to read (i64 BE) |
 //! | `meta` | `commit` | JSON [`CommitMeta`]: epoch, time and offsets of the last commit |
@@ -24,17 +26,46 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
+use kmflow_dataflows::aggregate::{plan, StatsReader, StreamClock, Write};
 use kmflow_dataflows::commit::EpochBatch;
+use kmflow_dataflows::keys::{tag, Dim, Metric, RankKey, StatKey};
 use kmflow_dataflows::model::DeadLetter;
 use kmflow_dataflows::store::{KillmailStore, StoreError, NO_EPOCH};
-use kmflow_dataflows::{EntityKey, Stats, StoredKillmail};
+use kmflow_dataflows::{EntityKey, EntityKind, Stats, StoredKillmail};
 
 const CF_KILLMAILS: &str = "killmails";
 const CF_STATS: &str = "stats";
+const CF_DAYS: &str = "days";
+const CF_RANKS: &str = "ranks";
 const CF_DEAD_LETTERS: &str = "dead_letters";
 const CF_OFFSETS: &str = "offsets";
 const CF_META: &str = "meta";
 const META_COMMIT: &[u8] = b"commit";
+const ALL_CFS: [&str; 7] = [
+    CF_KILLMAILS,
+    CF_STATS,
+    CF_DAYS,
+    CF_RANKS,
+    CF_DEAD_LETTERS,
+    CF_OFFSETS,
+    CF_META,
+];
+
+/// Stats are stored with varint integers: most fields of most keys are small or zero.
+fn stats_codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_varint_encoding()
+}
+
+pub fn encode_stats(s: &Stats) -> Vec<u8> {
+    use bincode::Options;
+    stats_codec().serialize(s).expect("stats serialize")
+}
+
+pub fn decode_stats(b: &[u8]) -> Result<Stats, StateError> {
+    use bincode::Options;
+    stats_codec().deserialize(b).map_err(codec_err)
+}
 
 /// What the last commit covered; served as `as_of`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +78,9 @@ pub struct CommitMeta {
     /// topic → partition → fingerprint of the message before the next offset (0: unknown).
     #[serde(default)]
     pub fingerprints: BTreeMap<String, BTreeMap<i32, u64>>,
+    /// The stream clock the windows end at.
+    #[serde(default)]
+    pub clock: StreamClock,
 }
 
 /// A dead letter as stored, with its topic's name.
@@ -110,7 +144,7 @@ impl RocksState {
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             ColumnFamilyDescriptor::new(name, o)
         };
-        let cfs = [CF_KILLMAILS, CF_STATS, CF_DEAD_LETTERS, CF_OFFSETS, CF_META].map(cf);
+        let cfs = ALL_CFS.map(cf);
         let db =
             DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| StateError::RocksDb {
                 path: dir.to_path_buf(),
@@ -156,7 +190,7 @@ impl RocksState {
 
     /// Flushes memtables to SST files, so the next open replays no WAL (called on clean stop).
     pub fn flush(&self) -> Result<(), StateError> {
-        for cf in [CF_KILLMAILS, CF_STATS, CF_DEAD_LETTERS, CF_OFFSETS, CF_META] {
+        for cf in ALL_CFS {
             self.db.flush_cf(self.cf(cf)).map_err(|e| self.err(e))?;
         }
         Ok(())
@@ -172,36 +206,35 @@ impl RocksState {
         self.commit_meta().map(|m| m.offsets).unwrap_or_default()
     }
 
-    /// Writes one batch atomically with the new offsets and fingerprints; returns what it committed.
+    /// Writes one batch atomically with the new offsets and fingerprints, moving the stream
+    /// clock to what `wall` (Unix seconds) and the batch's killmails allow; returns what it
+    /// committed.
     pub fn commit<M>(
         &self,
         batch: &EpochBatch<M>,
         topics: &[String],
         offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
         fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
+        wall: i64,
     ) -> Result<CommitMeta, StateError> {
         let mut wb = WriteBatch::default();
-        let stats_cf = self.cf(CF_STATS);
-        // Read-modify-write of the touched aggregates; only the committer writes them.
-        let keys: Vec<(EntityKey, [u8; 9])> =
-            batch.deltas.keys().map(|k| (*k, k.to_bytes())).collect();
-        let current = self
-            .db
-            .multi_get_cf(keys.iter().map(|(_, b)| (stats_cf, &b[..])));
-        for ((key, bytes), cur) in keys.iter().zip(current) {
-            let mut stats: Stats = match cur.map_err(|e| self.err(e))? {
-                Some(v) => bincode::deserialize(&v).map_err(codec_err)?,
-                None => Stats::default(),
-            };
-            stats.merge(&batch.deltas[key]);
-            if stats.is_empty() {
-                wb.delete_cf(stats_cf, bytes);
-            } else {
-                wb.put_cf(
-                    stats_cf,
-                    bytes,
-                    bincode::serialize(&stats).map_err(codec_err)?,
-                );
+        let before = self.commit_meta().map(|m| m.clock).unwrap_or_default();
+        let clock = before.advance(batch.max_time, wall);
+        let writes = plan(self, &batch.deltas, before.day(), clock.day())?;
+        let (stats_cf, days_cf, ranks_cf) =
+            (self.cf(CF_STATS), self.cf(CF_DAYS), self.cf(CF_RANKS));
+        for w in writes {
+            match w {
+                Write::Put(k, v) => match k.day_major_bytes() {
+                    Some(dk) => wb.put_cf(days_cf, dk, encode_stats(&v)),
+                    None => wb.put_cf(stats_cf, k.to_bytes(), encode_stats(&v)),
+                },
+                Write::Delete(k) => match k.day_major_bytes() {
+                    Some(dk) => wb.delete_cf(days_cf, dk),
+                    None => wb.delete_cf(stats_cf, k.to_bytes()),
+                },
+                Write::RankPut(r) => wb.put_cf(ranks_cf, r.to_bytes(), []),
+                Write::RankDelete(r) => wb.delete_cf(ranks_cf, r.to_bytes()),
             }
         }
         let km_cf = self.cf(CF_KILLMAILS);
@@ -229,6 +262,7 @@ impl RocksState {
             committed_at: now_ms(),
             offsets: offsets.clone(),
             fingerprints: fingerprints.clone(),
+            clock,
         };
         wb.put_cf(
             self.cf(CF_META),
@@ -244,30 +278,204 @@ impl RocksState {
         Ok(meta)
     }
 
-    /// Statistics of `keys` and the commit they reflect, all read from one snapshot.
+    /// All-time statistics of `keys` and the commit they reflect, all read from one snapshot.
     pub fn stats_many(
         &self,
         keys: &[EntityKey],
     ) -> Result<(Vec<Option<Stats>>, Option<CommitMeta>), StateError> {
         let snap = self.db.snapshot();
-        let stats_cf = self.cf(CF_STATS);
-        let bytes: Vec<[u8; 9]> = keys.iter().map(|k| k.to_bytes()).collect();
-        let got = snap.multi_get_cf(bytes.iter().map(|b| (stats_cf, &b[..])));
-        let mut out = Vec::with_capacity(keys.len());
-        for g in got {
-            out.push(match g.map_err(|e| self.err(e))? {
-                Some(v) => Some(bincode::deserialize(&v).map_err(codec_err)?),
-                None => None,
-            });
-        }
-        let meta = match snap
+        let keys: Vec<StatKey> = keys.iter().map(|k| StatKey::all(*k)).collect();
+        let out = self.get_stats(&snap, &keys)?;
+        Ok((out, self.meta_at(&snap)?))
+    }
+
+    /// The stored value of each key (day buckets from `days`, the rest from `stats`).
+    fn get_stats(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        keys: &[StatKey],
+    ) -> Result<Vec<Option<Stats>>, StateError> {
+        let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
+        let bytes: Vec<(&rocksdb::ColumnFamily, Vec<u8>)> = keys
+            .iter()
+            .map(|k| match k.day_major_bytes() {
+                Some(b) => (days_cf, b),
+                None => (stats_cf, k.to_bytes()),
+            })
+            .collect();
+        let got = snap.multi_get_cf(bytes.iter().map(|(cf, b)| (*cf, &b[..])));
+        got.into_iter()
+            .map(|g| match g.map_err(|e| self.err(e))? {
+                Some(v) => decode_stats(&v).map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    fn meta_at(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+    ) -> Result<Option<CommitMeta>, StateError> {
+        match snap
             .get_cf(self.cf(CF_META), META_COMMIT)
             .map_err(|e| self.err(e))?
         {
-            Some(v) => Some(serde_json::from_slice(&v).map_err(codec_err)?),
-            None => None,
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(codec_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every `(key, value)` of `cf` whose key starts with `prefix`, in key order, at most `limit`.
+    fn scan(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        cf: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StateError> {
+        let mut out = Vec::new();
+        let iter = snap.iterator_cf(
+            self.cf(cf),
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// Everything the API shows of one entity, from one snapshot. `None` when it has no
+    /// statistics.
+    pub fn entity_view(
+        &self,
+        entity: EntityKey,
+        parts: &ViewParts,
+    ) -> Result<(Option<EntityView>, Option<CommitMeta>), StateError> {
+        let snap = self.db.snapshot();
+        let meta = self.meta_at(&snap)?;
+        let Some(all) = self
+            .get_stats(&snap, &[StatKey::all(entity)])?
+            .pop()
+            .flatten()
+        else {
+            return Ok((None, meta));
         };
-        Ok((out, meta))
+        let mut view = EntityView {
+            all,
+            ..Default::default()
+        };
+        let dims = |t: u8| -> Result<Vec<(Dim, Stats)>, StateError> {
+            self.scan(&snap, CF_STATS, &StatKey::prefix(entity, t), usize::MAX)?
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
+                    Ok((key.dim, decode_stats(&v)?))
+                })
+                .collect()
+        };
+        if parts.windows {
+            for (dim, v) in dims(tag::WINDOW)? {
+                if let Dim::Window(w) = dim {
+                    if let Some(slot) = view.windows.get_mut(w as usize) {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+        if parts.months {
+            view.months = filter_dims(dims(tag::MONTH)?, |d| match d {
+                Dim::Month(m) => Some(m),
+                _ => None,
+            });
+        }
+        if parts.groups {
+            view.groups = filter_dims(dims(tag::GROUP)?, |d| match d {
+                Dim::Group(g) => Some(g),
+                _ => None,
+            });
+        }
+        if parts.ships {
+            view.ships = filter_dims(dims(tag::SHIP)?, |d| match d {
+                Dim::Ship(t) => Some(t),
+                _ => None,
+            });
+        }
+        if parts.systems {
+            view.systems = filter_dims(dims(tag::SYSTEM)?, |d| match d {
+                Dim::System(t) => Some(t),
+                _ => None,
+            });
+        }
+        if parts.activity {
+            view.hours = filter_dims(dims(tag::HOUR)?, |d| match d {
+                Dim::Hour(h) => Some(h as u32),
+                _ => None,
+            });
+        }
+        Ok((Some(view), meta))
+    }
+
+    /// The members of corporation `corp` and their statistics under it: all time (`window`
+    /// `None`) or in a window (an index into `WINDOW_DAYS`).
+    pub fn members(
+        &self,
+        corp: u64,
+        window: Option<u8>,
+    ) -> Result<(Vec<(u64, Stats)>, Option<CommitMeta>), StateError> {
+        let snap = self.db.snapshot();
+        let entity = EntityKey::new(EntityKind::Corporation, corp);
+        let prefix = match window {
+            None => StatKey::prefix(entity, tag::MEMBER),
+            Some(w) => {
+                let mut p = StatKey::prefix(entity, tag::MEMBER_WINDOW);
+                p.push(w);
+                p
+            }
+        };
+        let mut out = Vec::new();
+        for (k, v) in self.scan(&snap, CF_STATS, &prefix, usize::MAX)? {
+            match StatKey::from_bytes(&k).map(|k| k.dim) {
+                Some(Dim::Member(c)) | Some(Dim::MemberWindow(_, c)) => {
+                    out.push((c, decode_stats(&v)?))
+                }
+                _ => return Err(codec_err("bad member key")),
+            }
+        }
+        Ok((out, self.meta_at(&snap)?))
+    }
+
+    /// The first `limit` entries of a leaderboard (`window` 0 for all time, 1 + index
+    /// otherwise), each with the entity's statistics in that window, from one snapshot.
+    pub fn leaderboard(
+        &self,
+        kind: EntityKind,
+        window: u8,
+        metric: Metric,
+        limit: usize,
+    ) -> Result<(Vec<(RankKey, Option<Stats>)>, Option<CommitMeta>), StateError> {
+        let snap = self.db.snapshot();
+        let prefix = RankKey::prefix(kind, window, metric);
+        let ranks: Vec<RankKey> = self
+            .scan(&snap, CF_RANKS, &prefix, limit)?
+            .into_iter()
+            .map(|(k, _)| RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key")))
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<StatKey> = ranks
+            .iter()
+            .map(|r| {
+                let e = EntityKey::new(kind, r.id);
+                match window {
+                    0 => StatKey::all(e),
+                    w => StatKey::new(e, Dim::Window(w - 1)),
+                }
+            })
+            .collect();
+        let stats = self.get_stats(&snap, &keys)?;
+        Ok((ranks.into_iter().zip(stats).collect(), self.meta_at(&snap)?))
     }
 
     /// The stored upsert state of one killmail.
@@ -296,13 +504,38 @@ impl RocksState {
         Ok(out)
     }
 
-    /// Every entity's statistics (for tests and exports; scans the whole column family).
+    /// Every entity's all-time statistics (for tests and exports; scans the column family).
     pub fn all_stats(&self) -> Result<BTreeMap<EntityKey, Stats>, StateError> {
+        Ok(self
+            .all_stat_keys()?
+            .into_iter()
+            .filter(|(k, _)| k.dim == Dim::All)
+            .map(|(k, v)| (k.entity, v))
+            .collect())
+    }
+
+    /// Every statistic, day buckets included (for tests; scans two column families).
+    pub fn all_stat_keys(&self) -> Result<BTreeMap<StatKey, Stats>, StateError> {
         let mut out = BTreeMap::new();
         for item in self.db.iterator_cf(self.cf(CF_STATS), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let key = EntityKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
-            out.insert(key, bincode::deserialize(&v).map_err(codec_err)?);
+            let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
+            out.insert(key, decode_stats(&v)?);
+        }
+        for item in self.db.iterator_cf(self.cf(CF_DAYS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let key = StatKey::from_day_major_bytes(&k).ok_or_else(|| codec_err("bad day key"))?;
+            out.insert(key, decode_stats(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// The whole leaderboard index (for tests).
+    pub fn all_ranks(&self) -> Result<std::collections::BTreeSet<RankKey>, StateError> {
+        let mut out = std::collections::BTreeSet::new();
+        for item in self.db.iterator_cf(self.cf(CF_RANKS), IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            out.insert(RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key"))?);
         }
         Ok(out)
     }
@@ -331,7 +564,7 @@ impl RocksState {
 
     /// Bytes on disk (SST files) plus memtables, over all column families.
     pub fn size_bytes(&self) -> u64 {
-        [CF_KILLMAILS, CF_STATS, CF_DEAD_LETTERS, CF_OFFSETS, CF_META]
+        ALL_CFS
             .iter()
             .map(|cf| {
                 let cf = self.cf(cf);
@@ -346,6 +579,63 @@ impl RocksState {
             })
             .sum()
     }
+}
+
+impl StatsReader for RocksState {
+    type Error = StateError;
+
+    fn get_many(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, StateError> {
+        self.get_stats(&self.db.snapshot(), keys)
+    }
+
+    fn day_buckets(&self, from: i32, to: i32) -> Result<Vec<(StatKey, Stats)>, StateError> {
+        let mut out = Vec::new();
+        let end = StatKey::day_prefix(to.saturating_add(1));
+        let iter = self.db.iterator_cf(
+            self.cf(CF_DAYS),
+            IteratorMode::From(&StatKey::day_prefix(from), rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if to < i32::MAX && k[..] >= end[..] {
+                break;
+            }
+            let key = StatKey::from_day_major_bytes(&k).ok_or_else(|| codec_err("bad day key"))?;
+            out.push((key, decode_stats(&v)?));
+        }
+        Ok(out)
+    }
+}
+
+/// Which parts of an entity [`RocksState::entity_view`] reads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ViewParts {
+    pub windows: bool,
+    pub months: bool,
+    pub groups: bool,
+    pub ships: bool,
+    pub systems: bool,
+    pub activity: bool,
+}
+
+/// One entity's statistics as the API shows them.
+#[derive(Clone, Debug, Default)]
+pub struct EntityView {
+    pub all: Stats,
+    /// By window index (7d, 30d, 90d); `None` when empty.
+    pub windows: [Option<Stats>; 3],
+    pub months: Vec<(u32, Stats)>,
+    pub groups: Vec<(u32, Stats)>,
+    pub ships: Vec<(u32, Stats)>,
+    pub systems: Vec<(u32, Stats)>,
+    /// Heatmap cells (day of week × 24 + hour).
+    pub hours: Vec<(u32, Stats)>,
+}
+
+fn filter_dims(v: Vec<(Dim, Stats)>, f: impl Fn(Dim) -> Option<u32>) -> Vec<(u32, Stats)> {
+    v.into_iter()
+        .filter_map(|(d, s)| f(d).map(|x| (x, s)))
+        .collect()
 }
 
 impl KillmailStore for RocksState {

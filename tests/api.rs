@@ -60,6 +60,7 @@ fn fixture() -> Fixture {
         &["killmails".to_string()],
         &offsets,
         &BTreeMap::new(),
+        i64::MAX,
     )
     .unwrap();
     let state = AppState {
@@ -67,6 +68,8 @@ fn fixture() -> Fixture {
         metrics: Metrics::new(),
         ready: Arc::new(AtomicBool::new(true)),
         topics: Arc::new(vec!["killmails".to_string()]),
+        static_data: None,
+        level: kmflow_dataflows::contrib::StatsLevel::Full,
     };
     Fixture { _dir: dir, state }
 }

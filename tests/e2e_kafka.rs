@@ -16,9 +16,11 @@ use serde_json::{json, Value};
 
 use common::{get_json, get_text, metric_sum, post_json, wait_until, Broker, Kmflow};
 use kmflow::files::for_each_message;
-use kmflow_dataflows::decode::decode;
+use std::collections::BTreeSet;
+
+use kmflow_dataflows::keys::{Dim, Metric, RankKey, StatKey, WINDOW_NAMES};
 use kmflow_dataflows::reference::ReferenceFold;
-use kmflow_dataflows::time::format_rfc3339;
+use kmflow_dataflows::time::{day_of, format_rfc3339, parse_rfc3339};
 use kmflow_dataflows::{EntityKey, EntityKind, Stats};
 
 const TOPIC: &str = "killmails";
@@ -29,7 +31,7 @@ fn fold(paths: &[PathBuf]) -> (usize, ReferenceFold) {
     for_each_message(paths, &mut |r| {
         let (_, bytes) = r.unwrap();
         n += 1;
-        f.apply(&decode(&bytes).unwrap());
+        f.apply(&common::decode_derived(&bytes).unwrap());
     });
     (n, f)
 }
@@ -93,11 +95,20 @@ fn assert_matches(
                 ("damage_taken", e.damage_taken),
                 ("points_destroyed", e.points_destroyed),
                 ("points_lost", e.points_lost),
-                ("solo_kills", e.solo_kills),
-                ("solo_losses", e.solo_losses),
+                ("involved", e.involved),
             ] {
                 assert_eq!(s[field].as_i64(), Some(want), "{field} of {ctx}");
             }
+            assert_eq!(
+                s["solo_kills"].as_i64(),
+                common::solo_field(e.solo_kills, e),
+                "{ctx}"
+            );
+            assert_eq!(
+                s["solo_losses"].as_i64(),
+                common::solo_field(e.solo_losses, e),
+                "{ctx}"
+            );
             assert_eq!(
                 (s["isk_destroyed"].as_f64().unwrap() * 100.0).round() as i128,
                 e.isk_destroyed_cents,
@@ -124,6 +135,223 @@ fn assert_matches(
     Value::Array(answers)
 }
 
+/// The clock the test pins: the data's last day (the EVE Ref week ends 2021-12-03).
+const PINNED: &str = "2021-12-03T23:59:59Z";
+
+type Full = (BTreeMap<StatKey, Stats>, BTreeSet<RankKey>);
+
+fn stat_fields(s: &Value, e: &Stats, ctx: &str) {
+    for (field, want) in [
+        ("involved", e.involved),
+        ("kills", e.kills),
+        ("losses", e.losses),
+        ("npc_losses", e.npc_losses),
+        ("final_blows", e.final_blows),
+        ("damage_done", e.damage_done),
+        ("points_destroyed", e.points_destroyed),
+        ("points_lost", e.points_lost),
+    ] {
+        assert_eq!(s[field].as_i64(), Some(want), "{field} of {ctx}: {s}");
+    }
+    assert_eq!(
+        s["solo_kills"].as_i64(),
+        common::solo_field(e.solo_kills, e),
+        "{ctx}"
+    );
+    assert_eq!(
+        (s["isk_destroyed"].as_f64().unwrap() * 100.0).round() as i128,
+        e.isk_destroyed_cents,
+        "{ctx}"
+    );
+}
+
+/// Windows, months and breakdowns of the most active entities of each kind.
+fn assert_entity_views(k: &Kmflow, full: &Full, picks: &[(EntityKind, Vec<u64>)]) {
+    let get = |key: StatKey| full.0.get(&key).copied().unwrap_or_default();
+    for (kind, ids) in picks {
+        for &id in ids.iter().take(15) {
+            let e = EntityKey::new(*kind, id);
+            let (status, v) =
+                get_json(&k.url(&format!("/v1/{}/{id}?include=all", path_for(*kind))));
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(v["clock"]["day"], "2021-12-03");
+            for (w, name) in WINDOW_NAMES.iter().enumerate() {
+                let want = get(StatKey::new(e, Dim::Window(w as u8)));
+                stat_fields(
+                    &v["windows"][name]["stats"],
+                    &want,
+                    &format!("{kind:?} {id} {name}"),
+                );
+            }
+            assert_eq!(v["windows"]["7d"]["range"]["from"], "2021-11-27");
+            let months: Vec<(String, i64)> = full
+                .0
+                .range(StatKey::new(e, Dim::Month(0))..StatKey::new(e, Dim::Month(u32::MAX)))
+                .map(|(k, s)| match k.dim {
+                    Dim::Month(m) => (format!("{}-{:02}", m / 100, m % 100), s.kills),
+                    _ => unreachable!(),
+                })
+                .collect();
+            let got: Vec<(String, i64)> = v["months"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    (
+                        m["month"].as_str().unwrap().to_string(),
+                        m["kills"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, months, "{kind:?} {id} months");
+            // Heatmap and group breakdown sum to the all-time kills.
+            let all = get(StatKey::all(e));
+            let heat: i64 = v["activity"]["kills"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|d| d.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
+                .sum();
+            assert_eq!(heat, all.kills, "{kind:?} {id} heatmap");
+            let destroyed: i64 = v["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["ships_destroyed"].as_i64().unwrap())
+                .sum();
+            assert_eq!(destroyed, all.kills, "{kind:?} {id} groups");
+            // Top ships: the ten best, by kills then type id.
+            let mut ships: Vec<(i64, u32)> = full
+                .0
+                .range(StatKey::new(e, Dim::Ship(0))..=StatKey::new(e, Dim::Ship(u32::MAX)))
+                .map(|(k, s)| match k.dim {
+                    Dim::Ship(t) => (-s.kills, t),
+                    _ => unreachable!(),
+                })
+                .collect();
+            ships.sort();
+            ships.truncate(10);
+            let got: Vec<(i64, u32)> = v["top_ships"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    (
+                        -x["kills"].as_i64().unwrap(),
+                        x["ship_type_id"].as_u64().unwrap() as u32,
+                    )
+                })
+                .collect();
+            assert_eq!(got, ships, "{kind:?} {id} top ships");
+        }
+    }
+}
+
+/// The rosters of the three largest corporations, every page, in two windows and two orders.
+fn assert_rosters(k: &Kmflow, full: &Full) {
+    let mut sizes: BTreeMap<u64, usize> = BTreeMap::new();
+    for key in full.0.keys() {
+        if let Dim::Member(_) = key.dim {
+            *sizes.entry(key.entity.id).or_default() += 1;
+        }
+    }
+    let mut largest: Vec<(usize, u64)> = sizes.into_iter().map(|(c, n)| (n, c)).collect();
+    largest.sort_by(|a, b| b.cmp(a));
+    assert!(largest[0].0 >= 200, "a large corporation: {:?}", largest[0]);
+    for &(_, corp) in largest.iter().take(3) {
+        let e = EntityKey::new(EntityKind::Corporation, corp);
+        for (window, order) in [("all", "desc"), ("7d", "desc"), ("30d", "asc")] {
+            let mut want: Vec<(u64, Stats)> = full
+                .0
+                .iter()
+                .filter(|(key, _)| key.entity == e)
+                .filter_map(|(key, s)| match (key.dim, window) {
+                    (Dim::Member(c), "all") => Some((c, *s)),
+                    (Dim::MemberWindow(0, c), "7d") => Some((c, *s)),
+                    (Dim::MemberWindow(1, c), "30d") => Some((c, *s)),
+                    _ => None,
+                })
+                .collect();
+            want.sort_by(|a, b| {
+                let v = if order == "desc" {
+                    b.1.kills.cmp(&a.1.kills)
+                } else {
+                    a.1.kills.cmp(&b.1.kills)
+                };
+                v.then(a.0.cmp(&b.0))
+            });
+            let mut got: Vec<Value> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut url = format!("/v1/corporations/{corp}/members?window={window}&sort=kills&order={order}&limit=37");
+                if let Some(c) = &cursor {
+                    url.push_str(&format!("&cursor={c}"));
+                }
+                let (status, v) = get_json(&k.url(&url));
+                assert_eq!(status, 200, "{v}");
+                assert_eq!(
+                    v["active_members"].as_u64(),
+                    Some(want.len() as u64),
+                    "{corp} {window}"
+                );
+                got.extend(v["members"].as_array().unwrap().iter().cloned());
+                match v["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_string()),
+                    None => break,
+                }
+            }
+            assert_eq!(got.len(), want.len(), "{corp} {window}: every member once");
+            for (g, (c, s)) in got.iter().zip(&want) {
+                assert_eq!(
+                    g["character_id"].as_u64(),
+                    Some(*c),
+                    "{corp} {window} {order} order"
+                );
+                stat_fields(&g["stats"], s, &format!("member {c} of {corp} in {window}"));
+            }
+        }
+    }
+}
+
+/// Every leaderboard's first 100, against the ranking computed from scratch.
+fn assert_leaderboards(k: &Kmflow, full: &Full) {
+    for kind in EntityKind::ALL {
+        for metric in Metric::ALL {
+            for (w, window) in [(0u8, "all"), (1, "7d"), (2, "30d"), (3, "90d")] {
+                let want: Vec<(u64, i128)> = full
+                    .1
+                    .iter()
+                    .filter(|r| r.kind == kind && r.metric == metric && r.window == w)
+                    .take(100)
+                    .map(|r| (r.id, r.value))
+                    .collect();
+                let (status, v) = get_json(&k.url(&format!(
+                    "/v1/leaderboards/{}?by={}&window={window}&limit=100",
+                    path_for(kind),
+                    metric.as_str()
+                )));
+                assert_eq!(status, 200, "{v}");
+                let got: Vec<(u64, i128)> = v["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| {
+                        let value = match metric {
+                            Metric::IskDestroyed => {
+                                (x["value"].as_f64().unwrap() * 100.0).round() as i128
+                            }
+                            _ => x["value"].as_i64().unwrap() as i128,
+                        };
+                        (x["id"].as_u64().unwrap(), value)
+                    })
+                    .collect();
+                assert_eq!(got, want, "{kind:?} by {} in {window}", metric.as_str());
+                assert!(!got.is_empty() || metric == Metric::SoloKills);
+            }
+        }
+    }
+}
+
 #[test]
 fn real_killmails_through_kafka_with_restarts() {
     let data = common::shared_data().join("killmails");
@@ -136,6 +364,7 @@ fn real_killmails_through_kafka_with_restarts() {
     eprintln!("{}", out.trim());
     let (messages, reference) = fold(&paths);
     let expected = reference.stats();
+    let full: Full = reference.full(Some(day_of(parse_rfc3339(PINNED).unwrap())));
     assert_eq!(reference.killmails.len(), 83_637, "distinct real killmails");
 
     let state = tempfile::tempdir().unwrap();
@@ -144,6 +373,7 @@ fn real_killmails_through_kafka_with_restarts() {
         ("KMFLOW__KAFKA__BROKERS", broker.addr()),
         ("KMFLOW__KAFKA__LIVE_TOPIC", TOPIC.to_string()),
         ("KMFLOW__PIPELINE__WORKERS", "2".to_string()),
+        ("KMFLOW__STATS__WALL_CLOCK", PINNED.to_string()),
     ];
     let mut k = Kmflow::start(state.path(), &env);
     wait_until(
@@ -164,6 +394,14 @@ fn real_killmails_through_kafka_with_restarts() {
         "a few hundred of each kind"
     );
     let before = assert_matches(&k, &expected, &picks);
+    let t = Instant::now();
+    assert_entity_views(&k, &full, &picks);
+    assert_rosters(&k, &full);
+    assert_leaderboards(&k, &full);
+    eprintln!(
+        "e2e: windows, rosters and leaderboards checked in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     // Upsert counters reach /metrics on the monitor's next tick.
     wait_until("upsert metrics", Duration::from_secs(10), || {
         metric_sum(&get_text(&k.url("/metrics")).1, "kmflow_upsert_total") == messages as f64
@@ -255,5 +493,6 @@ fn real_killmails_through_kafka_with_restarts() {
     });
     assert_eq!(assert_matches(&k, &expected, &picks), before);
     assert_eq!(common::committed_total(&k), Some(total));
+    assert_leaderboards(&k, &full);
     assert!(k.stop());
 }

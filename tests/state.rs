@@ -41,6 +41,7 @@ fn commits_merge_and_survive_reopen() {
             &topics,
             &offsets(1),
             &BTreeMap::new(),
+            i64::MAX,
         )
         .unwrap();
         s.commit(
@@ -48,6 +49,7 @@ fn commits_merge_and_survive_reopen() {
             &topics,
             &offsets(2),
             &BTreeMap::new(),
+            i64::MAX,
         )
         .unwrap();
         assert_eq!(s.committed_epoch(), Some(1));
@@ -94,8 +96,14 @@ fn retraction_zeroes_counts_and_keeps_times() {
         Some(5.0),
     );
     let mut batch = common::batch_of(&[a], 0);
-    s.commit(&batch, &topics, &BTreeMap::new(), &BTreeMap::new())
-        .unwrap();
+    s.commit(
+        &batch,
+        &topics,
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        i64::MAX,
+    )
+    .unwrap();
     for d in batch.deltas.values_mut() {
         *d = d.negated();
         d.first_seen = None;
@@ -103,8 +111,14 @@ fn retraction_zeroes_counts_and_keeps_times() {
     }
     batch.upserts.clear();
     batch.last_epoch = 1;
-    s.commit(&batch, &topics, &BTreeMap::new(), &BTreeMap::new())
-        .unwrap();
+    s.commit(
+        &batch,
+        &topics,
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        i64::MAX,
+    )
+    .unwrap();
     // Times remain (they are never retracted), so the entities stay with zero counts.
     let all = s.all_stats().unwrap();
     assert!(all

@@ -8,14 +8,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::model::{DeadLetter, EntityKey, StoredKillmail};
+use crate::keys::StatKey;
+use crate::model::{DeadLetter, StoredKillmail};
 use crate::stats::Stats;
 
 /// One item of committed output.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CommitItem {
-    /// A change to an entity's statistics.
-    Delta(EntityKey, Stats),
+    /// A change to one statistic.
+    Delta(StatKey, Stats),
+    /// The latest `killmail_time` of the killmails first applied in an epoch (moves the clock).
+    Clock(i64),
     /// The new upsert state of a killmail.
     Upsert(u64, StoredKillmail),
     /// A message that could not be decoded.
@@ -39,7 +42,9 @@ pub struct SinkReport<M> {
 pub struct EpochBatch<M = ()> {
     /// The last epoch included; the state after this batch is the state as of this epoch.
     pub last_epoch: u64,
-    pub deltas: HashMap<EntityKey, Stats>,
+    pub deltas: HashMap<StatKey, Stats>,
+    /// The latest `killmail_time` first applied in these epochs.
+    pub max_time: Option<i64>,
     /// The last upsert state of each killmail changed in these epochs.
     pub upserts: Vec<(u64, StoredKillmail)>,
     pub dead_letters: Vec<DeadLetter>,
@@ -109,6 +114,7 @@ impl<M: Clone> CommitCoordinator<M> {
         let mut batch = EpochBatch {
             last_epoch,
             deltas: HashMap::new(),
+            max_time: None,
             upserts: Vec::new(),
             dead_letters: Vec::new(),
             meta: Vec::with_capacity(self.meta.len()),
@@ -127,6 +133,7 @@ impl<M: Clone> CommitCoordinator<M> {
                         }
                     },
                     CommitItem::DeadLetter(d) => batch.dead_letters.push(d),
+                    CommitItem::Clock(t) => batch.max_time = batch.max_time.max(Some(t)),
                 }
             }
         }

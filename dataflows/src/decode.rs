@@ -239,6 +239,7 @@ fn esi_killmail(esi: RawTop, zkb: Option<RawZkb>) -> Result<Killmail, DecodeErro
             })
             .collect(),
         zkb,
+        derived: Default::default(),
     })
 }
 

@@ -8,29 +8,59 @@ use std::sync::{Arc, Mutex};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::InputHandle;
 
+use crate::aggregate::StreamClock;
 use crate::commit::{CommitCoordinator, SinkReport};
-use crate::model::{EntityKey, RawRecord};
-use crate::pipeline::{build, PipelineHooks, UpsertCounters};
+use crate::keys::{RankKey, StatKey};
+use crate::model::RawRecord;
+use crate::pipeline::{build, PipelineHooks, StatsSpec, UpsertCounters};
 use crate::stats::Stats;
 use crate::store::{MemoryState, MemoryStore};
+
+/// The wall-clock time (Unix seconds) the committer sees when it commits through an epoch.
+pub type WallClock = Arc<dyn Fn(u64) -> i64 + Send + Sync>;
 
 /// One worker's messages, per epoch.
 type WorkerPlan = Vec<Vec<RawRecord>>;
 
 /// How to run the harness.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HarnessConfig {
     pub workers: usize,
     /// Messages per epoch, counted over the whole input in its order.
     pub epoch_size: usize,
     /// Keep a copy of all statistics after every commit (for oracle tests; costly).
     pub snapshots: bool,
+    pub spec: StatsSpec,
+    /// The wall clock by last committed epoch; `None`: far in the future (the data's clock).
+    pub wall: Option<WallClock>,
+}
+
+impl HarnessConfig {
+    pub fn new(workers: usize, epoch_size: usize) -> Self {
+        HarnessConfig {
+            workers,
+            epoch_size,
+            snapshots: false,
+            spec: StatsSpec::default(),
+            wall: None,
+        }
+    }
+}
+
+/// The statistics after one commit.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The last epoch the commit covered.
+    pub epoch: u64,
+    pub stats: BTreeMap<StatKey, Stats>,
+    pub ranks: std::collections::BTreeSet<RankKey>,
+    pub clock: StreamClock,
 }
 
 /// What a run produced.
 pub struct HarnessRun {
-    /// `(last epoch committed, statistics after that commit)`, when snapshots were asked for.
-    pub snapshots: Vec<(u64, BTreeMap<EntityKey, Stats>)>,
+    /// The state after every commit, when snapshots were asked for.
+    pub snapshots: Vec<Snapshot>,
     pub final_state: MemoryState,
     pub counters: Arc<UpsertCounters>,
     /// The epoch each message was given in, by index.
@@ -60,14 +90,22 @@ pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
     let (tx, rx) = mpsc::channel::<SinkReport<()>>();
     let snapshots_wanted = config.snapshots;
     let committer_store = Arc::clone(&store);
+    let wall = config.wall.clone();
     let committer = std::thread::spawn(move || {
         let mut coordinator = CommitCoordinator::<()>::new(workers, 0);
         let mut snapshots = Vec::new();
         for report in rx {
             if let Some(batch) = coordinator.offer(report) {
-                committer_store.apply(&batch);
+                let now = wall.as_ref().map_or(i64::MAX, |w| w(batch.last_epoch));
+                committer_store.apply(&batch, now);
                 if snapshots_wanted {
-                    snapshots.push((batch.last_epoch, committer_store.snapshot().stats));
+                    let s = committer_store.snapshot();
+                    snapshots.push(Snapshot {
+                        epoch: batch.last_epoch,
+                        stats: s.stats,
+                        ranks: s.ranks,
+                        clock: s.clock,
+                    });
                 }
             }
         }
@@ -76,6 +114,7 @@ pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
 
     let tx = Arc::new(Mutex::new(tx));
     let (store2, counters2) = (Arc::clone(&store), Arc::clone(&counters));
+    let spec = config.spec.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let my_plan = plan.lock().expect("plan lock")[index]
@@ -91,6 +130,7 @@ pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
                     let _ = tx.send(r);
                 },
                 on_store_error: Box::new(|e| panic!("memory store failed: {e}")),
+                spec: spec.clone(),
             };
             build(input.to_stream(scope), hooks)
         });

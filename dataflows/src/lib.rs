@@ -4,14 +4,17 @@
 //! No Kafka, RocksDB or HTTP here: the host supplies a source stream, a [`store::KillmailStore`]
 //! and a commit callback, so everything in this crate tests and benches on its own.
 
+pub mod aggregate;
 pub mod commit;
 pub mod contrib;
 pub mod decode;
 pub mod gen;
 pub mod harness;
+pub mod keys;
 pub mod model;
 pub mod pipeline;
 pub mod reference;
+pub mod static_data;
 pub mod stats;
 pub mod store;
 pub mod time;

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::static_data::Derived;
+
 /// Attackers with a character id at or above this are players; below it, NPCs (zKillboard's rule).
 pub const MIN_PLAYER_CHARACTER_ID: u64 = 4_000_000;
 
@@ -67,10 +69,23 @@ pub struct Killmail {
     pub victim: Victim,
     pub attackers: Vec<Attacker>,
     pub zkb: Option<Zkb>,
+    /// Facts derived from static data when the killmail was first applied (see
+    /// [`crate::static_data::Derived`]); default (all unknown) until then.
+    #[serde(default)]
+    pub derived: Derived,
 }
 
 impl Killmail {
     /// zKillboard's NPC rule: `zkb.npc` when appraised, otherwise no attacker is a player.
+    /// Whether the killmail is solo: `zkb.solo` when appraised, otherwise the derived rule
+    /// (`None`: undecidable without static data).
+    pub fn is_solo(&self) -> Option<bool> {
+        match &self.zkb {
+            Some(z) => Some(z.solo),
+            None => self.derived.solo,
+        }
+    }
+
     pub fn is_npc(&self) -> bool {
         match &self.zkb {
             Some(z) => z.npc,

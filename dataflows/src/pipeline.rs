@@ -23,12 +23,13 @@ use timely::dataflow::operators::{Capability, Concat, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use crate::commit::{CommitItem, SinkReport};
-use crate::contrib::contributions;
+use crate::contrib::{contributions, StatsLevel};
 use crate::decode::decode;
 use crate::model::{
     DeadLetter, Killmail, RawRecord, SourcePos, StoredKillmail, DEAD_LETTER_MAX_PAYLOAD,
 };
 use crate::reference::upsert_rule;
+use crate::static_data::StaticData;
 use crate::store::{KillmailStore, StoreError};
 
 /// Counts of what the upsert operator decided, for metrics. Shared by all workers.
@@ -52,6 +53,17 @@ pub struct PipelineHooks<R> {
     pub report: R,
     /// Called when the state store fails (the operator retries on its next activation).
     pub on_store_error: Box<dyn Fn(&StoreError)>,
+    /// Which statistics to maintain, and the static data to derive them with.
+    pub spec: StatsSpec,
+}
+
+/// Which statistics the pipeline maintains.
+#[derive(Clone, Default)]
+pub struct StatsSpec {
+    pub level: StatsLevel,
+    /// Type → group → category tables; without them, solo (when `zkb` is absent) and the
+    /// victim ship group are unknown.
+    pub static_data: Option<Arc<StaticData>>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +77,8 @@ enum UpsertOut {
     /// A killmail version entering (+1) or leaving (-1) the applied set, with its epoch.
     Fact(Killmail, u64, isize),
     State(u64, StoredKillmail),
+    /// The latest `killmail_time` first applied in the epoch.
+    Clock(i64),
 }
 
 /// How long the upsert operator waits before retrying a failed state read.
@@ -94,12 +108,19 @@ where
         counters,
         report,
         on_store_error,
+        spec,
     } = hooks;
+    let StatsSpec { level, static_data } = spec;
     let worker = raw.scope().index();
 
     let mut parts = raw
-        .map(|r| match decode(&r.payload) {
-            Ok(km) => Decoded::Ok(r.pos, km),
+        .map(move |r| match decode(&r.payload) {
+            Ok(mut km) => {
+                if let Some(sd) = &static_data {
+                    km.derived = sd.derive(&km);
+                }
+                Decoded::Ok(r.pos, km)
+            }
             Err(e) => {
                 let mut payload = r.payload;
                 let payload_len = payload.len() as u64;
@@ -128,10 +149,11 @@ where
 
     let mut upserted = upsert(ok, store, counters, on_store_error).partition(2, |o| match o {
         UpsertOut::Fact(..) => (0, o),
-        UpsertOut::State(..) => (1, o),
+        UpsertOut::State(..) | UpsertOut::Clock(..) => (1, o),
     });
     let states = upserted.pop().expect("two parts").flat_map(|o| match o {
         UpsertOut::State(id, s) => Some(CommitItem::Upsert(id, s)),
+        UpsertOut::Clock(t) => Some(CommitItem::Clock(t)),
         UpsertOut::Fact(..) => None,
     });
     let deltas = upserted
@@ -139,10 +161,10 @@ where
         .expect("two parts")
         .flat_map(|o| match o {
             UpsertOut::Fact(km, epoch, diff) => Some((km, epoch, diff)),
-            UpsertOut::State(..) => None,
+            UpsertOut::State(..) | UpsertOut::Clock(..) => None,
         })
         .as_collection()
-        .explode(|km: Killmail| contributions(&km))
+        .explode(move |km: Killmail| contributions(&km, level))
         .consolidate()
         .inner
         .map(|(key, _t, delta)| CommitItem::Delta(key, delta));
@@ -258,6 +280,7 @@ fn upsert<'s>(
                 let mut changed: Vec<u64> = Vec::new();
                 let mut session = output.session(&cap);
                 let (mut inserted, mut replaced, mut unchanged) = (0, 0, 0);
+                let mut max_time: Option<i64> = None;
                 for (pos, km) in records {
                     let id = km.killmail_id;
                     let current = known.get(&id).or_else(|| overlay.get(&id));
@@ -273,6 +296,7 @@ fn upsert<'s>(
                         }
                         None => {
                             inserted += 1;
+                            max_time = max_time.max(Some(km.time));
                             0
                         }
                     };
@@ -296,6 +320,9 @@ fn upsert<'s>(
                     overlay.insert(*id, state);
                 }
                 overlay_by_epoch.entry(epoch).or_default().extend(changed);
+                if let Some(t) = max_time {
+                    session.give(UpsertOut::Clock(t));
+                }
                 counters.inserted.fetch_add(inserted, Ordering::Relaxed);
                 counters.replaced.fetch_add(replaced, Ordering::Relaxed);
                 counters.unchanged.fetch_add(unchanged, Ordering::Relaxed);

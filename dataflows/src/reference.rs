@@ -4,10 +4,12 @@
 //! Written independently of [`crate::contrib`]: it walks each entity's role on each killmail
 //! with sets rather than building per-killmail contributions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::model::{EntityKey, EntityKind, Killmail};
+use crate::keys::{Dim, RankKey, StatKey, WINDOW_DAYS};
+use crate::model::{Attacker, EntityKey, EntityKind, Killmail};
 use crate::stats::Stats;
+use crate::time::{day_of, month_of_day, week_hour};
 
 /// The upsert rule on its own: returns the killmail that should be applied after `incoming`
 /// arrives when `known` was applied, or `None` when `incoming` changes nothing.
@@ -39,15 +41,17 @@ impl ReferenceFold {
         }
     }
 
-    /// Statistics of every entity, computed from scratch.
+    /// All-time statistics of every entity, computed from scratch in one pass (the floor
+    /// baseline: the least work that computes them).
     pub fn stats(&self) -> BTreeMap<EntityKey, Stats> {
         let mut out: BTreeMap<EntityKey, Stats> = BTreeMap::new();
         for km in self.killmails.values() {
             let npc = km.is_npc();
-            let (isk, points, solo) = match &km.zkb {
-                Some(z) => (z.total_value_cents as i128, z.points, z.solo),
-                None => (0, 0, false),
+            let (isk, points) = match &km.zkb {
+                Some(z) => (z.total_value_cents as i128, z.points),
+                None => (0, 0),
             };
+            let solo = km.is_solo();
             for kind in EntityKind::ALL {
                 let attackers: HashSet<u64> = km
                     .attackers
@@ -56,6 +60,7 @@ impl ReferenceFold {
                     .collect();
                 for &id in &attackers {
                     let s = out.entry(EntityKey::new(kind, id)).or_default();
+                    s.involved += 1;
                     s.first_seen = Some(s.first_seen.map_or(km.time, |t| t.min(km.time)));
                     s.last_seen = Some(s.last_seen.map_or(km.time, |t| t.max(km.time)));
                     if npc {
@@ -64,8 +69,10 @@ impl ReferenceFold {
                     s.kills += 1;
                     s.isk_destroyed_cents += isk;
                     s.points_destroyed += points;
-                    if solo {
-                        s.solo_kills += 1;
+                    match solo {
+                        Some(true) => s.solo_kills += 1,
+                        Some(false) => {}
+                        None => s.solo_unknown += 1,
                     }
                     s.damage_done += km
                         .attackers
@@ -83,6 +90,9 @@ impl ReferenceFold {
                 }
                 if let Some(id) = kind.victim_id(&km.victim) {
                     let s = out.entry(EntityKey::new(kind, id)).or_default();
+                    if !attackers.contains(&id) {
+                        s.involved += 1;
+                    }
                     s.first_seen = Some(s.first_seen.map_or(km.time, |t| t.min(km.time)));
                     s.last_seen = Some(s.last_seen.map_or(km.time, |t| t.max(km.time)));
                     if npc {
@@ -92,8 +102,12 @@ impl ReferenceFold {
                         s.damage_taken += km.victim.damage_taken as i64;
                         s.isk_lost_cents += isk;
                         s.points_lost += points;
-                        if solo {
-                            s.solo_losses += 1;
+                        match solo {
+                            Some(true) => s.solo_losses += 1,
+                            Some(false) => {}
+                            // An awox counts one unknown killmail, not two.
+                            None if !attackers.contains(&id) => s.solo_unknown += 1,
+                            None => {}
                         }
                     }
                 }
@@ -101,4 +115,158 @@ impl ReferenceFold {
         }
         out
     }
+
+    /// Every statistic (windows ending at `clock_day`, when given) and the leaderboard
+    /// index, computed from scratch.
+    pub fn full(&self, clock_day: Option<i32>) -> (BTreeMap<StatKey, Stats>, BTreeSet<RankKey>) {
+        let mut out: BTreeMap<StatKey, Stats> = BTreeMap::new();
+        let mut add = |key: StatKey, s: Stats| out.entry(key).or_default().merge(&s);
+        for km in self.killmails.values() {
+            let day = day_of(km.time);
+            let month = month_of_day(day);
+            for kind in EntityKind::ALL {
+                let mut ids: BTreeSet<u64> = km
+                    .attackers
+                    .iter()
+                    .filter_map(|a| kind.attacker_id(a))
+                    .collect();
+                ids.extend(kind.victim_id(&km.victim));
+                for id in ids {
+                    let e = EntityKey::new(kind, id);
+                    let s = role_stats(
+                        km,
+                        |a| kind.attacker_id(a) == Some(id),
+                        kind.victim_id(&km.victim) == Some(id),
+                    );
+                    let key = |dim| StatKey::new(e, dim);
+                    add(key(Dim::All), s);
+                    add(key(Dim::Month(month)), s);
+                    add(key(Dim::Day(day)), s.without_times());
+                    add(
+                        key(Dim::System(km.solar_system_id)),
+                        Stats {
+                            involved: 1,
+                            kills: s.kills,
+                            losses: s.losses,
+                            ..Default::default()
+                        },
+                    );
+                    let kill = Stats {
+                        kills: 1,
+                        ..Default::default()
+                    };
+                    if s.kills == 1 {
+                        add(key(Dim::Hour(week_hour(km.time))), kill);
+                        let ships: BTreeSet<u32> = km
+                            .attackers
+                            .iter()
+                            .filter(|a| kind.attacker_id(a) == Some(id))
+                            .filter_map(|a| a.ship_type_id)
+                            .collect();
+                        for t in ships {
+                            add(key(Dim::Ship(t)), kill);
+                        }
+                    }
+                    if s.kills + s.losses + s.npc_losses > 0 {
+                        add(
+                            key(Dim::Group(km.derived.victim_group.unwrap_or(0))),
+                            Stats {
+                                kills: s.kills,
+                                losses: s.losses,
+                                npc_losses: s.npc_losses,
+                                isk_destroyed_cents: s.isk_destroyed_cents,
+                                isk_lost_cents: s.isk_lost_cents,
+                                ..Default::default()
+                            },
+                        );
+                    }
+                }
+            }
+            let row = |corp: Option<u64>, ch: Option<u64>| corp.zip(ch);
+            let mut members: BTreeSet<(u64, u64)> = km
+                .attackers
+                .iter()
+                .filter_map(|a| row(a.corporation_id, a.character_id))
+                .collect();
+            members.extend(row(km.victim.corporation_id, km.victim.character_id));
+            for (corp, ch) in members {
+                let is_row = |c: Option<u64>, h: Option<u64>| row(c, h) == Some((corp, ch));
+                let s = role_stats(
+                    km,
+                    |a| is_row(a.corporation_id, a.character_id),
+                    is_row(km.victim.corporation_id, km.victim.character_id),
+                );
+                let e = EntityKey::new(EntityKind::Corporation, corp);
+                add(StatKey::new(e, Dim::Member(ch)), s);
+                add(StatKey::new(e, Dim::MemberDay(day, ch)), s.without_times());
+            }
+        }
+        if let Some(c) = clock_day {
+            let buckets: Vec<(StatKey, Stats)> = out
+                .iter()
+                .filter(|(k, _)| k.dim.day().is_some())
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            for (k, v) in buckets {
+                let d = k.dim.day().expect("filtered");
+                for w in 0..WINDOW_DAYS.len() {
+                    if d <= c && c - d < WINDOW_DAYS[w] {
+                        let wk = match k.dim {
+                            Dim::Day(_) => Dim::Window(w as u8),
+                            Dim::MemberDay(_, ch) => Dim::MemberWindow(w as u8, ch),
+                            _ => unreachable!("day buckets only"),
+                        };
+                        out.entry(StatKey::new(k.entity, wk)).or_default().merge(&v);
+                    }
+                }
+            }
+        }
+        out.retain(|_, v| !v.is_empty());
+        let ranks = out
+            .iter()
+            .flat_map(|(k, v)| RankKey::entries(*k, v))
+            .collect();
+        (out, ranks)
+    }
+}
+
+/// What `km` gives the holder of the attacker rows matching `is_mine` and, if `victim`, of
+/// the victim row: a kill once however many rows, damage summed, a loss, and so on.
+fn role_stats(km: &Killmail, is_mine: impl Fn(&Attacker) -> bool, victim: bool) -> Stats {
+    let npc = km.is_npc();
+    let (isk, points) = match &km.zkb {
+        Some(z) => (z.total_value_cents as i128, z.points),
+        None => (0, 0),
+    };
+    let solo = km.is_solo();
+    let mine: Vec<&Attacker> = km.attackers.iter().filter(|a| is_mine(a)).collect();
+    let mut s = Stats {
+        involved: 1,
+        first_seen: Some(km.time),
+        last_seen: Some(km.time),
+        ..Default::default()
+    };
+    if !npc && !mine.is_empty() {
+        s.kills = 1;
+        s.isk_destroyed_cents = isk;
+        s.points_destroyed = points;
+        s.solo_kills = (solo == Some(true)) as i64;
+        s.damage_done = mine.iter().map(|a| a.damage_done as i64).sum();
+        s.final_blows = mine.iter().any(|a| a.final_blow) as i64;
+    }
+    if victim {
+        if npc {
+            s.npc_losses = 1;
+        } else {
+            s.losses = 1;
+            s.damage_taken = km.victim.damage_taken as i64;
+            s.isk_lost_cents = isk;
+            s.points_lost = points;
+            s.solo_losses = (solo == Some(true)) as i64;
+        }
+    }
+    if !npc && (s.kills == 1 || victim) && solo.is_none() {
+        s.solo_unknown = 1;
+    }
+    s
 }

@@ -12,12 +12,16 @@ use serde::{Deserialize, Serialize};
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Stats {
+    /// Killmails the entity appears on (NPC ones included).
+    pub involved: i64,
     pub kills: i64,
     pub losses: i64,
     pub npc_losses: i64,
     pub final_blows: i64,
     pub solo_kills: i64,
     pub solo_losses: i64,
+    /// Kills and losses whose solo status is unknown: no `zkb`, and no static data for a ship.
+    pub solo_unknown: i64,
     pub damage_done: i64,
     pub damage_taken: i64,
     pub isk_destroyed_cents: i128,
@@ -31,12 +35,14 @@ pub struct Stats {
 impl Stats {
     /// Merges `other` into `self`: sums add, times take min/max.
     pub fn merge(&mut self, other: &Stats) {
+        self.involved += other.involved;
         self.kills += other.kills;
         self.losses += other.losses;
         self.npc_losses += other.npc_losses;
         self.final_blows += other.final_blows;
         self.solo_kills += other.solo_kills;
         self.solo_losses += other.solo_losses;
+        self.solo_unknown += other.solo_unknown;
         self.damage_done += other.damage_done;
         self.damage_taken += other.damage_taken;
         self.isk_destroyed_cents += other.isk_destroyed_cents;
@@ -50,12 +56,14 @@ impl Stats {
     /// The retraction of `self`: sums negated, times dropped (see the module docs).
     pub fn negated(&self) -> Stats {
         Stats {
+            involved: -self.involved,
             kills: -self.kills,
             losses: -self.losses,
             npc_losses: -self.npc_losses,
             final_blows: -self.final_blows,
             solo_kills: -self.solo_kills,
             solo_losses: -self.solo_losses,
+            solo_unknown: -self.solo_unknown,
             damage_done: -self.damage_done,
             damage_taken: -self.damage_taken,
             isk_destroyed_cents: -self.isk_destroyed_cents,
@@ -65,6 +73,13 @@ impl Stats {
             first_seen: None,
             last_seen: None,
         }
+    }
+
+    /// The same sums without `first_seen`/`last_seen` (what windows and day buckets keep).
+    pub fn without_times(mut self) -> Stats {
+        self.first_seen = None;
+        self.last_seen = None;
+        self
     }
 
     /// True when the entity has never been seen (nothing to serve).

@@ -8,12 +8,14 @@
 //! - Only the committer writes. A commit (see [`crate::commit::EpochBatch`]) **must** be applied
 //!   atomically: readers see all of it or none of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
+use crate::aggregate::{plan, StatsReader, StreamClock, Write};
 use crate::commit::EpochBatch;
-use crate::model::{DeadLetter, EntityKey, StoredKillmail};
+use crate::keys::{Dim, RankKey, StatKey};
+use crate::model::{DeadLetter, StoredKillmail};
 use crate::stats::Stats;
 
 /// A failure of the state store. Its message is shown to operators as is.
@@ -42,8 +44,46 @@ pub struct MemoryStore {
 #[derive(Default, Clone)]
 pub struct MemoryState {
     pub killmails: HashMap<u64, StoredKillmail>,
-    pub stats: BTreeMap<EntityKey, Stats>,
+    /// Every statistic, day buckets and windows included.
+    pub stats: BTreeMap<StatKey, Stats>,
+    /// The leaderboard index.
+    pub ranks: BTreeSet<RankKey>,
+    pub clock: StreamClock,
     pub dead_letters: Vec<DeadLetter>,
+    /// Day buckets by day, for sliding the windows.
+    day_index: BTreeSet<(i32, StatKey)>,
+}
+
+impl StatsReader for MemoryState {
+    type Error = std::convert::Infallible;
+
+    fn get_many(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, Self::Error> {
+        Ok(keys.iter().map(|k| self.stats.get(k).copied()).collect())
+    }
+
+    fn day_buckets(&self, from: i32, to: i32) -> Result<Vec<(StatKey, Stats)>, Self::Error> {
+        let lo = StatKey::all(crate::model::EntityKey::new(
+            crate::model::EntityKind::Character,
+            0,
+        ));
+        Ok(self
+            .day_index
+            .range((from, lo)..)
+            .take_while(|(d, _)| *d <= to)
+            .map(|(_, k)| (*k, self.stats[k]))
+            .collect())
+    }
+}
+
+impl MemoryState {
+    /// The all-time statistics of every entity.
+    pub fn all_time(&self) -> BTreeMap<crate::model::EntityKey, Stats> {
+        self.stats
+            .iter()
+            .filter(|(k, _)| k.dim == Dim::All)
+            .map(|(k, v)| (k.entity, *v))
+            .collect()
+    }
 }
 
 struct AtomicU64Opt(AtomicU64);
@@ -59,14 +99,33 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Applies one commit: merges the deltas, replaces the upsert state, keeps dead letters.
-    pub fn apply(&self, batch: &EpochBatch) {
+    /// Applies one commit at wall-clock time `wall`: moves the clock, applies the deltas with
+    /// their windows and leaderboards, replaces the upsert state, keeps dead letters.
+    pub fn apply(&self, batch: &EpochBatch, wall: i64) {
         let mut state = self.inner.write().expect("memory store lock poisoned");
-        for (key, delta) in &batch.deltas {
-            let entry = state.stats.entry(*key).or_default();
-            entry.merge(delta);
-            if entry.is_empty() {
-                state.stats.remove(key);
+        let clock = state.clock.advance(batch.max_time, wall);
+        let Ok(writes) = plan(&*state, &batch.deltas, state.clock.day(), clock.day());
+        state.clock = clock;
+        for w in writes {
+            match w {
+                Write::Put(k, v) => {
+                    if let Some(d) = k.dim.day() {
+                        state.day_index.insert((d, k));
+                    }
+                    state.stats.insert(k, v);
+                }
+                Write::Delete(k) => {
+                    if let Some(d) = k.dim.day() {
+                        state.day_index.remove(&(d, k));
+                    }
+                    state.stats.remove(&k);
+                }
+                Write::RankPut(r) => {
+                    state.ranks.insert(r);
+                }
+                Write::RankDelete(r) => {
+                    state.ranks.remove(&r);
+                }
             }
         }
         for (id, stored) in &batch.upserts {

@@ -89,6 +89,30 @@ pub fn format_rfc3339(t: i64) -> String {
     )
 }
 
+/// The UTC day (days since 1970-01-01) of Unix time `t`.
+pub fn day_of(t: i64) -> i32 {
+    t.div_euclid(86_400) as i32
+}
+
+/// The calendar month `YYYYMM` of a UTC day.
+pub fn month_of_day(day: i32) -> u32 {
+    let (y, m, _) = civil_from_days(day as i64);
+    (y.clamp(0, 9999) as u32) * 100 + m
+}
+
+/// Day of week (Monday 0) × 24 + hour of day (UTC) of Unix time `t`: a heatmap cell, 0..168.
+pub fn week_hour(t: i64) -> u8 {
+    // 1970-01-01 was a Thursday (3 with Monday 0).
+    let dow = (day_of(t) as i64 + 3).rem_euclid(7);
+    (dow * 24 + t.rem_euclid(86_400) / 3_600) as u8
+}
+
+/// `YYYY-MM-DD` of a UTC day.
+pub fn format_day(day: i32) -> String {
+    let (y, m, d) = civil_from_days(day as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,32 @@ use serde_json::{json, Value};
 
 use kmflow_dataflows::decode::decode;
 use kmflow_dataflows::harness::{run, HarnessConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kmflow_dataflows::contrib::StatsLevel;
+use kmflow_dataflows::keys::Dim;
+use kmflow_dataflows::pipeline::StatsSpec;
 use kmflow_dataflows::reference::{upsert_rule, ReferenceFold};
-use kmflow_dataflows::{RawRecord, SourcePos};
+use kmflow_dataflows::static_data::StaticData;
+use kmflow_dataflows::time::day_of;
+use kmflow_dataflows::{EntityKey, Killmail, RawRecord, SourcePos, Stats};
+
+/// The middle of the generated killmails' time range (2021-12-03T08:00:00Z).
+const T0: i64 = 1_638_518_400;
+
+/// Ship types: a frigate, a capsule, a cruiser, a citadel (a structure) and a type unknown to
+/// the static data (solo then undecidable without zkb).
+const SHIPS: [u32; 5] = [587, 670, 620, 35_832, 999_999];
+
+/// A small static data set covering [`SHIPS`] except the unknown one.
+fn static_data() -> Arc<StaticData> {
+    Arc::new(StaticData {
+        type_group: [(587, 25), (670, 29), (620, 26), (35_832, 1657)].into(),
+        group_category: [(25, 6), (29, 6), (26, 6), (1657, 65)].into(),
+        group_name: Default::default(),
+    })
+}
 
 /// Builds the ESI part of killmail `id`.
 fn esi(rng: &mut SmallRng, id: u64) -> Value {
@@ -47,8 +71,9 @@ fn esi(rng: &mut SmallRng, id: u64) -> Value {
     let attackers: Vec<Value> = (0..n)
         .map(|i| {
             let (c, corp, a) = person(rng);
+            let ship = SHIPS[rng.random_range(0..SHIPS.len())];
             let mut o = json!({"damage_done": rng.random_range(0..5000), "final_blow": i == fb,
-                               "security_status": 0.5, "ship_type_id": 587});
+                               "security_status": 0.5, "ship_type_id": ship});
             if let Some(c) = c {
                 o["character_id"] = json!(c)
             }
@@ -62,7 +87,8 @@ fn esi(rng: &mut SmallRng, id: u64) -> Value {
         })
         .collect();
     let (vc, vcorp, va) = person(rng);
-    let mut victim = json!({"damage_taken": rng.random_range(0..9000), "ship_type_id": 670,
+    let victim_ship = SHIPS[rng.random_range(0..SHIPS.len())];
+    let mut victim = json!({"damage_taken": rng.random_range(0..9000), "ship_type_id": victim_ship,
                             "items": [{"flag": 5, "item_type_id": 34, "quantity_dropped": 3, "singleton": 0}]});
     if rng.random_bool(0.9) {
         if let Some(c) = vc {
@@ -75,9 +101,11 @@ fn esi(rng: &mut SmallRng, id: u64) -> Value {
     if let Some(x) = va {
         victim["alliance_id"] = json!(x)
     }
-    let t = 1_638_000_000 + rng.random_range(0..3 * 86_400);
+    // Four months around T0, so windows, months and day boundaries all matter.
+    let t = T0 + rng.random_range(-60 * 86_400..60 * 86_400);
+    let system = 30_000_140 + rng.random_range(0..4);
     json!({"killmail_id": id, "killmail_time": kmflow_dataflows::time::format_rfc3339(t),
-           "solar_system_id": 30000142, "victim": victim, "attackers": attackers})
+           "solar_system_id": system, "victim": victim, "attackers": attackers})
 }
 
 fn zkb(rng: &mut SmallRng) -> Value {
@@ -154,35 +182,76 @@ fn messages(seed: u64, killmails: usize, partitions: u32) -> Vec<RawRecord> {
         .collect()
 }
 
+/// Decodes `payload` and derives what the pipeline derives from the static data.
+fn decoded(payload: &[u8], sd: &StaticData) -> Option<Killmail> {
+    let mut km = decode(payload).ok()?;
+    km.derived = sd.derive(&km);
+    Some(km)
+}
+
+/// The wall clock the committer sees at `epoch`: it starts 20 days before the data's middle
+/// and moves 2 days per epoch, so the stream clock is bounded by the wall clock on some
+/// commits and by the killmails on others, and crosses day and month boundaries.
+fn wall(epoch: u64) -> i64 {
+    T0 - 20 * 86_400 + epoch as i64 * 2 * 86_400
+}
+
 fn check(seed: u64, killmails: usize, partitions: u32, workers: usize, epoch_size: usize) {
     let msgs = messages(seed, killmails, partitions);
     let garbage = msgs.iter().filter(|m| decode(&m.payload).is_err()).count();
-    let config = HarnessConfig {
-        workers,
-        epoch_size,
-        snapshots: true,
+    let sd = static_data();
+    let mut config = HarnessConfig::new(workers, epoch_size);
+    config.snapshots = true;
+    config.spec = StatsSpec {
+        level: StatsLevel::Full,
+        static_data: Some(Arc::clone(&sd)),
     };
+    config.wall = Some(Arc::new(wall));
     let out = run(msgs.clone(), &config);
     assert!(!out.snapshots.is_empty() || msgs.is_empty());
-    for (last_epoch, stats) in &out.snapshots {
+    let mut clock: Option<i64> = None;
+    for snap in &out.snapshots {
+        let last_epoch = snap.epoch;
         let mut fold = ReferenceFold::default();
         for (m, e) in msgs.iter().zip(&out.epoch_of) {
-            if *e <= *last_epoch {
-                if let Ok(km) = decode(&m.payload) {
+            if *e <= last_epoch {
+                if let Some(km) = decoded(&m.payload, &sd) {
                     fold.apply(&km);
                 }
             }
         }
-        let expected = fold.stats();
-        assert_eq!(
-            stats, &expected,
+        // The clock, independently: the earlier of wall and latest killmail, never backwards.
+        let latest = fold.killmails.values().map(|k| k.time).max();
+        if let Some(latest) = latest {
+            clock = clock.max(Some(latest.min(wall(last_epoch))));
+        }
+        assert_eq!(snap.clock.now, clock, "clock after epoch {last_epoch}");
+        let (expected, ranks) = fold.full(clock.map(day_of));
+        let ctx = format!(
             "after epoch {last_epoch} (seed {seed}, {workers} workers, epoch size {epoch_size})"
         );
+        if snap.stats != expected {
+            for (k, v) in &expected {
+                assert_eq!(snap.stats.get(k), Some(v), "{k:?} {ctx}");
+            }
+            for (k, v) in &snap.stats {
+                assert_eq!(Some(v), expected.get(k), "{k:?} {ctx}");
+            }
+        }
+        assert_eq!(snap.ranks, ranks, "leaderboards {ctx}");
+        // The all-time floor fold, written separately, agrees on all-time statistics.
+        let all_time: BTreeMap<EntityKey, Stats> = snap
+            .stats
+            .iter()
+            .filter(|(k, _)| k.dim == Dim::All)
+            .map(|(k, v)| (k.entity, *v))
+            .collect();
+        assert_eq!(all_time, fold.stats(), "all-time {ctx}");
     }
     // The final upsert state and the dead letters.
     let mut fold = ReferenceFold::default();
     for m in &msgs {
-        if let Ok(km) = decode(&m.payload) {
+        if let Some(km) = decoded(&m.payload, &sd) {
             fold.apply(&km);
         }
     }
@@ -191,7 +260,7 @@ fn check(seed: u64, killmails: usize, partitions: u32, workers: usize, epoch_siz
         assert_eq!(&stored.killmail, &fold.killmails[id], "killmail {id}");
     }
     assert_eq!(out.final_state.dead_letters.len(), garbage);
-    assert_eq!(out.final_state.stats, fold.stats());
+    assert_eq!(out.final_state.all_time(), fold.stats());
 }
 
 proptest! {
@@ -217,27 +286,14 @@ fn larger_run_many_workers() {
 #[test]
 fn same_answer_for_any_worker_count_and_epoch_size() {
     let msgs = messages(11, 200, 4);
-    let base = run(
-        msgs.clone(),
-        &HarnessConfig {
-            workers: 1,
-            epoch_size: 1000,
-            snapshots: false,
-        },
-    );
+    let base = run(msgs.clone(), &HarnessConfig::new(1, 1000));
     for (workers, epoch_size) in [(2, 1), (3, 7), (4, 50)] {
-        let other = run(
-            msgs.clone(),
-            &HarnessConfig {
-                workers,
-                epoch_size,
-                snapshots: false,
-            },
-        );
+        let other = run(msgs.clone(), &HarnessConfig::new(workers, epoch_size));
         assert_eq!(
             other.final_state.stats, base.final_state.stats,
             "{workers} workers, epochs of {epoch_size}"
         );
+        assert_eq!(other.final_state.ranks, base.final_state.ranks);
     }
 }
 

@@ -19,6 +19,34 @@ pub fn shared_data() -> PathBuf {
     p
 }
 
+/// The EVE static data tests configure (`stats.static-dir`).
+pub fn static_dir() -> PathBuf {
+    shared_data().join("static")
+}
+
+/// The static data, loaded once.
+pub fn static_data() -> &'static kmflow_dataflows::static_data::StaticData {
+    static SD: std::sync::OnceLock<kmflow_dataflows::static_data::StaticData> =
+        std::sync::OnceLock::new();
+    SD.get_or_init(|| {
+        kmflow_dataflows::static_data::StaticData::load(&static_dir()).expect("static data")
+    })
+}
+
+/// Decodes a message and derives what kmflow derives from the static data.
+pub fn decode_derived(
+    bytes: &[u8],
+) -> Result<kmflow_dataflows::Killmail, kmflow_dataflows::decode::DecodeError> {
+    let mut km = kmflow_dataflows::decode::decode(bytes)?;
+    km.derived = static_data().derive(&km);
+    Ok(km)
+}
+
+/// A solo field as the API serves it: null when some killmail's solo status is unknown.
+pub fn solo_field(value: i64, e: &kmflow_dataflows::Stats) -> Option<i64> {
+    (e.solo_unknown == 0).then_some(value)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -199,6 +227,7 @@ impl Kmflow {
         cmd.arg("run")
             .env("KMFLOW__STATE__DIR", &self.state_dir)
             .env("KMFLOW__API__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("KMFLOW__STATS__STATIC_DIR", static_dir())
             .env("KMFLOW_LOG", "warn")
             .stdout(Stdio::null());
         match &self.stderr_file {
@@ -344,9 +373,10 @@ pub fn batch_of(
         ..Default::default()
     };
     for (i, km) in kms.iter().enumerate() {
-        for (k, s) in contributions(km) {
+        for (k, s) in contributions(km, kmflow_dataflows::contrib::StatsLevel::Full) {
             b.deltas.entry(k).or_default().merge(&s);
         }
+        b.max_time = b.max_time.max(Some(km.time));
         b.upserts.push((
             km.killmail_id,
             kmflow_dataflows::StoredKillmail {

@@ -1,0 +1,363 @@
+//! The keys statistics are kept under: an entity and a dimension (all time, a month, a day, a
+//! rolling window, a breakdown bucket, a corporation member), and the leaderboard index keys.
+//!
+//! Byte encodings are big-endian so RocksDB orders keys by entity, then dimension, then value:
+//! an entity's all-time key is the 9-byte [`EntityKey::to_bytes`], every other dimension of it
+//! extends that prefix, so one prefix scan reads all of an entity.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{EntityKey, EntityKind};
+use crate::stats::Stats;
+
+/// The rolling windows, in days, by window index.
+pub const WINDOW_DAYS: [i32; 3] = [7, 30, 90];
+/// Their names in the API, by window index.
+pub const WINDOW_NAMES: [&str; 3] = ["7d", "30d", "90d"];
+
+/// What an entity's statistics are broken down by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Dim {
+    /// All time.
+    All,
+    /// A calendar month, `YYYYMM`.
+    Month(u32),
+    /// A UTC day (days since 1970-01-01): the buckets windows are summed from.
+    Day(i32),
+    /// A rolling window (index into [`WINDOW_DAYS`]), maintained by the committer.
+    Window(u8),
+    /// The victim ship's group (0: unknown type).
+    Group(u32),
+    /// A ship type the entity flew as an attacker.
+    Ship(u32),
+    /// A solar system.
+    System(u32),
+    /// Day of week (Monday 0) × 24 + hour of day, UTC.
+    Hour(u8),
+    /// A character's statistics under a corporation (corporation entities only).
+    Member(u64),
+    /// A member's day bucket.
+    MemberDay(i32, u64),
+    /// A member's rolling window.
+    MemberWindow(u8, u64),
+}
+
+impl Dim {
+    fn tag(self) -> u8 {
+        match self {
+            Dim::All => 0,
+            Dim::Month(_) => 1,
+            Dim::Day(_) => 2,
+            Dim::Window(_) => 3,
+            Dim::Group(_) => 4,
+            Dim::Ship(_) => 5,
+            Dim::System(_) => 6,
+            Dim::Hour(_) => 7,
+            Dim::Member(_) => 8,
+            Dim::MemberDay(..) => 9,
+            Dim::MemberWindow(..) => 10,
+        }
+    }
+
+    /// The day of a day bucket.
+    pub fn day(self) -> Option<i32> {
+        match self {
+            Dim::Day(d) | Dim::MemberDay(d, _) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Tags of the dimensions, for prefix scans.
+pub mod tag {
+    pub const MONTH: u8 = 1;
+    pub const WINDOW: u8 = 3;
+    pub const GROUP: u8 = 4;
+    pub const SHIP: u8 = 5;
+    pub const SYSTEM: u8 = 6;
+    pub const HOUR: u8 = 7;
+    pub const MEMBER: u8 = 8;
+    pub const MEMBER_WINDOW: u8 = 10;
+}
+
+/// Days are stored offset so negative days (before 1970) still sort in order.
+const DAY_BIAS: i64 = 1 << 31;
+
+fn day_bytes(d: i32) -> [u8; 4] {
+    ((d as i64 + DAY_BIAS) as u32).to_be_bytes()
+}
+
+fn day_from(b: &[u8]) -> Option<i32> {
+    Some((u32::from_be_bytes(b.try_into().ok()?) as i64 - DAY_BIAS) as i32)
+}
+
+/// One statistic's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StatKey {
+    pub entity: EntityKey,
+    pub dim: Dim,
+}
+
+impl StatKey {
+    pub fn new(entity: EntityKey, dim: Dim) -> Self {
+        StatKey { entity, dim }
+    }
+
+    pub fn all(entity: EntityKey) -> Self {
+        StatKey::new(entity, Dim::All)
+    }
+
+    /// The window key a day bucket contributes to.
+    pub fn window_of(self, window: u8) -> Option<StatKey> {
+        let dim = match self.dim {
+            Dim::Day(_) => Dim::Window(window),
+            Dim::MemberDay(_, c) => Dim::MemberWindow(window, c),
+            _ => return None,
+        };
+        Some(StatKey::new(self.entity, dim))
+    }
+
+    /// Entity-major bytes (see the module docs). Day buckets use [`StatKey::day_major_bytes`].
+    pub fn to_bytes(self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(22);
+        b.extend_from_slice(&self.entity.to_bytes());
+        if self.dim == Dim::All {
+            return b;
+        }
+        b.push(self.dim.tag());
+        match self.dim {
+            Dim::All => {}
+            Dim::Month(m) | Dim::Group(m) | Dim::Ship(m) | Dim::System(m) => {
+                b.extend_from_slice(&m.to_be_bytes())
+            }
+            Dim::Day(d) => b.extend_from_slice(&day_bytes(d)),
+            Dim::Window(w) | Dim::Hour(w) => b.push(w),
+            Dim::Member(c) => b.extend_from_slice(&c.to_be_bytes()),
+            Dim::MemberDay(d, c) => {
+                b.extend_from_slice(&day_bytes(d));
+                b.extend_from_slice(&c.to_be_bytes());
+            }
+            Dim::MemberWindow(w, c) => {
+                b.push(w);
+                b.extend_from_slice(&c.to_be_bytes());
+            }
+        }
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<StatKey> {
+        let entity = EntityKey::from_bytes(b.get(..9)?)?;
+        if b.len() == 9 {
+            return Some(StatKey::all(entity));
+        }
+        let p = &b[10..];
+        let u32_at = |p: &[u8]| -> Option<u32> { Some(u32::from_be_bytes(p.try_into().ok()?)) };
+        let u64_at = |p: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(p.try_into().ok()?)) };
+        let one = |p: &[u8]| -> Option<u8> { (p.len() == 1).then(|| p[0]) };
+        let dim = match b[9] {
+            1 => Dim::Month(u32_at(p)?),
+            2 => Dim::Day(day_from(p)?),
+            3 => Dim::Window(one(p)?),
+            4 => Dim::Group(u32_at(p)?),
+            5 => Dim::Ship(u32_at(p)?),
+            6 => Dim::System(u32_at(p)?),
+            7 => Dim::Hour(one(p)?),
+            8 => Dim::Member(u64_at(p)?),
+            9 => Dim::MemberDay(day_from(p.get(..4)?)?, u64_at(p.get(4..)?)?),
+            10 => Dim::MemberWindow(*p.first()?, u64_at(p.get(1..)?)?),
+            _ => return None,
+        };
+        Some(StatKey::new(entity, dim))
+    }
+
+    /// Day-major bytes of a day bucket: `[day][entity-major key]`, so one day's buckets are
+    /// one range. `None` for other dimensions.
+    pub fn day_major_bytes(self) -> Option<Vec<u8>> {
+        let d = self.dim.day()?;
+        let mut b = Vec::with_capacity(26);
+        b.extend_from_slice(&day_bytes(d));
+        b.extend_from_slice(&self.to_bytes());
+        Some(b)
+    }
+
+    pub fn from_day_major_bytes(b: &[u8]) -> Option<StatKey> {
+        let k = StatKey::from_bytes(b.get(4..)?)?;
+        (k.dim.day() == day_from(&b[..4])).then_some(k)
+    }
+
+    /// The prefix of every key of `entity` with dimension tag `tag` (see [`tag`]).
+    pub fn prefix(entity: EntityKey, tag: u8) -> Vec<u8> {
+        let mut b = entity.to_bytes().to_vec();
+        b.push(tag);
+        b
+    }
+
+    /// The day-major prefix of every bucket of `day`.
+    pub fn day_prefix(day: i32) -> [u8; 4] {
+        day_bytes(day)
+    }
+
+    /// Whether this key is ranked on the leaderboards: an entity's all-time or window stats.
+    pub fn leaderboard_window(self) -> Option<u8> {
+        match self.dim {
+            Dim::All => Some(0),
+            Dim::Window(w) => Some(w + 1),
+            _ => None,
+        }
+    }
+}
+
+/// What leaderboards rank by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Metric {
+    Kills = 0,
+    IskDestroyed = 1,
+    PointsDestroyed = 2,
+    SoloKills = 3,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [
+        Metric::Kills,
+        Metric::IskDestroyed,
+        Metric::PointsDestroyed,
+        Metric::SoloKills,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Kills => "kills",
+            Metric::IskDestroyed => "isk_destroyed",
+            Metric::PointsDestroyed => "points_destroyed",
+            Metric::SoloKills => "solo_kills",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The value ranked (ISK in cents).
+    pub fn value(self, s: &Stats) -> i128 {
+        match self {
+            Metric::Kills => s.kills as i128,
+            Metric::IskDestroyed => s.isk_destroyed_cents,
+            Metric::PointsDestroyed => s.points_destroyed as i128,
+            Metric::SoloKills => s.solo_kills as i128,
+        }
+    }
+}
+
+/// One leaderboard entry: entities with a positive value, ordered by value descending, then id.
+/// `window` is 0 for all time, `1 + window index` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RankKey {
+    pub kind: EntityKind,
+    pub window: u8,
+    pub metric: Metric,
+    pub value: i128,
+    pub id: u64,
+}
+
+impl RankKey {
+    /// The entries `stats` of the entity/window in `key` holds, one per metric with a value > 0.
+    pub fn entries(key: StatKey, stats: &Stats) -> Vec<RankKey> {
+        let Some(window) = key.leaderboard_window() else {
+            return Vec::new();
+        };
+        Metric::ALL
+            .into_iter()
+            .filter_map(|metric| {
+                let value = metric.value(stats);
+                (value > 0).then_some(RankKey {
+                    kind: key.entity.kind,
+                    window,
+                    metric,
+                    value,
+                    id: key.entity.id,
+                })
+            })
+            .collect()
+    }
+
+    /// `[kind][window][metric][u128::MAX - value][id]`: ascending bytes = the ranking.
+    pub fn to_bytes(self) -> [u8; 27] {
+        let mut b = [0u8; 27];
+        b[0] = self.kind as u8;
+        b[1] = self.window;
+        b[2] = self.metric as u8;
+        b[3..19].copy_from_slice(&(u128::MAX - self.value as u128).to_be_bytes());
+        b[19..].copy_from_slice(&self.id.to_be_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<RankKey> {
+        if b.len() != 27 {
+            return None;
+        }
+        Some(RankKey {
+            kind: EntityKind::from_u8(b[0])?,
+            window: b[1],
+            metric: *Metric::ALL.get(b[2] as usize)?,
+            value: (u128::MAX - u128::from_be_bytes(b[3..19].try_into().ok()?)) as i128,
+            id: u64::from_be_bytes(b[19..].try_into().ok()?),
+        })
+    }
+
+    /// The prefix of one leaderboard.
+    pub fn prefix(kind: EntityKind, window: u8, metric: Metric) -> [u8; 3] {
+        [kind as u8, window, metric as u8]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_keys_round_trip_and_order() {
+        let e = EntityKey::new(EntityKind::Corporation, 98_000_001);
+        let dims = [
+            Dim::All,
+            Dim::Month(202112),
+            Dim::Day(-3),
+            Dim::Day(18_963),
+            Dim::Window(2),
+            Dim::Group(25),
+            Dim::Ship(587),
+            Dim::System(30_000_142),
+            Dim::Hour(167),
+            Dim::Member(90_000_001),
+            Dim::MemberDay(18_963, 90_000_001),
+            Dim::MemberWindow(1, 90_000_001),
+        ];
+        for d in dims {
+            let k = StatKey::new(e, d);
+            assert_eq!(StatKey::from_bytes(&k.to_bytes()), Some(k), "{d:?}");
+            if let Some(b) = k.day_major_bytes() {
+                assert_eq!(StatKey::from_day_major_bytes(&b), Some(k));
+            }
+        }
+        let a = StatKey::new(e, Dim::Day(-3)).day_major_bytes().unwrap();
+        let b = StatKey::new(e, Dim::Day(5)).day_major_bytes().unwrap();
+        assert!(a < b);
+        assert!(StatKey::all(e).to_bytes() < StatKey::new(e, Dim::Month(1)).to_bytes());
+    }
+
+    #[test]
+    fn rank_keys_sort_by_value_descending_then_id() {
+        let k = |value, id| RankKey {
+            kind: EntityKind::Character,
+            window: 0,
+            metric: Metric::Kills,
+            value,
+            id,
+        };
+        let mut v = [k(5, 2), k(7, 9), k(5, 1), k(1 << 100, 3)];
+        v.sort_by_key(|r| r.to_bytes());
+        assert_eq!(v, [k(1 << 100, 3), k(7, 9), k(5, 1), k(5, 2)]);
+        for r in v {
+            assert_eq!(RankKey::from_bytes(&r.to_bytes()), Some(r));
+        }
+    }
+}
