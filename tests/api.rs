@@ -110,25 +110,13 @@ async fn entity_lookups() {
     assert_eq!(st["isk_lost"], 1234.56);
     assert_eq!(st["isk_destroyed"], 0.0);
     assert_eq!(st["first_seen"], "2021-11-27T12:00:00Z");
-    for field in [
-        "kills",
-        "losses",
-        "npc_losses",
-        "final_blows",
-        "damage_done",
-        "damage_taken",
-        "isk_destroyed",
-        "isk_lost",
-        "points_destroyed",
-        "points_lost",
-        "solo_kills",
-        "solo_losses",
-        "first_seen",
-        "last_seen",
-    ] {
+    for field in kmflow::views::STAT_FIELDS {
         assert!(st.get(field).is_some(), "missing {field}");
     }
-    assert_eq!(st.as_object().unwrap().len(), 14);
+    assert_eq!(
+        st.as_object().unwrap().len(),
+        kmflow::views::STAT_FIELDS.len()
+    );
     assert_eq!(v["as_of"]["epoch"], 3);
     assert_eq!(v["as_of"]["offsets"]["killmails"]["1"], 8);
     assert!(v["as_of"]["committed_at"].as_str().unwrap().ends_with('Z'));
@@ -294,4 +282,216 @@ async fn health_readiness_and_metrics() {
         .find(|l| l.starts_with("kmflow_state_rocksdb_size_bytes "))
         .unwrap();
     assert!(size.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn windows_sections_and_fields() {
+    let f = fixture();
+    let (s, v, text) = call(&f, "GET", "/v1/characters/90000001", None).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    // The clock is the latest killmail (the wall clock is far ahead): 2021-11-27.
+    assert_eq!(v["clock"]["day"], "2021-11-27");
+    assert_eq!(v["windows"]["7d"]["stats"]["kills"], 1);
+    assert_eq!(v["windows"]["7d"]["stats"]["losses"], 1);
+    assert_eq!(
+        v["windows"]["7d"]["range"],
+        json!({"from": "2021-11-21", "to": "2021-11-27"})
+    );
+    assert_eq!(v["windows"]["90d"]["range"]["from"], "2021-08-30");
+    assert!(
+        v.get("months").is_none(),
+        "sections beyond windows are opt-in"
+    );
+    // Killmail 11 has no zkb and there is no static data: solo is unknown, and says why.
+    assert_eq!(v["stats"]["solo_kills"], Value::Null);
+    assert_eq!(v["stats"]["gang_ratio"], Value::Null);
+    assert!(v["unavailable"]["solo"]
+        .as_str()
+        .unwrap()
+        .contains("stats.static-dir"));
+    // zKillboard's danger ratio: (1 kill + 0 points) / (1 + 0 + 1 loss + 10 points lost).
+    assert_eq!(v["stats"]["danger_ratio"], 8);
+
+    let (s, v, _) = call(
+        &f,
+        "GET",
+        "/v1/characters/90000002?fields=kills,gang_ratio",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["stats"], json!({"kills": 1, "gang_ratio": 50}));
+    assert_eq!(
+        v["windows"]["30d"]["stats"],
+        json!({"kills": 1, "gang_ratio": 50})
+    );
+
+    let (s, v, _) = call(
+        &f,
+        "GET",
+        "/v1/corporations/98000002?include=all&fields=kills",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["months"], json!([{"month": "2021-11", "kills": 1}]));
+    assert_eq!(v["top_ships"], json!([{"ship_type_id": 587, "kills": 1}]));
+    assert_eq!(v["top_systems"][0]["solar_system_id"], 30000142);
+    assert_eq!(v["top_systems"][0]["kills"], 1);
+    assert_eq!(v["top_systems"][0]["losses"], 1);
+    let heat = &v["activity"]["kills"];
+    // 2021-11-27 was a Saturday; 12:00 UTC.
+    assert_eq!(heat[5][12], 1);
+    let total: i64 = heat
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
+        .sum();
+    assert_eq!(total, 1);
+    assert_eq!(v["groups"], Value::Null);
+    assert!(v["unavailable"]["groups"]
+        .as_str()
+        .unwrap()
+        .contains("static-dir"));
+
+    for (uri, names) in [
+        (
+            "/v1/characters/90000001?fields=kils",
+            vec!["fields", "\"kils\"", "kills"],
+        ),
+        (
+            "/v1/characters/90000001?include=heatmap",
+            vec!["include", "activity"],
+        ),
+        (
+            "/v1/characters/90000001?frobnicate=1",
+            vec!["unknown parameter", "frobnicate", "fields"],
+        ),
+        (
+            "/v1/corporations/98000002/members?window=8d",
+            vec!["window", "7d, 30d, 90d, all"],
+        ),
+        (
+            "/v1/corporations/98000002/members?sort=bravery",
+            vec!["sort", "isk_destroyed"],
+        ),
+        (
+            "/v1/corporations/98000002/members?order=up",
+            vec!["order", "desc, asc"],
+        ),
+        (
+            "/v1/corporations/98000002/members?limit=0",
+            vec!["limit", "1 to 1000"],
+        ),
+        (
+            "/v1/corporations/98000002/members?cursor=zz",
+            vec!["cursor"],
+        ),
+        (
+            "/v1/corporations/98000002/members?window=7d&sort=first_seen",
+            vec!["sort", "window=all"],
+        ),
+        (
+            "/v1/leaderboards/ships",
+            vec!["leaderboard", "characters, corporations, alliances"],
+        ),
+        (
+            "/v1/leaderboards/characters?by=deaths",
+            vec!["by", "kills, isk_destroyed, points_destroyed, solo_kills"],
+        ),
+        (
+            "/v1/leaderboards/characters?window=1y",
+            vec!["window", "7d, 30d, 90d, all"],
+        ),
+        ("/v1/leaderboards/characters?limit=5000", vec!["limit"]),
+    ] {
+        let (s, v, text) = call(&f, "GET", uri, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {text}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        for n in names {
+            assert!(msg.contains(n), "{uri}: {msg:?} should name {n}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn roster_pages_with_stable_cursors() {
+    let f = fixture();
+    let base = "/v1/corporations/98000002/members?window=all&sort=kills&order=desc&limit=1";
+    let (s, p1, text) = call(&f, "GET", base, None).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert_eq!(p1["active_members"], 2);
+    // 90000003: a kill (killmail 10) and a loss (11) under this corporation; 90000002: a kill.
+    assert_eq!(p1["members"][0]["character_id"], 90000002);
+    let cursor = p1["next_cursor"].as_str().unwrap().to_string();
+    let (_, p2, _) = call(&f, "GET", &format!("{base}&cursor={cursor}"), None).await;
+    assert_eq!(p2["members"][0]["character_id"], 90000003);
+    assert_eq!(p2["members"][0]["stats"]["losses"], 1);
+    assert_eq!(p2["next_cursor"], Value::Null);
+    // The same cursor gives the same page again (stable), and is refused for another sort.
+    let (_, again, _) = call(&f, "GET", &format!("{base}&cursor={cursor}"), None).await;
+    assert_eq!(again["members"], p2["members"]);
+    let (s, v, _) = call(
+        &f,
+        "GET",
+        &format!("/v1/corporations/98000002/members?sort=losses&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sort=kills"));
+    // Ascending by losses, 7-day window.
+    let (_, v, _) = call(
+        &f,
+        "GET",
+        "/v1/corporations/98000002/members?window=7d&sort=losses&order=asc",
+        None,
+    )
+    .await;
+    let ids: Vec<u64> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["character_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [90000002, 90000003]);
+    assert_eq!(v["range"]["to"], "2021-11-27");
+    let (s, _, _) = call(&f, "GET", "/v1/corporations/5/members", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn leaderboards() {
+    let f = fixture();
+    let (s, v, text) = call(
+        &f,
+        "GET",
+        "/v1/leaderboards/characters?by=isk_destroyed&window=7d",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        entries[0],
+        json!({"rank": 1, "id": 90000002, "value": 1234.56, "stats": entries[0]["stats"].clone()})
+    );
+    assert_eq!(entries[1]["id"], 90000003);
+    assert_eq!(entries[0]["stats"]["kills"], 1);
+    let (_, v, _) = call(
+        &f,
+        "GET",
+        "/v1/leaderboards/corporations?by=kills&limit=1",
+        None,
+    )
+    .await;
+    assert_eq!(v["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(v["entries"][0]["id"], 98000001);
+    assert_eq!(v["window"], "all");
+    assert_eq!(v["as_of"]["epoch"], 3);
 }

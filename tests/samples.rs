@@ -83,3 +83,35 @@ fn everef_week_decodes_entirely() {
     assert_eq!(jsonl.len(), 1_000);
     assert!(jsonl.iter().all(|k| ids.contains(&k.killmail_id)));
 }
+
+/// The solo rule kmflow applies when `zkb` is absent, checked against zKillboard's own `solo`
+/// flag on every appraised sample (zkb-api, R2Z2, RedisQ and the large fights).
+#[test]
+fn derived_solo_agrees_with_zkillboard() {
+    let sd = common::static_data();
+    let mut kms = read("killmails/zkb-api");
+    kms.extend(read("killmails/r2z2"));
+    kms.extend(read("killmails/redisq"));
+    let mut seen = HashSet::new();
+    let (mut agree, mut disagree, mut unknown) = (0, Vec::new(), 0);
+    for km in kms.iter().filter(|k| seen.insert(k.killmail_id)) {
+        let z = km.zkb.unwrap();
+        match sd.solo(km) {
+            Some(s) if s == z.solo => agree += 1,
+            Some(_) => disagree.push(km.killmail_id),
+            None => unknown += 1,
+        }
+    }
+    eprintln!(
+        "solo: {agree} agree, {} disagree {disagree:?}, {unknown} unknown",
+        disagree.len()
+    );
+    assert_eq!(
+        unknown, 0,
+        "every type of the samples is in the static data"
+    );
+    assert!(agree >= 400, "{agree}");
+    assert!(disagree.is_empty(), "{disagree:?}");
+    // Both outcomes occur in the samples.
+    assert!(kms.iter().any(|k| k.zkb.unwrap().solo) && kms.iter().any(|k| !k.zkb.unwrap().solo));
+}
