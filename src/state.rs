@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use kmflow_dataflows::aggregate::{plan, StatsReader, StreamClock, Write};
 use kmflow_dataflows::commit::EpochBatch;
-use kmflow_dataflows::keys::{tag, Dim, Metric, RankKey, StatKey};
+use kmflow_dataflows::keys::{tag, Dim, Metric, RankKey, StatKey, WINDOW_DAYS};
 use kmflow_dataflows::model::DeadLetter;
 use kmflow_dataflows::store::{KillmailStore, StoreError, NO_EPOCH};
 use kmflow_dataflows::{EntityKey, EntityKind, Stats, StoredKillmail};
@@ -420,32 +420,55 @@ impl RocksState {
     }
 
     /// The members of corporation `corp` and their statistics under it: all time (`window`
-    /// `None`) or in a window (an index into `WINDOW_DAYS`).
+    /// `None`), or in a window (an index into `WINDOW_DAYS`), summed from the members' day
+    /// buckets of the window's days at the committed clock. One snapshot.
     pub fn members(
         &self,
         corp: u64,
         window: Option<u8>,
     ) -> Result<(Vec<(u64, Stats)>, Option<CommitMeta>), StateError> {
         let snap = self.db.snapshot();
+        let meta = self.meta_at(&snap)?;
         let entity = EntityKey::new(EntityKind::Corporation, corp);
-        let prefix = match window {
-            None => StatKey::prefix(entity, tag::MEMBER),
-            Some(w) => {
-                let mut p = StatKey::prefix(entity, tag::MEMBER_WINDOW);
-                p.push(w);
-                p
-            }
-        };
-        let mut out = Vec::new();
-        for (k, v) in self.scan(&snap, CF_STATS, &prefix, usize::MAX)? {
-            match StatKey::from_bytes(&k).map(|k| k.dim) {
-                Some(Dim::Member(c)) | Some(Dim::MemberWindow(_, c)) => {
-                    out.push((c, decode_stats(&v)?))
+        let bad = || codec_err("bad member key");
+        let Some(w) = window else {
+            let mut out = Vec::new();
+            for (k, v) in self.scan(
+                &snap,
+                CF_STATS,
+                &StatKey::prefix(entity, tag::MEMBER),
+                usize::MAX,
+            )? {
+                match StatKey::from_bytes(&k).map(|k| k.dim) {
+                    Some(Dim::Member(c)) => out.push((c, decode_stats(&v)?)),
+                    _ => return Err(bad()),
                 }
-                _ => return Err(codec_err("bad member key")),
+            }
+            return Ok((out, meta));
+        };
+        let Some(clock) = meta.as_ref().and_then(|m| m.clock.day()) else {
+            return Ok((Vec::new(), meta));
+        };
+        let from = clock - WINDOW_DAYS[w as usize] + 1;
+        let start = StatKey::member_day_prefix(entity, from);
+        let end = StatKey::member_day_prefix(entity, clock + 1);
+        let mut sums: BTreeMap<u64, Stats> = BTreeMap::new();
+        let iter = snap.iterator_cf(
+            self.cf(CF_STATS),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if k[..] >= end[..] {
+                break;
+            }
+            match StatKey::from_bytes(&k).map(|k| k.dim) {
+                Some(Dim::MemberDay(_, c)) => sums.entry(c).or_default().merge(&decode_stats(&v)?),
+                _ => return Err(bad()),
             }
         }
-        Ok((out, self.meta_at(&snap)?))
+        sums.retain(|_, s| !s.is_empty());
+        Ok((sums.into_iter().collect(), meta))
     }
 
     /// The first `limit` entries of a leaderboard (`window` 0 for all time, 1 + index

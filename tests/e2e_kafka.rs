@@ -261,17 +261,23 @@ fn assert_rosters(k: &Kmflow, full: &Full) {
     for &(_, corp) in largest.iter().take(3) {
         let e = EntityKey::new(EntityKind::Corporation, corp);
         for (window, order) in [("all", "desc"), ("7d", "desc"), ("30d", "asc")] {
-            let mut want: Vec<(u64, Stats)> = full
-                .0
-                .iter()
-                .filter(|(key, _)| key.entity == e)
-                .filter_map(|(key, s)| match (key.dim, window) {
-                    (Dim::Member(c), "all") => Some((c, *s)),
-                    (Dim::MemberWindow(0, c), "7d") => Some((c, *s)),
-                    (Dim::MemberWindow(1, c), "30d") => Some((c, *s)),
-                    _ => None,
-                })
-                .collect();
+            // Windows end at the pinned clock's day.
+            let clock = day_of(parse_rfc3339(PINNED).unwrap());
+            let mut sums: BTreeMap<u64, Stats> = BTreeMap::new();
+            for (key, s) in full.0.iter().filter(|(key, _)| key.entity == e) {
+                match (key.dim, window) {
+                    (Dim::Member(c), "all") => sums.entry(c).or_default().merge(s),
+                    (Dim::MemberDay(d, c), "7d") if d <= clock && d > clock - 7 => {
+                        sums.entry(c).or_default().merge(s)
+                    }
+                    (Dim::MemberDay(d, c), "30d") if d <= clock && d > clock - 30 => {
+                        sums.entry(c).or_default().merge(s)
+                    }
+                    _ => {}
+                }
+            }
+            let mut want: Vec<(u64, Stats)> =
+                sums.into_iter().filter(|(_, s)| !s.is_empty()).collect();
             want.sort_by(|a, b| {
                 let v = if order == "desc" {
                     b.1.kills.cmp(&a.1.kills)

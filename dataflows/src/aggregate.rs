@@ -17,8 +17,7 @@
 //! The planner only reads the state as of the previous commit and returns writes; the caller
 //! applies them atomically with the rest of the commit.
 
-use std::collections::HashMap;
-
+use crate::commit::DeltaMap;
 use crate::keys::{RankKey, StatKey, WINDOW_DAYS};
 use crate::stats::Stats;
 use crate::time::day_of;
@@ -76,11 +75,11 @@ pub enum Write {
 /// The writes that apply `deltas` and move the clock's day from `before` to `after`.
 pub fn plan<R: StatsReader>(
     reader: &R,
-    deltas: &HashMap<StatKey, Stats>,
+    deltas: &DeltaMap,
     before: Option<i32>,
     after: Option<i32>,
 ) -> Result<Vec<Write>, R::Error> {
-    let mut changes: HashMap<StatKey, Stats> = deltas.clone();
+    let mut changes: DeltaMap = deltas.clone();
     if let Some(c2) = after {
         if before != after {
             slide_windows(reader, before, c2, &mut changes)?;
@@ -135,13 +134,19 @@ fn slide_windows<R: StatsReader>(
     reader: &R,
     before: Option<i32>,
     c2: i32,
-    changes: &mut HashMap<StatKey, Stats>,
+    changes: &mut DeltaMap,
 ) -> Result<(), R::Error> {
+    // The three windows usually gain (and lose) the same days: read each range once.
+    let mut scanned: std::collections::HashMap<(i32, i32), Vec<(StatKey, Stats)>> =
+        Default::default();
     let mut apply = |from: i32, to: i32, w: usize, sign: bool| -> Result<(), R::Error> {
         if from > to {
             return Ok(());
         }
-        for (key, bucket) in reader.day_buckets(from, to)? {
+        if !scanned.contains_key(&(from, to)) {
+            scanned.insert((from, to), reader.day_buckets(from, to)?);
+        }
+        for (key, bucket) in scanned[&(from, to)].iter().copied() {
             let wk = key.window_of(w as u8).expect("day buckets have windows");
             let b = bucket.without_times();
             let d = if sign { b } else { b.negated() };
@@ -211,18 +216,20 @@ mod tests {
         };
         let mut m = Mem::default();
         // One kill on day 100, clock at 100: in every window.
-        let d: HashMap<_, _> = [(StatKey::new(e, Dim::Day(100)), kill)].into();
+        let d: DeltaMap = [(StatKey::new(e, Dim::Day(100)), kill)]
+            .into_iter()
+            .collect();
         let w = plan(&m, &d, None, Some(100)).unwrap();
         apply(&mut m, w);
         for i in 0..3 {
             assert_eq!(m.0[&StatKey::new(e, Dim::Window(i))].kills, 1);
         }
         // Clock to 107: out of 7d only. To 190: out of all.
-        let w = plan(&m, &HashMap::new(), Some(100), Some(107)).unwrap();
+        let w = plan(&m, &DeltaMap::default(), Some(100), Some(107)).unwrap();
         apply(&mut m, w);
         assert!(!m.0.contains_key(&StatKey::new(e, Dim::Window(0))));
         assert_eq!(m.0[&StatKey::new(e, Dim::Window(2))].kills, 1);
-        let w = plan(&m, &HashMap::new(), Some(107), Some(190)).unwrap();
+        let w = plan(&m, &DeltaMap::default(), Some(107), Some(190)).unwrap();
         apply(&mut m, w);
         assert!(!m.0.contains_key(&StatKey::new(e, Dim::Window(2))));
         assert_eq!(m.0[&StatKey::new(e, Dim::Day(100))].kills, 1);

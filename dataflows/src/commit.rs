@@ -12,6 +12,9 @@ use crate::keys::StatKey;
 use crate::model::{DeadLetter, StoredKillmail};
 use crate::stats::Stats;
 
+/// Deltas by statistic (Fx hashing: the keys are small and not attacker-controlled).
+pub type DeltaMap = rustc_hash::FxHashMap<StatKey, Stats>;
+
 /// One item of committed output.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CommitItem {
@@ -42,7 +45,7 @@ pub struct SinkReport<M> {
 pub struct EpochBatch<M = ()> {
     /// The last epoch included; the state after this batch is the state as of this epoch.
     pub last_epoch: u64,
-    pub deltas: HashMap<StatKey, Stats>,
+    pub deltas: DeltaMap,
     /// The latest `killmail_time` first applied in these epochs.
     pub max_time: Option<i64>,
     /// The last upsert state of each killmail changed in these epochs.
@@ -113,7 +116,7 @@ impl<M: Clone> CommitCoordinator<M> {
         }
         let mut batch = EpochBatch {
             last_epoch,
-            deltas: HashMap::new(),
+            deltas: DeltaMap::default(),
             max_time: None,
             upserts: Vec::new(),
             dead_letters: Vec::new(),

@@ -36,10 +36,8 @@ pub enum Dim {
     Hour(u8),
     /// A character's statistics under a corporation (corporation entities only).
     Member(u64),
-    /// A member's day bucket.
+    /// A member's day bucket (rosters sum these over a window's days when asked).
     MemberDay(i32, u64),
-    /// A member's rolling window.
-    MemberWindow(u8, u64),
 }
 
 impl Dim {
@@ -55,14 +53,13 @@ impl Dim {
             Dim::Hour(_) => 7,
             Dim::Member(_) => 8,
             Dim::MemberDay(..) => 9,
-            Dim::MemberWindow(..) => 10,
         }
     }
 
-    /// The day of a day bucket.
+    /// The day of an entity's day bucket: the buckets rolling windows are maintained from.
     pub fn day(self) -> Option<i32> {
         match self {
-            Dim::Day(d) | Dim::MemberDay(d, _) => Some(d),
+            Dim::Day(d) => Some(d),
             _ => None,
         }
     }
@@ -77,7 +74,7 @@ pub mod tag {
     pub const SYSTEM: u8 = 6;
     pub const HOUR: u8 = 7;
     pub const MEMBER: u8 = 8;
-    pub const MEMBER_WINDOW: u8 = 10;
+    pub const MEMBER_DAY: u8 = 9;
 }
 
 /// Days are stored offset so negative days (before 1970) still sort in order.
@@ -109,12 +106,10 @@ impl StatKey {
 
     /// The window key a day bucket contributes to.
     pub fn window_of(self, window: u8) -> Option<StatKey> {
-        let dim = match self.dim {
-            Dim::Day(_) => Dim::Window(window),
-            Dim::MemberDay(_, c) => Dim::MemberWindow(window, c),
-            _ => return None,
-        };
-        Some(StatKey::new(self.entity, dim))
+        match self.dim {
+            Dim::Day(_) => Some(StatKey::new(self.entity, Dim::Window(window))),
+            _ => None,
+        }
     }
 
     /// Entity-major bytes (see the module docs). Day buckets use [`StatKey::day_major_bytes`].
@@ -135,10 +130,6 @@ impl StatKey {
             Dim::Member(c) => b.extend_from_slice(&c.to_be_bytes()),
             Dim::MemberDay(d, c) => {
                 b.extend_from_slice(&day_bytes(d));
-                b.extend_from_slice(&c.to_be_bytes());
-            }
-            Dim::MemberWindow(w, c) => {
-                b.push(w);
                 b.extend_from_slice(&c.to_be_bytes());
             }
         }
@@ -164,7 +155,6 @@ impl StatKey {
             7 => Dim::Hour(one(p)?),
             8 => Dim::Member(u64_at(p)?),
             9 => Dim::MemberDay(day_from(p.get(..4)?)?, u64_at(p.get(4..)?)?),
-            10 => Dim::MemberWindow(*p.first()?, u64_at(p.get(1..)?)?),
             _ => return None,
         };
         Some(StatKey::new(entity, dim))
@@ -189,6 +179,13 @@ impl StatKey {
     pub fn prefix(entity: EntityKey, tag: u8) -> Vec<u8> {
         let mut b = entity.to_bytes().to_vec();
         b.push(tag);
+        b
+    }
+
+    /// The prefix of `corp`'s member day buckets from `day` on.
+    pub fn member_day_prefix(corp: EntityKey, day: i32) -> Vec<u8> {
+        let mut b = StatKey::prefix(corp, tag::MEMBER_DAY);
+        b.extend_from_slice(&day_bytes(day));
         b
     }
 
@@ -329,7 +326,6 @@ mod tests {
             Dim::Hour(167),
             Dim::Member(90_000_001),
             Dim::MemberDay(18_963, 90_000_001),
-            Dim::MemberWindow(1, 90_000_001),
         ];
         for d in dims {
             let k = StatKey::new(e, d);

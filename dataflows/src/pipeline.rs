@@ -1,7 +1,7 @@
 //! The kmflow dataflow: raw messages in, consistent per-epoch commits out.
 //!
 //! ```text
-//! raw ─ Decode ─┬─ ok ─ Upsert (exchange by killmail_id) ─┬─ facts ±1 ─ explode ─ consolidate ─┐
+//! raw ─ Decode ─┬─ ok ─ Upsert (exchange by killmail_id) ─┬─ facts ±1 ─ explode+consolidate ───┐
 //!               │                                          └─ upsert state ──────────────────────┼─ Commit
 //!               └─ dead letters ─────────────────────────────────────────────────────────────────┘
 //! ```
@@ -156,22 +156,69 @@ where
         UpsertOut::Clock(t) => Some(CommitItem::Clock(t)),
         UpsertOut::Fact(..) => None,
     });
-    let deltas = upserted
+    // The applied killmail versions are a differential collection (+1 in, -1 out); each
+    // version's contributions are summed per epoch into one delta per statistic.
+    let facts = upserted
         .pop()
         .expect("two parts")
         .flat_map(|o| match o {
             UpsertOut::Fact(km, epoch, diff) => Some((km, epoch, diff)),
             UpsertOut::State(..) | UpsertOut::Clock(..) => None,
         })
-        .as_collection()
-        .explode(move |km: Killmail| contributions(&km, level))
-        .consolidate()
-        .inner
-        .map(|(key, _t, delta)| CommitItem::Delta(key, delta));
+        .as_collection();
+    let deltas = aggregate(facts.inner, level);
 
     let (probe, committed) = deltas.concat(states).concat(dead).probe();
     commit_sink(committed, worker, report);
     probe
+}
+
+/// Pending per-epoch deltas of one worker, with the capability to emit them.
+type EpochDeltas = (Capability<u64>, crate::commit::DeltaMap);
+
+/// Explodes every killmail version into its contributions (negated for a retraction) and sums
+/// them per epoch and statistic in a hash map, emitting one delta per statistic when the
+/// frontier passes the epoch: differential's `explode` + `consolidate`, fused, so the fan-out
+/// (tens of statistics per participant) is never materialized as records. Each worker combines
+/// its own share; the commit coordinator merges the workers' deltas.
+fn aggregate<'s>(
+    facts: StreamVec<'s, u64, (Killmail, u64, isize)>,
+    level: StatsLevel,
+) -> StreamVec<'s, u64, CommitItem> {
+    facts.unary_frontier(Pipeline, "Aggregate", move |_cap, _info| {
+        let mut pending: BTreeMap<u64, EpochDeltas> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                let t = epoch_of(&cap);
+                let entry = pending.entry(t).or_insert_with(|| {
+                    (
+                        cap.retain_least(0).expect("input capability for output 0"),
+                        Default::default(),
+                    )
+                });
+                for batch in data {
+                    for (km, _epoch, diff) in batch.drain(..) {
+                        for (key, s) in contributions(&km, level) {
+                            let d = if diff < 0 { s.negated() } else { s };
+                            entry.1.entry(key).or_default().merge(&d);
+                        }
+                    }
+                }
+            });
+            while let Some((&epoch, _)) = pending.first_key_value() {
+                if frontier.less_equal(&epoch) {
+                    break;
+                }
+                let (cap, deltas) = pending.remove(&epoch).expect("first key");
+                let mut session = output.session(&cap);
+                for (key, d) in deltas {
+                    if !d.is_empty() {
+                        session.give(CommitItem::Delta(key, d));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Buffers commit items per epoch and reports them when the frontier passes their epoch.

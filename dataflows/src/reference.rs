@@ -211,12 +211,9 @@ impl ReferenceFold {
                 let d = k.dim.day().expect("filtered");
                 for w in 0..WINDOW_DAYS.len() {
                     if d <= c && c - d < WINDOW_DAYS[w] {
-                        let wk = match k.dim {
-                            Dim::Day(_) => Dim::Window(w as u8),
-                            Dim::MemberDay(_, ch) => Dim::MemberWindow(w as u8, ch),
-                            _ => unreachable!("day buckets only"),
-                        };
-                        out.entry(StatKey::new(k.entity, wk)).or_default().merge(&v);
+                        out.entry(StatKey::new(k.entity, Dim::Window(w as u8)))
+                            .or_default()
+                            .merge(&v);
                     }
                 }
             }
