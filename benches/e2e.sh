@@ -3,6 +3,7 @@
 #
 #   benches/e2e.sh                 # the real killmails in ../shared/data/killmails
 #   N=1000000 benches/e2e.sh       # N generated killmails instead
+#   KMFLOW__STATS__LEVEL=all-time benches/e2e.sh   # all-time statistics only (the cost of the rest)
 #
 # Measures: ingest rate from the first produce to the last commit (killmails/s), peak RSS of
 # kmflow, character-lookup latency (p50/p99, wrk with random known ids) idle, and restart-to-
@@ -31,6 +32,7 @@ tansu topic create killmails --partitions $PARTITIONS --broker "tcp://127.0.0.1:
 start_kmflow() {
   KMFLOW__SOURCE__KIND=kafka KMFLOW__KAFKA__BROKERS="127.0.0.1:$BPORT" KMFLOW__KAFKA__LIVE_TOPIC=killmails \
   KMFLOW__PIPELINE__WORKERS=$WORKERS KMFLOW__STATE__DIR="$WORK/state" KMFLOW__API__LISTEN="127.0.0.1:$APORT" \
+  KMFLOW__STATS__STATIC_DIR="${STATIC_DIR:-../shared/data/static}" \
   KMFLOW_LOG=warn "$KMFLOW" run >"$WORK/kmflow.log" 2>&1 &
   KPID=$!
 }
@@ -114,6 +116,6 @@ rows = [
   ("peak RSS during replay", f"{$REPLAY_RSS_KB/1024:.0f} MiB"),
 ]
 w = max(len(r[0]) for r in rows)
-print(f"kmflow end-to-end ($WORKERS workers, $PARTITIONS partitions)")
+print(f"kmflow end-to-end ($WORKERS workers, $PARTITIONS partitions, stats level ${KMFLOW__STATS__LEVEL:-full})")
 for k, v in rows: print(f"  {k:<{w}}  {v}")
 PY

@@ -468,6 +468,9 @@ fn commit_loop(
                     (batch.deltas.len() + batch.upserts.len() + batch.dead_letters.len()) as f64,
                 );
                 metrics.committed_epoch.set(meta.epoch as i64);
+                if let Some(now) = meta.clock.now {
+                    metrics.stream_clock.set(now);
+                }
                 for d in &batch.dead_letters {
                     metrics
                         .decode_failures

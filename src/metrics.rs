@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Records (killmail upserts, deltas and dead letters) written per commit.
     pub commit_size: Histogram,
     pub committed_epoch: IntGauge,
+    /// The stream clock (Unix seconds) the rolling windows end at.
+    pub stream_clock: IntGauge,
     pub commit_errors: IntCounter,
     /// State reads by the upsert operator that failed (retried).
     pub state_read_errors: IntCounter,
@@ -122,6 +124,11 @@ impl Metrics {
             .expect("valid metric"),
             committed_epoch: IntGauge::new("kmflow_committed_epoch", "The last committed epoch")
                 .expect("valid metric"),
+            stream_clock: IntGauge::new(
+                "kmflow_stream_clock_seconds",
+                "The stream clock rolling windows end at: min(wall clock, latest killmail_time), Unix seconds",
+            )
+            .expect("valid metric"),
                         state_read_errors: IntCounter::new(
                 "kmflow_state_read_errors_total",
                 "Upsert-state reads that failed; the operator retries them",
@@ -170,6 +177,8 @@ impl Metrics {
             .expect("register");
         r.register(Box::new(m.commit_size.clone()))
             .expect("register");
+        r.register(Box::new(m.stream_clock.clone()))
+            .expect("unique metric");
         r.register(Box::new(m.committed_epoch.clone()))
             .expect("register");
         r.register(Box::new(m.state_read_errors.clone()))

@@ -67,6 +67,15 @@ pub fn decode_stats(b: &[u8]) -> Result<Stats, StateError> {
     stats_codec().deserialize(b).map_err(codec_err)
 }
 
+/// A stored key and value.
+type KvPair = (Box<[u8]>, Box<[u8]>);
+
+/// A leaderboard entry with the entity's statistics in the leaderboard's window.
+pub type RankedEntry = (RankKey, Option<Stats>);
+
+/// An answer and the commit it reflects (read from one snapshot).
+pub type AsOf<T> = (T, Option<CommitMeta>);
+
 /// What the last commit covered; served as `as_of`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitMeta {
@@ -332,7 +341,7 @@ impl RocksState {
         cf: &str,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StateError> {
+    ) -> Result<Vec<KvPair>, StateError> {
         let mut out = Vec::new();
         let iter = snap.iterator_cf(
             self.cf(cf),
@@ -426,7 +435,7 @@ impl RocksState {
         &self,
         corp: u64,
         window: Option<u8>,
-    ) -> Result<(Vec<(u64, Stats)>, Option<CommitMeta>), StateError> {
+    ) -> Result<AsOf<Vec<(u64, Stats)>>, StateError> {
         let snap = self.db.snapshot();
         let meta = self.meta_at(&snap)?;
         let entity = EntityKey::new(EntityKind::Corporation, corp);
@@ -479,7 +488,7 @@ impl RocksState {
         window: u8,
         metric: Metric,
         limit: usize,
-    ) -> Result<(Vec<(RankKey, Option<Stats>)>, Option<CommitMeta>), StateError> {
+    ) -> Result<AsOf<Vec<RankedEntry>>, StateError> {
         let snap = self.db.snapshot();
         let prefix = RankKey::prefix(kind, window, metric);
         let ranks: Vec<RankKey> = self

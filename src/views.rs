@@ -440,7 +440,7 @@ fn decode_cursor(raw: &str, expect: (&str, &str, &str)) -> Result<(i128, u64), A
             "invalid cursor {raw:?}: pass next_cursor from the previous page unchanged"
         ))
     };
-    if raw.len() % 2 != 0 || raw.len() > 256 {
+    if !raw.len().is_multiple_of(2) || raw.len() > 256 {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..raw.len())

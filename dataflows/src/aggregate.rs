@@ -143,8 +143,8 @@ fn slide_windows<R: StatsReader>(
         if from > to {
             return Ok(());
         }
-        if !scanned.contains_key(&(from, to)) {
-            scanned.insert((from, to), reader.day_buckets(from, to)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = scanned.entry((from, to)) {
+            e.insert(reader.day_buckets(from, to)?);
         }
         for (key, bucket) in scanned[&(from, to)].iter().copied() {
             let wk = key.window_of(w as u8).expect("day buckets have windows");

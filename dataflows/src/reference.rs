@@ -209,8 +209,8 @@ impl ReferenceFold {
                 .collect();
             for (k, v) in buckets {
                 let d = k.dim.day().expect("filtered");
-                for w in 0..WINDOW_DAYS.len() {
-                    if d <= c && c - d < WINDOW_DAYS[w] {
+                for (w, &n) in WINDOW_DAYS.iter().enumerate() {
+                    if d <= c && c - d < n {
                         out.entry(StatKey::new(k.entity, Dim::Window(w as u8)))
                             .or_default()
                             .merge(&v);
