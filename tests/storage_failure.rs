@@ -44,14 +44,14 @@ fn disk_full_stops_ingestion_with_the_last_commit_intact() {
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("small-disk");
     std::fs::create_dir(&mnt).unwrap();
-    let _mount = Mount::tmpfs(&mnt, "48m");
+    let _mount = Mount::tmpfs(&mnt, "96m");
     let state_dir = mnt.join("state");
     let env = [
         ("KMFLOW__SOURCE__KIND", "generator".to_string()),
         ("KMFLOW__GENERATOR__COUNT", "0".to_string()),
         ("KMFLOW__GENERATOR__RATE_PER_SEC", "0".to_string()),
         // Small epochs, so many commits succeed before the disk fills.
-        ("KMFLOW__PIPELINE__EPOCH_MAX_RECORDS", "2000".to_string()),
+        ("KMFLOW__PIPELINE__EPOCH_MAX_RECORDS", "500".to_string()),
     ];
     let mut k = Kmflow::new(&state_dir, &env);
     let stderr = work.path().join("stderr.txt");
