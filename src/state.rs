@@ -395,36 +395,20 @@ impl RocksState {
                 }
             }
         }
-        if parts.months {
-            view.months = filter_dims(dims(tag::MONTH)?, |d| match d {
-                Dim::Month(m) => Some(m),
-                _ => None,
-            });
-        }
-        if parts.groups {
-            view.groups = filter_dims(dims(tag::GROUP)?, |d| match d {
-                Dim::Group(g) => Some(g),
-                _ => None,
-            });
-        }
-        if parts.ships {
-            view.ships = filter_dims(dims(tag::SHIP)?, |d| match d {
-                Dim::Ship(t) => Some(t),
-                _ => None,
-            });
-        }
-        if parts.systems {
-            view.systems = filter_dims(dims(tag::SYSTEM)?, |d| match d {
-                Dim::System(t) => Some(t),
-                _ => None,
-            });
-        }
-        if parts.activity {
-            view.hours = filter_dims(dims(tag::HOUR)?, |d| match d {
-                Dim::Hour(h) => Some(h as u32),
-                _ => None,
-            });
-        }
+        let buckets = |wanted: bool, t: u8| -> Result<Vec<(u32, Stats)>, StateError> {
+            if !wanted {
+                return Ok(Vec::new());
+            }
+            Ok(dims(t)?
+                .into_iter()
+                .filter_map(|(d, s)| d.bucket().map(|b| (b, s)))
+                .collect())
+        };
+        view.months = buckets(parts.months, tag::MONTH)?;
+        view.groups = buckets(parts.groups, tag::GROUP)?;
+        view.ships = buckets(parts.ships, tag::SHIP)?;
+        view.systems = buckets(parts.systems, tag::SYSTEM)?;
+        view.hours = buckets(parts.activity, tag::HOUR)?;
         Ok((Some(view), meta))
     }
 
@@ -662,12 +646,6 @@ pub struct EntityView {
     pub systems: Vec<(u32, Stats)>,
     /// Heatmap cells (day of week × 24 + hour).
     pub hours: Vec<(u32, Stats)>,
-}
-
-fn filter_dims(v: Vec<(Dim, Stats)>, f: impl Fn(Dim) -> Option<u32>) -> Vec<(u32, Stats)> {
-    v.into_iter()
-        .filter_map(|(d, s)| f(d).map(|x| (x, s)))
-        .collect()
 }
 
 impl KillmailStore for RocksState {

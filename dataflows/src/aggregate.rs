@@ -79,31 +79,33 @@ pub fn plan<R: StatsReader>(
     before: Option<i32>,
     after: Option<i32>,
 ) -> Result<Vec<Write>, R::Error> {
-    let mut changes: DeltaMap = deltas.clone();
+    // Window changes; the batch's own deltas are read in place, not copied (hot path).
+    let mut windows = DeltaMap::default();
     if let Some(c2) = after {
         if before != after {
-            slide_windows(reader, before, c2, &mut changes)?;
+            slide_windows(reader, before, c2, &mut windows)?;
         }
         for (key, delta) in deltas {
             let Some(day) = key.dim.day() else { continue };
             for w in 0..WINDOW_DAYS.len() {
                 if in_window(c2, w, day) {
                     let wk = key.window_of(w as u8).expect("day buckets have windows");
-                    changes.entry(wk).or_default().merge(&delta.without_times());
+                    windows.entry(wk).or_default().merge(&delta.without_times());
                 }
             }
         }
     }
-    changes.retain(|_, d| !d.is_empty());
-
-    let mut keys: Vec<StatKey> = changes.keys().copied().collect();
+    let mut keys: Vec<StatKey> = deltas.keys().chain(windows.keys()).copied().collect();
     keys.sort_unstable();
+    keys.dedup();
     let current = reader.get_many(&keys)?;
     let mut writes = Vec::with_capacity(keys.len() + keys.len() / 4);
     for (key, old) in keys.into_iter().zip(current) {
         let old = old.unwrap_or_default();
         let mut new = old;
-        new.merge(&changes[&key]);
+        for change in [deltas.get(&key), windows.get(&key)].into_iter().flatten() {
+            new.merge(change);
+        }
         if new == old {
             continue;
         }

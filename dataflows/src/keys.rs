@@ -56,6 +56,15 @@ impl Dim {
         }
     }
 
+    /// The month, group, ship type, system or heatmap cell of a breakdown dimension.
+    pub fn bucket(self) -> Option<u32> {
+        match self {
+            Dim::Month(x) | Dim::Group(x) | Dim::Ship(x) | Dim::System(x) => Some(x),
+            Dim::Hour(h) => Some(h as u32),
+            _ => None,
+        }
+    }
+
     /// The day of an entity's day bucket: the buckets rolling windows are maintained from.
     pub fn day(self) -> Option<i32> {
         match self {
