@@ -228,8 +228,16 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
             common::get_json(&k.url("/readyz")).0 == 200
         });
         restarts.push(t.elapsed());
+        let ready = t.elapsed();
+        // The next kill lands after this run has committed something of its own, so every kill
+        // interrupts a different point of the ingestion (however slow the machine is).
+        wait_until("progress after restart", Duration::from_secs(120), || {
+            let now = common::committed_total(&k);
+            now > before || now == Some(total)
+        });
         eprintln!(
-            "crash {i}: killed at {before:?} committed offsets; ready again in {:?}",
+            "crash {i}: killed at {before:?} committed offsets; ready again in {ready:?}, \
+             committing again after {:?}",
             t.elapsed()
         );
     }
