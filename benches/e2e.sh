@@ -1,121 +1,282 @@
 #!/usr/bin/env bash
-# End-to-end benchmark through a real Kafka-protocol broker (Tansu), kmflow as a process.
+# End-to-end benchmark: kmflow as a process against a real Kafka-protocol broker (Tansu), with
+# its two baselines run on the same killmails in the same run, and one table at the end.
 #
-#   benches/e2e.sh                 # the real killmails in ../shared/data/killmails
-#   N=1000000 benches/e2e.sh       # N generated killmails instead
-#   KMFLOW__STATS__LEVEL=all-time benches/e2e.sh   # all-time statistics only (the cost of the rest)
+#   benches/e2e.sh                       # 1,000,000 generated killmails (about 25 minutes)
+#   N=10000000 benches/e2e.sh            # ten million (needs ~35 GB of RAM for the in-memory
+#                                        # broker and ~40 GB of disk; see README)
+#   N=100000 SKIP_POSTGRES=1 benches/e2e.sh   # a quick look, without the PostgreSQL baseline
+#   KMFLOW__STATS__LEVEL=all-time benches/e2e.sh   # all-time statistics only
 #
-# Measures: ingest rate from the first produce to the last commit (killmails/s), peak RSS of
-# kmflow, character-lookup latency (p50/p99, wrk with random known ids) idle, and restart-to-
-# ready time. Prints one table. Provisions tansu and wrk if missing.
+# Steps:
+#  1. `kmflow gen` writes N killmails (seed 1) to a JSON Lines file.
+#  2. The floor: a single-threaded in-memory fold of that file into the same all-time
+#     statistics (dataflows/examples/floor.rs); it also picks the sample of the answer check.
+#  3. `kmflow import` loads the file into a 4-partition history topic.
+#  4. kmflow starts on an empty state and replays the topic: rate until every killmail is
+#     committed, peak RSS, epoch commit latency (from its /metrics).
+#  5. Lookups idle, from wrk (8 connections): character, corporation, batch of 100 characters.
+#  6. Freshness: a live trickle of new killmails (examples/freshness.rs), produce → visible.
+#  7. Restart to ready, on the full state.
+#  8. Lookups during a replay: a second kmflow replays the topic into a fresh state while wrk
+#     runs the same lookups against it.
+#  9. The incumbent: PostgreSQL loads the same file into tables, refreshes the materialized
+#     views, answers the same lookups (benches/postgres/).
+# 10. The answer check: the sample's statistics from the floor, kmflow and PostgreSQL must be
+#     equal, field by field; the script fails if they are not.
+# Provisions tansu, wrk and PostgreSQL if missing (scripts/provision.sh --bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
 export CARGO_TARGET_DIR="${KMFLOW_TARGET_DIR:-${HOME}/.cache/kmflow/target}"
 export PATH="${HOME}/.cargo/bin:${PATH}"
-scripts/provision.sh
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --bin kmflow -q
-KMFLOW="${CARGO_TARGET_DIR}/release/kmflow"
-WORK=$(mktemp -d)
+N="${N:-1000000}"
 PARTITIONS=4
 WORKERS="${WORKERS:-2}"
-cleanup() { kill "${KPID:-}" "${BPID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+LEVEL="${KMFLOW__STATS__LEVEL:-full}"
+scripts/provision.sh --bench
+cargo build --release -q --bin kmflow --example freshness
+cargo build --release -q -p kmflow-dataflows --example floor
+BIN="${CARGO_TARGET_DIR}/release"
+KMFLOW="$BIN/kmflow"
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/kmflow-bench.XXXXXX")
+chmod 755 "$WORK"
+cleanup() {
+  kill "${KPID:-}" "${BPID:-}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
 trap cleanup EXIT
-
+RES="$WORK/results"
+: >"$RES"
+put() { echo "$1=$2" >>"$RES"; }
+now() { date +%s.%N; }
+say() { echo "e2e: $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BPORT=$(free_port); APORT=$(free_port)
+
+# 1. The killmails.
+say "generating $N killmails"
+G0=$(now)
+"$KMFLOW" gen --count "$N" --out "$WORK/killmails.jsonl" 2>/dev/null
+put gen_s "$(python3 -c "print($(now)-$G0)")"
+put file_mb "$(($(stat -c %s "$WORK/killmails.jsonl") / 1048576))"
+
+# 2. The floor.
+say "floor"
+"$BIN/examples/floor" "$WORK/killmails.jsonl" --sample "$WORK/floor-sample.jsonl" | tee "$WORK/floor.txt" >&2
+put floor_rate "$(sed -n 's/.* = \([0-9]*\) killmails\/s.*/\1/p' "$WORK/floor.txt")"
+python3 -c "
+import json
+for l in open('$WORK/floor-sample.jsonl'):
+    r = json.loads(l); print(r['kind'] + '\t' + str(r['id']))" >"$WORK/sample-ids.tsv"
+# The lookup ids: the first 2,000 characters and corporations of the file.
+mkdir -p "$WORK/ids"
+head -n 50000 "$WORK/killmails.jsonl" | python3 -c "
+import json, sys
+seen = {'character_id': {}, 'corporation_id': {}}
+for line in sys.stdin:
+    k = json.loads(line)
+    for p in k['attackers'] + [k['victim']]:
+        for f, s in seen.items():
+            if p.get(f) and len(s) < 2000: s.setdefault(p[f], None)
+open('$WORK/ids/characters.txt', 'w').write('\n'.join(map(str, seen['character_id'])) + '\n')
+open('$WORK/ids/corporations.txt', 'w').write('\n'.join(map(str, seen['corporation_id'])) + '\n')"
+
+# 3. The broker and the history topic.
+BPORT=$(free_port)
 tansu broker --listener-url "tcp://127.0.0.1:$BPORT" --advertised-listener-url "tcp://127.0.0.1:$BPORT" >"$WORK/broker.log" 2>&1 &
 BPID=$!
 until (exec 3<>/dev/tcp/127.0.0.1/$BPORT) 2>/dev/null; do sleep 0.1; done
-tansu topic create killmails --partitions $PARTITIONS --broker "tcp://127.0.0.1:$BPORT" >/dev/null 2>&1
+tansu topic create history --partitions $PARTITIONS --broker "tcp://127.0.0.1:$BPORT" >/dev/null 2>&1
+tansu topic create live --partitions $PARTITIONS --broker "tcp://127.0.0.1:$BPORT" >/dev/null 2>&1
+say "producing to the history topic"
+I0=$(now)
+"$KMFLOW" import "$WORK/killmails.jsonl" --topic history --brokers "127.0.0.1:$BPORT" >"$WORK/import.log" 2>&1
+put import_s "$(python3 -c "print($(now)-$I0)")"
 
-start_kmflow() {
-  KMFLOW__SOURCE__KIND=kafka KMFLOW__KAFKA__BROKERS="127.0.0.1:$BPORT" KMFLOW__KAFKA__LIVE_TOPIC=killmails \
-  KMFLOW__PIPELINE__WORKERS=$WORKERS KMFLOW__STATE__DIR="$WORK/state" KMFLOW__API__LISTEN="127.0.0.1:$APORT" \
-  KMFLOW__STATS__STATIC_DIR="${STATIC_DIR:-../shared/data/static}" \
-  KMFLOW_LOG=warn "$KMFLOW" run >"$WORK/kmflow.log" 2>&1 &
+APORT=$(free_port)
+API="http://127.0.0.1:$APORT"
+start_kmflow() { # $1: state dir
+  KMFLOW__SOURCE__KIND=kafka KMFLOW__KAFKA__BROKERS="127.0.0.1:$BPORT" \
+  KMFLOW__KAFKA__LIVE_TOPIC=live KMFLOW__KAFKA__HISTORY_TOPICS='["history"]' \
+  KMFLOW__PIPELINE__WORKERS=$WORKERS KMFLOW__STATE__DIR="$1" KMFLOW__API__LISTEN="127.0.0.1:$APORT" \
+  KMFLOW__STATS__STATIC_DIR="${STATIC_DIR:-$ROOT/../shared/data/static}" \
+  KMFLOW_LOG=warn "$KMFLOW" run >>"$WORK/kmflow.log" 2>&1 &
   KPID=$!
 }
+stop_kmflow() { kill -TERM "$KPID"; wait "$KPID" || true; }
+wait_ready() { until curl -sf "$API/readyz" >/dev/null; do sleep 0.01; done; }
 committed() {
-  curl -s -X POST "http://127.0.0.1:$APORT/v1/characters:batch" -d '{"ids":[]}' |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); a=d.get("as_of") or {}; print(sum((a.get("offsets") or {}).get("killmails",{}).values()))' 2>/dev/null || echo 0
+  curl -s -X POST "$API/v1/characters:batch" -d '{"ids":[]}' |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(((d.get("as_of") or {}).get("offsets") or {}).get("history",{}).values()))' 2>/dev/null || echo 0
+}
+wait_committed() { while [ "$(committed)" -lt "$N" ]; do sleep 0.05; done; }
+
+# wrk scripts: random known ids; batches of 100 consecutive ids of the list.
+lua_ids() { echo "ids = {$(paste -sd, "$WORK/ids/$1.txt")}"; echo 'math.randomseed(1)'; }
+{ lua_ids characters; echo 'request = function() return wrk.format("GET", "/v1/characters/" .. ids[math.random(#ids)]) end'; } >"$WORK/character.lua"
+{ lua_ids corporations; echo 'request = function() return wrk.format("GET", "/v1/corporations/" .. ids[math.random(#ids)]) end'; } >"$WORK/corporation.lua"
+{ lua_ids characters; cat <<'LUA'; } >"$WORK/batch.lua"
+request = function()
+  local i = math.random(#ids - 99)
+  local body = '{"ids":[' .. table.concat(ids, ",", i, i + 99) .. ']}'
+  return wrk.format("POST", "/v1/characters:batch", {["Content-Type"] = "application/json"}, body)
+end
+LUA
+lookups() { # $1: label; every lookup kind for $2 seconds each
+  for q in character corporation batch; do
+    wrk -t1 -c8 -d"$2"s --latency -s "$WORK/$q.lua" "$API" >"$WORK/wrk-$1-$q.txt"
+    put "$1_${q}_p50" "$(awk '/^ +50%/ {print $2}' "$WORK/wrk-$1-$q.txt")"
+    put "$1_${q}_p99" "$(awk '/^ +99%/ {print $2}' "$WORK/wrk-$1-$q.txt")"
+    put "$1_${q}_rps" "$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$WORK/wrk-$1-$q.txt")"
+    put "$1_${q}_errors" "$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk-$1-$q.txt")"
+  done
 }
 
-start_kmflow
-until curl -sf "http://127.0.0.1:$APORT/readyz" >/dev/null; do sleep 0.1; done
-T0=$(date +%s.%N)
-if [ -n "${N:-}" ]; then
-  "$KMFLOW" gen --count "$N" --topic killmails --brokers "127.0.0.1:$BPORT" 2>"$WORK/import.log"
-  TOTAL=$N
-else
-  "$KMFLOW" import ../shared/data/killmails --topic killmails --brokers "127.0.0.1:$BPORT" >"$WORK/import.log"
-  TOTAL=$(sed -n 's/^kmflow import: \([0-9]*\) killmails.*/\1/p' "$WORK/import.log")
-fi
-T_PRODUCED=$(date +%s.%N)
-while [ "$(committed)" -lt "$TOTAL" ]; do sleep 0.05; done
-T1=$(date +%s.%N)
-RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$KPID/status)
-
-# Lookup latency: random character ids known to be in the state (from the same input).
-if [ -n "${N:-}" ]; then
-  "$KMFLOW" gen --count 2000 >"$WORK/sample.jsonl"
-else
-  cp ../shared/data/killmails/everef-jsonl/*.jsonl "$WORK/sample.jsonl"
-fi
-python3 - "$WORK/sample.jsonl" "$WORK/ids.lua" <<'PY'
-import json, sys
-ids = set()
+# 4. Replay into an empty state.
+say "replaying $N killmails into kmflow"
+P0=$(now)
+start_kmflow "$WORK/state"
+wait_ready
+wait_committed
+P1=$(now)
+put replay_s "$(python3 -c "print($P1-$P0)")"
+put replay_rss_kb "$(awk '/VmHWM/ {print $2}' /proc/$KPID/status)"
+curl -s "$API/metrics" >"$WORK/metrics.txt"
+python3 - "$WORK/metrics.txt" >>"$RES" <<'PY'
+import sys
+buckets, count = [], 0
 for line in open(sys.argv[1]):
-    k = json.loads(line)
-    for a in k["attackers"]:
-        if a.get("character_id", 0) >= 4000000:
-            ids.add(a["character_id"])
-ids = sorted(ids)[:2000]
-with open(sys.argv[2], "w") as f:
-    f.write("ids = {" + ",".join(map(str, ids)) + "}\n")
-    f.write("math.randomseed(1)\n")
-    f.write('request = function() return wrk.format("GET", "/v1/characters/" .. ids[math.random(#ids)]) end\n')
+    if line.startswith("kmflow_commit_latency_seconds_bucket"):
+        le = line.split('le="')[1].split('"')[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    elif line.startswith("kmflow_commit_latency_seconds_count"):
+        count = float(line.split()[-1])
+def q(p):
+    for le, c in buckets:
+        if c >= p * count:
+            return le
+print(f"commits={count:.0f}\ncommit_p50_le_ms={q(0.5)*1000:g}\ncommit_p99_le_ms={q(0.99)*1000:g}")
 PY
-wrk -t1 -c8 -d10s --latency -s "$WORK/ids.lua" "http://127.0.0.1:$APORT" >"$WORK/wrk.txt"
-P50=$(awk '/^ +50%/ {print $2}' "$WORK/wrk.txt")
-P99=$(awk '/^ +99%/ {print $2}' "$WORK/wrk.txt")
-RPS=$(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk.txt")
-NON2XX=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.txt")
+python3 - "$API" "$WORK/sample-ids.tsv" >"$WORK/kmflow-sample.jsonl" <<'PY'
+import json, sys, urllib.request
+api, ids = sys.argv[1], {}
+for line in open(sys.argv[2]):
+    kind, i = line.split()
+    ids.setdefault(kind, []).append(int(i))
+for kind, batch in ids.items():
+    req = urllib.request.Request(f"{api}/v1/{kind}s:batch", data=json.dumps({"ids": batch}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    body = json.load(urllib.request.urlopen(req))
+    for r in body["results"]:
+        if r.get("stats") is not None:
+            print(json.dumps({"kind": kind, "id": r["id"], **r["stats"]}))
+PY
 
-# Restart to ready.
-kill -TERM $KPID; wait $KPID || true
-R0=$(date +%s.%N)
-start_kmflow
-until curl -sf "http://127.0.0.1:$APORT/readyz" >/dev/null; do sleep 0.01; done
-R1=$(date +%s.%N)
-STATE_MB=$(du -sm "$WORK/state" | cut -f1)
+# 5. Lookups, idle.
+say "lookups, idle"
+lookups idle 10
 
-# Replay: the topic is full; a fresh state catches up from offset 0 (backfill).
-kill -TERM $KPID; wait $KPID || true
-rm -rf "$WORK/state"
-P0=$(date +%s.%N)
-start_kmflow
-until curl -sf "http://127.0.0.1:$APORT/readyz" >/dev/null; do sleep 0.01; done
-while [ "$(committed)" -lt "$TOTAL" ]; do sleep 0.05; done
-P1=$(date +%s.%N)
-REPLAY_RSS_KB=$(awk '/VmHWM/ {print $2}' /proc/$KPID/status)
+# 6. Freshness under a live trickle.
+say "freshness under a live trickle"
+"$BIN/examples/freshness" --brokers "127.0.0.1:$BPORT" --topic live --api "$API" \
+  --rate "${TRICKLE_RATE:-50}" --seconds 20 | tee "$WORK/freshness.txt" >&2
+put freshness "$(sed 's/^freshness: //' "$WORK/freshness.txt")"
 
-python3 - <<PY
-total=$TOTAL; t0=$T0; tp=$T_PRODUCED; t1=$T1
-rows = [
-  ("killmails", f"{total:,}"),
-  ("produce (import) time", f"{tp-t0:.1f} s"),
-  ("first produce to last commit", f"{t1-t0:.1f} s"),
-  ("end-to-end rate", f"{total/(t1-t0):,.0f} killmails/s"),
-  ("peak RSS (VmHWM)", f"{$RSS_KB/1024:.0f} MiB"),
-  ("state on disk", f"$STATE_MB MiB"),
-  ("character lookup p50 / p99 (idle, wrk -c8)", "$P50 / $P99"),
-  ("lookup throughput", f"{float('$RPS'):,.0f} req/s" + (" (non-2xx: $NON2XX)" if "$NON2XX" else "")),
-  ("restart to ready", f"{$R1-$R0:.2f} s"),
-  ("replay of the full topic, fresh state", f"{$P1-$P0:.1f} s = {total/($P1-$P0):,.0f} killmails/s"),
-  ("peak RSS during replay", f"{$REPLAY_RSS_KB/1024:.0f} MiB"),
-]
-w = max(len(r[0]) for r in rows)
-print(f"kmflow end-to-end ($WORKERS workers, $PARTITIONS partitions, stats level ${KMFLOW__STATS__LEVEL:-full})")
-for k, v in rows: print(f"  {k:<{w}}  {v}")
+# 7. Restart to ready.
+stop_kmflow
+put state_mb "$(du -sm "$WORK/state" | cut -f1)"
+R0=$(now)
+start_kmflow "$WORK/state"
+wait_ready
+put restart_s "$(python3 -c "print($(now)-$R0)")"
+stop_kmflow
+
+# 8. Lookups during a replay (into a second, empty state).
+say "lookups during a replay"
+start_kmflow "$WORK/state2"
+wait_ready
+until [ "$(committed)" -gt 0 ]; do sleep 0.05; done
+lookups replay 8
+put replay_progress "$(committed)"
+stop_kmflow
+rm -rf "$WORK/state2"
+kill "$BPID"; wait "$BPID" 2>/dev/null || true; BPID=
+
+# 9. The incumbent.
+if [ -z "${SKIP_POSTGRES:-}" ]; then
+  say "PostgreSQL: load, refresh, lookups"
+  benches/postgres/baseline.sh "$WORK/killmails.jsonl" "$WORK/ids" "$WORK/pg" >"$WORK/pg.log" 2>&1 ||
+    { cat "$WORK/pg.log" >&2; exit 1; }
+  sed 's/^/pg_/' "$WORK/pg/results" >>"$RES"
+fi
+
+# 10. The answer check, and the table.
+python3 - "$WORK" "$N" "$WORKERS" "$PARTITIONS" "$LEVEL" <<'PY'
+import json, os, sys
+work, n, workers, partitions, level = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+r = dict(l.rstrip("\n").split("=", 1) for l in open(f"{work}/results"))
+f = lambda k: float(r[k])
+def rows(path):
+    return {(x["kind"], x["id"]): x for x in map(json.loads, open(path))} if os.path.exists(path) else None
+FIELDS = ["involved", "kills", "losses", "npc_losses", "final_blows", "damage_done", "damage_taken",
+          "isk_destroyed", "isk_lost", "points_destroyed", "points_lost", "solo_kills", "solo_losses"]
+floor, kmflow, pg = rows(f"{work}/floor-sample.jsonl"), rows(f"{work}/kmflow-sample.jsonl"), rows(f"{work}/pg/sample.jsonl")
+mismatch = []
+for key, want in floor.items():
+    for name, got in [("kmflow", kmflow), ("postgres", pg)]:
+        if got is None:
+            continue
+        g = got.get(key)
+        if g is None:
+            mismatch.append(f"{name} has no {key}")
+            continue
+        for fld in FIELDS:
+            a, b = want.get(fld), g.get(fld)
+            if (a is None) != (b is None) or (a is not None and abs(float(a) - float(b)) > 0.005):
+                mismatch.append(f"{name} {key} {fld}: {b} (floor {a})")
+checked = "floor = kmflow" + (" = PostgreSQL" if pg is not None else "")
+
+replay_rate = n / f("replay_s")
+rows_out = []
+def row(k, v, note=""):
+    rows_out.append((k, v, note))
+row("killmails (generated, seed 1)", f"{n:,}", f"{r['file_mb']} MiB of JSON Lines, {n / f('gen_s'):,.0f}/s to generate")
+row("produce into the history topic", f"{f('import_s'):.1f} s", f"{n / f('import_s'):,.0f} killmails/s (kmflow import)")
+row("floor (in-memory fold, 1 thread)", f"{f('floor_rate'):,.0f} killmails/s")
+row("kmflow replay, empty state to all committed", f"{replay_rate:,.0f} killmails/s",
+    f"{replay_rate / f('floor_rate'):.2f}x the floor; target >= 100,000/s and >= 0.5x floor")
+row("kmflow peak RSS during replay", f"{int(r['replay_rss_kb']) / 1024:,.0f} MiB", "target < 1 GiB at 10M")
+row("kmflow epoch commits (RocksDB, synced)", f"{r['commits']} commits", f"p50 <= {r['commit_p50_le_ms']} ms, p99 <= {r['commit_p99_le_ms']} ms (histogram buckets)")
+row("kmflow state on disk", f"{r['state_mb']} MiB")
+row("kmflow freshness (produce -> visible in API)", r["freshness"], "target p99 < 200 ms")
+row("kmflow restart to ready (full state)", f"{f('restart_s'):.2f} s", "target < 5 s at 10M")
+for phase, label in [("idle", "idle"), ("replay", "during replay")]:
+    for q, what in [("character", "character"), ("corporation", "corporation"), ("batch", "batch of 100")]:
+        errors = r.get(f"{phase}_{q}_errors") or ""
+        row(f"kmflow {what} lookup, {label}",
+            f"p50 {r[f'{phase}_{q}_p50']}, p99 {r[f'{phase}_{q}_p99']}",
+            f"{int(r[f'{phase}_{q}_rps']):,} req/s (wrk -c8)" + (f", {errors} non-2xx" if errors else ""))
+if pg is not None:
+    load_refresh = f("pg_load_s") + f("pg_vacuum_s") + f("pg_refresh_s")
+    row("PostgreSQL load (COPY JSON, shred, indexes)", f"{f('pg_load_s') + f('pg_vacuum_s'):.1f} s",
+        f"{n / (f('pg_load_s') + f('pg_vacuum_s')):,.0f} killmails/s; {r['pg_participants']} participant rows, {r['pg_db_mb']} MiB")
+    row("PostgreSQL REFRESH of the 3 views", f"{f('pg_refresh_s'):.1f} s",
+        "implied freshness: >= this, back to back (today's cron: 15 min)")
+    row("PostgreSQL load + refresh", f"{n / load_refresh:,.0f} killmails/s",
+        f"kmflow replay is {replay_rate / (n / load_refresh):.1f}x; target >= 50x")
+    for q in ["character", "corporation", "batch", "roster"]:
+        row(f"PostgreSQL {q} lookup (pgbench -c8)", f"p50 {r[f'pg_{q}_p50_ms']}ms, p99 {r[f'pg_{q}_p99_ms']}ms",
+            f"{int(r[f'pg_{q}_rps']):,} req/s")
+row("answer check on the sample", checked if not mismatch else "MISMATCH",
+    f"{len(floor)} entities x {len(FIELDS)} fields")
+w = max(len(k) for k, _, _ in rows_out)
+v = max(len(x) for _, x, _ in rows_out)
+print(f"kmflow end-to-end: {n:,} killmails, {workers} workers, {partitions} partitions, stats level {level}, "
+      f"{os.cpu_count()} cores")
+for k, val, note in rows_out:
+    print(f"  {k:<{w}}  {val:<{v}}  {note}")
+if mismatch:
+    print("answer check failed:", *mismatch[:20], sep="\n  ")
+    sys.exit(1)
 PY

@@ -4,7 +4,9 @@
 #   - tansu 0.6.0 with the `dynostore` feature (cargo install): the Kafka-protocol broker the
 #     tests run against. The feature provides its in-memory storage (`memory://`); a default
 #     build has no storage engine and refuses to start.
-# Usage: scripts/provision.sh [--no-tansu] [--tansu-background]
+#   - with --bench: wrk (the HTTP load tool) and PostgreSQL (the incumbent baseline of
+#     benches/e2e.sh), from Debian packages.
+# Usage: scripts/provision.sh [--no-tansu] [--tansu-background] [--bench]
 #   --tansu-background  start the tansu build in the background and return at once; wait for
 #                       it later with `scripts/provision.sh --wait-tansu`.
 set -euo pipefail
@@ -58,6 +60,9 @@ case "${1:-}" in
 esac
 
 install_apt libclang-dev
+if [ "${1:-}" = "--bench" ]; then
+  install_apt wrk postgresql
+fi
 
 if [ "${1:-}" != "--no-tansu" ] && ! have_tansu; then
   if [ "${1:-}" = "--tansu-background" ]; then

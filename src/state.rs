@@ -67,6 +67,30 @@ pub fn decode_stats(b: &[u8]) -> Result<Stats, StateError> {
     stats_codec().deserialize(b).map_err(codec_err)
 }
 
+/// The RocksDB merge operator of the statistics column families: a merge operand is a delta,
+/// and merging adds it ([`Stats::merge`]). Statistics no leaderboard depends on are written as
+/// merges, without reading them first. `None` (a corrupt operand) makes RocksDB report
+/// corruption rather than guess.
+fn merge_stats(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let mut acc = match existing {
+        Some(v) => decode_stats(v).ok()?,
+        None => Stats::default(),
+    };
+    for op in operands {
+        acc.merge(&decode_stats(op).ok()?);
+    }
+    Some(encode_stats(&acc))
+}
+
+/// A stored statistic; a merge can leave an all-zero value behind, which reads as absent.
+fn stored_stats(b: &[u8]) -> Result<Option<Stats>, StateError> {
+    decode_stats(b).map(|s| (!s.is_empty()).then_some(s))
+}
+
 /// A stored key and value.
 type KvPair = (Box<[u8]>, Box<[u8]>);
 
@@ -151,6 +175,9 @@ impl RocksState {
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if name == CF_STATS || name == CF_DAYS {
+                o.set_merge_operator_associative("kmflow_stats_add", merge_stats);
+            }
             ColumnFamilyDescriptor::new(name, o)
         };
         let cfs = ALL_CFS.map(cf);
@@ -229,7 +256,9 @@ impl RocksState {
         let mut wb = WriteBatch::default();
         let before = self.commit_meta().map(|m| m.clock).unwrap_or_default();
         let clock = before.advance(batch.max_time, wall);
+        let t0 = std::time::Instant::now();
         let writes = plan(self, &batch.deltas, before.day(), clock.day())?;
+        let (planned, n_writes) = (t0.elapsed(), writes.len());
         let (stats_cf, days_cf, ranks_cf) =
             (self.cf(CF_STATS), self.cf(CF_DAYS), self.cf(CF_RANKS));
         for w in writes {
@@ -237,6 +266,10 @@ impl RocksState {
                 Write::Put(k, v) => match k.day_major_bytes() {
                     Some(dk) => wb.put_cf(days_cf, dk, encode_stats(&v)),
                     None => wb.put_cf(stats_cf, k.to_bytes(), encode_stats(&v)),
+                },
+                Write::Merge(k, d) => match k.day_major_bytes() {
+                    Some(dk) => wb.merge_cf(days_cf, dk, encode_stats(&d)),
+                    None => wb.merge_cf(stats_cf, k.to_bytes(), encode_stats(&d)),
                 },
                 Write::Delete(k) => match k.day_major_bytes() {
                     Some(dk) => wb.delete_cf(days_cf, dk),
@@ -280,7 +313,16 @@ impl RocksState {
         );
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
+        let built = t0.elapsed();
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+        tracing::debug!(
+            deltas = batch.deltas.len(),
+            writes = n_writes,
+            plan_ms = planned.as_millis() as u64,
+            batch_ms = (built - planned).as_millis() as u64,
+            write_ms = (t0.elapsed() - built).as_millis() as u64,
+            "commit"
+        );
         *self.meta.write() = Some(meta.clone());
         self.committed_epoch
             .store(batch.last_epoch, Ordering::Release);
@@ -315,7 +357,7 @@ impl RocksState {
         let got = snap.multi_get_cf(bytes.iter().map(|(cf, b)| (*cf, &b[..])));
         got.into_iter()
             .map(|g| match g.map_err(|e| self.err(e))? {
-                Some(v) => decode_stats(&v).map(Some),
+                Some(v) => stored_stats(&v),
                 None => Ok(None),
             })
             .collect()
@@ -378,13 +420,14 @@ impl RocksState {
             ..Default::default()
         };
         let dims = |t: u8| -> Result<Vec<(Dim, Stats)>, StateError> {
-            self.scan(&snap, CF_STATS, &StatKey::prefix(entity, t), usize::MAX)?
-                .into_iter()
-                .map(|(k, v)| {
-                    let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
-                    Ok((key.dim, decode_stats(&v)?))
-                })
-                .collect()
+            let mut out = Vec::new();
+            for (k, v) in self.scan(&snap, CF_STATS, &StatKey::prefix(entity, t), usize::MAX)? {
+                let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
+                if let Some(s) = stored_stats(&v)? {
+                    out.push((key.dim, s));
+                }
+            }
+            Ok(out)
         };
         if parts.windows {
             for (dim, v) in dims(tag::WINDOW)? {
@@ -433,7 +476,7 @@ impl RocksState {
                 usize::MAX,
             )? {
                 match StatKey::from_bytes(&k).map(|k| k.dim) {
-                    Some(Dim::Member(c)) => out.push((c, decode_stats(&v)?)),
+                    Some(Dim::Member(c)) => out.extend(stored_stats(&v)?.map(|s| (c, s))),
                     _ => return Err(bad()),
                 }
             }
@@ -536,12 +579,16 @@ impl RocksState {
         for item in self.db.iterator_cf(self.cf(CF_STATS), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
-            out.insert(key, decode_stats(&v)?);
+            if let Some(s) = stored_stats(&v)? {
+                out.insert(key, s);
+            }
         }
         for item in self.db.iterator_cf(self.cf(CF_DAYS), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let key = StatKey::from_day_major_bytes(&k).ok_or_else(|| codec_err("bad day key"))?;
-            out.insert(key, decode_stats(&v)?);
+            if let Some(s) = stored_stats(&v)? {
+                out.insert(key, s);
+            }
         }
         Ok(out)
     }

@@ -67,6 +67,8 @@ pub trait StatsReader {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     Put(StatKey, Stats),
+    /// Adds a delta to a statistic without reading it (no leaderboard depends on it).
+    Merge(StatKey, Stats),
     Delete(StatKey),
     RankPut(RankKey),
     RankDelete(RankKey),
@@ -95,11 +97,21 @@ pub fn plan<R: StatsReader>(
             }
         }
     }
-    let mut keys: Vec<StatKey> = deltas.keys().chain(windows.keys()).copied().collect();
+    // Only statistics with a leaderboard are read (their index entries hold the old value);
+    // every other delta is a blind merge.
+    let mut writes = Vec::with_capacity(deltas.len() + deltas.len() / 4);
+    let mut keys: Vec<StatKey> = Vec::new();
+    for (key, delta) in deltas {
+        if key.leaderboard_window().is_some() {
+            keys.push(*key);
+        } else if !delta.is_empty() {
+            writes.push(Write::Merge(*key, *delta));
+        }
+    }
+    keys.extend(windows.keys().copied());
     keys.sort_unstable();
     keys.dedup();
     let current = reader.get_many(&keys)?;
-    let mut writes = Vec::with_capacity(keys.len() + keys.len() / 4);
     for (key, old) in keys.into_iter().zip(current) {
         let old = old.unwrap_or_default();
         let mut new = old;
@@ -200,6 +212,13 @@ mod tests {
             match w {
                 Write::Put(k, v) => {
                     m.0.insert(k, v);
+                }
+                Write::Merge(k, d) => {
+                    let e = m.0.entry(k).or_default();
+                    e.merge(&d);
+                    if e.is_empty() {
+                        m.0.remove(&k);
+                    }
                 }
                 Write::Delete(k) => {
                     m.0.remove(&k);

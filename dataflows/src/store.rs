@@ -114,6 +114,21 @@ impl MemoryStore {
                     }
                     state.stats.insert(k, v);
                 }
+                Write::Merge(k, delta) => {
+                    let entry = state.stats.entry(k).or_default();
+                    entry.merge(&delta);
+                    let empty = entry.is_empty();
+                    if empty {
+                        state.stats.remove(&k);
+                    }
+                    if let Some(d) = k.dim.day() {
+                        if empty {
+                            state.day_index.remove(&(d, k));
+                        } else {
+                            state.day_index.insert((d, k));
+                        }
+                    }
+                }
                 Write::Delete(k) => {
                     if let Some(d) = k.dim.day() {
                         state.day_index.remove(&(d, k));
