@@ -1,5 +1,6 @@
-//! The RocksDB commit of one epoch: read-modify-write of the touched aggregates, the upsert
-//! state of every killmail, offsets and metadata, in one synced WriteBatch.
+//! The RocksDB commit of one epoch: read-modify-write of the statistics with leaderboards and
+//! their index entries, blind merges of every other touched statistic, the upsert state of
+//! every killmail, offsets and metadata, in one synced WriteBatch.
 //!
 //! Run: `cargo bench --bench commit`.
 

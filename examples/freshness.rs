@@ -4,7 +4,10 @@
 //! RocksDB commit that applies its statistics).
 //!
 //!   cargo run --release --example freshness -- --brokers HOST:PORT --topic live \
-//!       --api http://127.0.0.1:8080 [--rate 50] [--seconds 20] [--first-id N]
+//!       --api http://127.0.0.1:8080 [--rate 50] [--seconds 20] [--first-id N] [--start-time UNIX]
+//!
+//! The killmails are dated from `--start-time` (default: today, UTC): the bench passes the day
+//! after its history ends, so the trickle continues the history instead of jumping years ahead.
 //!
 //! Prints `freshness: N killmails at R/s: p50 .. ms, p99 .. ms, max .. ms (M never seen)`.
 
@@ -20,6 +23,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (mut brokers, mut topic, mut api) = (String::new(), String::new(), String::new());
     let (mut rate, mut seconds, mut first_id) = (50u64, 20u64, 900_000_000_000u64);
+    let mut start_time = None;
     while let Some(a) = args.next() {
         let mut value = || args.next().expect("a value after the flag");
         match a.as_str() {
@@ -29,6 +33,7 @@ fn main() {
             "--rate" => rate = value().parse().expect("--rate: a number"),
             "--seconds" => seconds = value().parse().expect("--seconds: a number"),
             "--first-id" => first_id = value().parse().expect("--first-id: a number"),
+            "--start-time" => start_time = Some(value().parse().expect("--start-time: a number")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -41,12 +46,13 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs() as i64;
-    // Fresh ids and today's date: the trickle is new killmails arriving live.
+    // Fresh ids: the trickle is new killmails arriving live.
+    let start_time: i64 = start_time.unwrap_or(now);
     let generator = Generator::new(GenConfig {
         seed: now as u64,
         count,
         first_id,
-        start_time: now - now % 86_400,
+        start_time: start_time - start_time % 86_400,
         per_day: 86_400,
     });
     let producer: BaseProducer = ClientConfig::new()

@@ -9,9 +9,9 @@ use prometheus::{
 use kmflow_dataflows::decode::DecodeError;
 
 /// Buckets for latencies in seconds: 50 µs to 10 s.
-const LATENCY_BUCKETS: [f64; 16] = [
+const LATENCY_BUCKETS: [f64; 18] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 10.0,
+    2.5, 10.0, 30.0, 120.0,
 ];
 
 #[derive(Clone)]

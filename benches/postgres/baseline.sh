@@ -15,19 +15,20 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 INPUT="$1"; IDS="$2"; OUT="$3"
 mkdir -p "$OUT"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-PGDATA="$OUT/pgdata"
+# The server's files go under /tmp: OUT may sit where the postgres user cannot reach.
+PGDATA=$(mktemp -d /tmp/kmflow-pgdata.XXXXXX)
 PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 mkdir -p "$PGDATA"
-[ "$(id -u)" -eq 0 ] && chown postgres "$OUT" "$PGDATA" && chmod 755 "$OUT"
+[ "$(id -u)" -eq 0 ] && chown postgres "$PGDATA"
 as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >/dev/null
 # Tuned for a bulk-loading, analytic workload on this machine; fsync and synchronous commit stay
 # on, as kmflow's commits are synced too.
-as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$OUT/postgres.log" -w start -o "\
+as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/postgres.log" -w start -o "\
   -p $PGPORT -k $PGDATA -c listen_addresses=127.0.0.1 \
   -c shared_buffers=4GB -c work_mem=256MB -c maintenance_work_mem=1GB \
   -c max_wal_size=16GB -c checkpoint_timeout=30min -c effective_cache_size=16GB" >/dev/null
-trap 'as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast stop >/dev/null 2>&1 || true' EXIT
+trap 'as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast stop >/dev/null 2>&1 || true; rm -rf "$PGDATA"' EXIT
 PSQL=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres)
 now() { date +%s.%N; }
 
