@@ -217,7 +217,7 @@ kill "$BPID"; wait "$BPID" 2>/dev/null || true; BPID=
 # 9. The incumbent.
 if [ -z "${SKIP_POSTGRES:-}" ]; then
   say "PostgreSQL: load, refresh, lookups"
-  benches/postgres/baseline.sh "$WORK/killmails.jsonl" "$WORK/ids" "$WORK/pg" >"$WORK/pg.log" 2>&1 ||
+  benches/postgres/baseline.sh "$WORK/killmails.jsonl" "$WORK/ids" "$WORK/sample-ids.tsv" "$WORK/pg" >"$WORK/pg.log" 2>&1 ||
     { cat "$WORK/pg.log" >&2; exit 1; }
   sed 's/^/pg_/' "$WORK/pg/results" >>"$RES"
 fi

@@ -4,15 +4,15 @@
 # `killmails` and `participants` (schema.sql, load.sql), refreshes the materialized views
 # (views.sql), then measures lookups with pgbench.
 #
-#   benches/postgres/baseline.sh KILLMAILS.jsonl IDS_DIR OUT_DIR
+#   benches/postgres/baseline.sh KILLMAILS.jsonl IDS_DIR SAMPLE_IDS.tsv OUT_DIR
 #
 # IDS_DIR holds characters.txt and corporations.txt (one id per line, the ids the kmflow lookups
 # use). Writes OUT_DIR/results (key=value: load_s, refresh_s, latencies in ms, rows) and
-# OUT_DIR/sample.jsonl (the views' rows for the sample ids in OUT_DIR/../sample-ids). Needs
+# OUT_DIR/sample.jsonl (the views' rows for the ids of SAMPLE_IDS.tsv: kind, tab, id). Needs
 # root (runs the server as the `postgres` user) and the Debian `postgresql` package.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-INPUT="$1"; IDS="$2"; OUT="$3"
+INPUT="$1"; IDS="$2"; SAMPLE_IDS="$3"; OUT="$4"
 mkdir -p "$OUT"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 # The server's files go under /tmp: OUT may sit where the postgres user cannot reach.
@@ -57,7 +57,7 @@ R1=$(now)
 
 # The sample of the three-way check, as the views answer it.
 "${PSQL[@]}" -c "CREATE TABLE sample_ids (kind text, id bigint)"
-"${PSQL[@]}" -c "\\copy sample_ids FROM '$OUT/../sample-ids.tsv'"
+"${PSQL[@]}" -c "\\copy sample_ids FROM '$SAMPLE_IDS'"
 "${PSQL[@]}" -At -c "
   SELECT row_to_json(t) FROM (
     SELECT 'character' AS kind, character_id AS id, c.* FROM character_activity_summary c
