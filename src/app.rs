@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use crossbeam_channel::Receiver;
 
-use kmflow_dataflows::commit::{CommitCoordinator, SinkReport};
+use kmflow_dataflows::aggregate::Write;
+use kmflow_dataflows::commit::{CommitCoordinator, SinkReport, ToCommitter};
 use kmflow_dataflows::pipeline::{build, PipelineHooks, StatsSpec, UpsertCounters};
+use kmflow_dataflows::shard::Checkpoints;
 use kmflow_dataflows::static_data::StaticData;
-use kmflow_dataflows::store::KillmailStore;
+use kmflow_dataflows::store::StateStore;
 use kmflow_dataflows::EntityKind;
 
 use crate::api::{app, AppState};
@@ -62,7 +64,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let outage = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(UpsertCounters::default());
-    let store: Arc<dyn KillmailStore> = state.clone();
+    let store: Arc<dyn StateStore> = state.clone();
     let ctl = Arc::new(EpochControl::new(
         start_epoch,
         store.clone(),
@@ -208,19 +210,20 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     );
 
     let workers = config.pipeline.workers;
-    let (tx, rx) = crossbeam_channel::unbounded::<SinkReport<Vec<Position>>>();
+    let (tx, rx) = crossbeam_channel::unbounded::<ToCommitter<Vec<Position>>>();
+    let checkpoints = Arc::new(Checkpoints::new(start_epoch));
     let committer = {
         let (state, topics, metrics, ctl) =
             (state.clone(), topics.clone(), metrics.clone(), ctl.clone());
         let offsets = stored_offsets.clone();
         let api = format!("http://{addr}");
+        let checkpoints = checkpoints.clone();
         std::thread::Builder::new()
             .name("kmflow-commit".into())
             .spawn(move || {
                 commit_loop(
                     rx,
-                    workers,
-                    start_epoch,
+                    CommitCoordinator::new(workers, start_epoch, checkpoints),
                     &state,
                     &topics,
                     offsets,
@@ -316,6 +319,15 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                         level: config.stats.level,
                         static_data: static_data.clone(),
                     },
+                    flush: {
+                        let tx = tx.clone();
+                        Box::new(move |f| {
+                            let _ = tx.send(ToCommitter::Flush(f));
+                        })
+                    },
+                    checkpoints: checkpoints.clone(),
+                    start: start_epoch,
+                    cache_rows: config.state.cache_rows / workers.max(1),
                     report: move |r: SinkReport<()>| {
                         let mut meta = Vec::new();
                         positions.borrow_mut().retain(|(e, p)| {
@@ -326,15 +338,15 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
                                 true
                             }
                         });
-                        let _ = tx.send(SinkReport {
+                        let _ = tx.send(ToCommitter::Sink(SinkReport {
                             worker: r.worker,
                             frontier: r.frontier,
                             items: r.items,
                             meta,
-                        });
+                        }));
                     },
-                    on_store_error: Box::new(
-                        |e| tracing::error!(error = %e, "upsert: state read failed; retrying"),
+                    on_store_error: Rc::new(
+                        |e| tracing::error!(error = %e, "state read failed; retrying"),
                     ),
                 };
                 build(raw, hooks)
@@ -424,9 +436,8 @@ fn check_offsets_against_partitions(
 
 #[allow(clippy::too_many_arguments)]
 fn commit_loop(
-    rx: Receiver<SinkReport<Vec<Position>>>,
-    workers: usize,
-    start_epoch: u64,
+    rx: Receiver<ToCommitter<Vec<Position>>>,
+    mut coordinator: CommitCoordinator<Vec<Position>>,
     state: &RocksState,
     topics: &[String],
     mut offsets: Offsets,
@@ -435,7 +446,6 @@ fn commit_loop(
     api: &str,
     wall: WallClock,
 ) -> Result<(), StateError> {
-    let mut coordinator = CommitCoordinator::<Vec<Position>>::new(workers, start_epoch);
     let mut fingerprints = state
         .commit_meta()
         .map(|m| m.fingerprints)
@@ -463,9 +473,10 @@ fn commit_loop(
         let t0 = Instant::now();
         match state.commit(&batch, topics, &offsets, &fingerprints, wall.now()) {
             Ok(meta) => {
+                coordinator.committed();
                 metrics.commit_latency.observe(t0.elapsed().as_secs_f64());
                 metrics.commit_size.observe(
-                    (batch.deltas.len() + batch.upserts.len() + batch.dead_letters.len()) as f64,
+                    (batch.writes.len() + batch.upserts.len() + batch.dead_letters.len()) as f64,
                 );
                 metrics.committed_epoch.set(meta.epoch as i64);
                 if let Some(now) = meta.clock.now {
@@ -481,11 +492,10 @@ fn commit_loop(
                         error = %d.error, "dead letter");
                 }
                 if !hinted {
-                    if let Some(c) = batch
-                        .deltas
-                        .keys()
-                        .find(|k| k.entity.kind == EntityKind::Character)
-                    {
+                    if let Some(c) = batch.writes.iter().find_map(|w| match w {
+                        Write::Put(k, _) if k.entity.kind == EntityKind::Character => Some(k),
+                        _ => None,
+                    }) {
                         println!(
                             "kmflow: first commit; try  curl {api}/v1/characters/{}",
                             c.entity.id
@@ -498,6 +508,7 @@ fn commit_loop(
                 metrics.commit_errors.inc();
                 tracing::error!(error = %e, "commit failed: stopping ingestion");
                 ctl.shutdown.store(true, Ordering::Release);
+                coordinator.abandon();
                 failure = Some(e);
             }
         }

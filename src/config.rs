@@ -135,6 +135,8 @@ pub struct PipelineConfig {
 pub struct StateConfig {
     pub dir: PathBuf,
     pub block_cache_mb: usize,
+    /// All-time rows the statistics shards keep between checkpoints (over all workers).
+    pub cache_rows: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -26,12 +26,13 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use kmflow_dataflows::aggregate::{plan, StatsReader, StreamClock, Write};
+use kmflow_dataflows::aggregate::{rank_windows, windows_from_days, StreamClock, Write};
 use kmflow_dataflows::commit::EpochBatch;
 use kmflow_dataflows::keys::{tag, Dim, Metric, RankKey, StatKey, WINDOW_DAYS};
 use kmflow_dataflows::model::DeadLetter;
-use kmflow_dataflows::store::{KillmailStore, StoreError, NO_EPOCH};
+use kmflow_dataflows::store::{StateStore, StoreError, NO_EPOCH};
 use kmflow_dataflows::{EntityKey, EntityKind, Stats, StoredKillmail};
+use rustc_hash::FxHashMap;
 
 const CF_KILLMAILS: &str = "killmails";
 const CF_STATS: &str = "stats";
@@ -60,6 +61,15 @@ fn stats_codec() -> impl bincode::Options {
 pub fn encode_stats(s: &Stats) -> Vec<u8> {
     use bincode::Options;
     stats_codec().serialize(s).expect("stats serialize")
+}
+
+/// [`encode_stats`] into a reused buffer (the commit path).
+fn encode_stats_into(s: &Stats, buf: &mut Vec<u8>) {
+    use bincode::Options;
+    buf.clear();
+    stats_codec()
+        .serialize_into(&mut *buf, s)
+        .expect("stats serialize");
 }
 
 pub fn decode_stats(b: &[u8]) -> Result<Stats, StateError> {
@@ -147,7 +157,17 @@ pub struct RocksState {
     committed_epoch: AtomicU64,
     /// The last commit's metadata, cached for the API (updated after each write).
     meta: RwLock<Option<CommitMeta>>,
+    /// Window leaderboards by (kind, window, metric): the epoch they were ranked at.
+    window_boards: parking_lot::Mutex<WindowBoards>,
 }
+
+/// How many entries of a window leaderboard are kept between commits (the API's largest limit).
+pub const WINDOW_RANKING_DEPTH: usize = 1000;
+
+type WindowBoards = std::collections::HashMap<
+    (EntityKind, u8, Metric),
+    (u64, Option<CommitMeta>, Vec<RankedEntry>),
+>;
 
 fn codec_err(e: impl std::fmt::Display) -> StateError {
     StateError::Corrupt(e.to_string())
@@ -191,6 +211,7 @@ impl RocksState {
             path: dir.to_path_buf(),
             committed_epoch: AtomicU64::new(NO_EPOCH),
             meta: RwLock::new(None),
+            window_boards: Default::default(),
         };
         let meta = state.read_meta()?;
         if let Some(m) = &meta {
@@ -257,20 +278,26 @@ impl RocksState {
         let before = self.commit_meta().map(|m| m.clock).unwrap_or_default();
         let clock = before.advance(batch.max_time, wall);
         let t0 = std::time::Instant::now();
-        let writes = plan(self, &batch.deltas, before.day(), clock.day())?;
-        let (planned, n_writes) = (t0.elapsed(), writes.len());
+        let n_writes = batch.writes.len();
         let (stats_cf, days_cf, ranks_cf) =
             (self.cf(CF_STATS), self.cf(CF_DAYS), self.cf(CF_RANKS));
-        for w in writes {
-            match w {
-                Write::Put(k, v) => match k.day_major_bytes() {
-                    Some(dk) => wb.put_cf(days_cf, dk, encode_stats(&v)),
-                    None => wb.put_cf(stats_cf, k.to_bytes(), encode_stats(&v)),
-                },
-                Write::Merge(k, d) => match k.day_major_bytes() {
-                    Some(dk) => wb.merge_cf(days_cf, dk, encode_stats(&d)),
-                    None => wb.merge_cf(stats_cf, k.to_bytes(), encode_stats(&d)),
-                },
+        let mut buf = Vec::with_capacity(64);
+        for w in &batch.writes {
+            match *w {
+                Write::Put(k, v) => {
+                    encode_stats_into(&v, &mut buf);
+                    match k.day_major_bytes() {
+                        Some(dk) => wb.put_cf(days_cf, dk, &buf),
+                        None => wb.put_cf(stats_cf, k.to_bytes(), &buf),
+                    }
+                }
+                Write::Merge(k, d) => {
+                    encode_stats_into(&d, &mut buf);
+                    match k.day_major_bytes() {
+                        Some(dk) => wb.merge_cf(days_cf, dk, &buf),
+                        None => wb.merge_cf(stats_cf, k.to_bytes(), &buf),
+                    }
+                }
                 Write::Delete(k) => match k.day_major_bytes() {
                     Some(dk) => wb.delete_cf(days_cf, dk),
                     None => wb.delete_cf(stats_cf, k.to_bytes()),
@@ -316,10 +343,9 @@ impl RocksState {
         let built = t0.elapsed();
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
         tracing::debug!(
-            deltas = batch.deltas.len(),
             writes = n_writes,
-            plan_ms = planned.as_millis() as u64,
-            batch_ms = (built - planned).as_millis() as u64,
+            upserts = batch.upserts.len(),
+            batch_ms = built.as_millis() as u64,
             write_ms = (t0.elapsed() - built).as_millis() as u64,
             "commit"
         );
@@ -429,9 +455,18 @@ impl RocksState {
             }
             Ok(out)
         };
-        if parts.windows {
-            for (dim, v) in dims(tag::WINDOW)? {
-                if let Dim::Window(w) = dim {
+        if let (true, Some(clock)) = (parts.windows, meta.as_ref().and_then(|m| m.clock.day())) {
+            // At most 90 day buckets, read in one multi_get.
+            let days: Vec<StatKey> = (clock - WINDOW_DAYS[WINDOW_DAYS.len() - 1] + 1..=clock)
+                .map(|d| StatKey::new(entity, Dim::Day(d)))
+                .collect();
+            let buckets = self.get_stats(&snap, &days)?;
+            let present = days
+                .into_iter()
+                .zip(buckets)
+                .filter_map(|(k, v)| v.map(|v| (k, v)));
+            for (key, v) in windows_from_days(clock, present) {
+                if let Dim::Window(w) = key.dim {
                     if let Some(slot) = view.windows.get_mut(w as usize) {
                         *slot = Some(v);
                     }
@@ -509,6 +544,9 @@ impl RocksState {
 
     /// The first `limit` entries of a leaderboard (`window` 0 for all time, 1 + index
     /// otherwise), each with the entity's statistics in that window, from one snapshot.
+    ///
+    /// All time reads the leaderboard index the shards maintain. A window is ranked from
+    /// scratch over the day buckets it covers (see [`RocksState::window_ranking`]).
     pub fn leaderboard(
         &self,
         kind: EntityKind,
@@ -516,6 +554,9 @@ impl RocksState {
         metric: Metric,
         limit: usize,
     ) -> Result<AsOf<Vec<RankedEntry>>, StateError> {
+        if window > 0 {
+            return self.window_ranking(kind, window, metric, limit);
+        }
         let snap = self.db.snapshot();
         let prefix = RankKey::prefix(kind, window, metric);
         let ranks: Vec<RankKey> = self
@@ -525,16 +566,63 @@ impl RocksState {
             .collect::<Result<_, _>>()?;
         let keys: Vec<StatKey> = ranks
             .iter()
-            .map(|r| {
-                let e = EntityKey::new(kind, r.id);
-                match window {
-                    0 => StatKey::all(e),
-                    w => StatKey::new(e, Dim::Window(w - 1)),
-                }
-            })
+            .map(|r| StatKey::all(EntityKey::new(kind, r.id)))
             .collect();
         let stats = self.get_stats(&snap, &keys)?;
         Ok((ranks.into_iter().zip(stats).collect(), self.meta_at(&snap)?))
+    }
+
+    /// A window leaderboard, ranked from scratch over the day buckets of the window's days of
+    /// entities of `kind`, from one snapshot: its cost is proportional to the entities active
+    /// in the window, so the ranking (up to [`WINDOW_RANKING_DEPTH`]) is kept per committed
+    /// epoch and reused until the next commit; concurrent requests wait for one computation.
+    fn window_ranking(
+        &self,
+        kind: EntityKind,
+        window: u8,
+        metric: Metric,
+        limit: usize,
+    ) -> Result<AsOf<Vec<RankedEntry>>, StateError> {
+        let mut cache = self.window_boards.lock();
+        let epoch = self.committed_epoch.load(Ordering::Acquire);
+        if let Some((e, meta, ranked)) = cache.get(&(kind, window, metric)) {
+            if *e == epoch && limit <= WINDOW_RANKING_DEPTH {
+                let top = ranked.iter().take(limit).cloned().collect();
+                return Ok((top, meta.clone()));
+            }
+        }
+        let snap = self.db.snapshot();
+        let meta = self.meta_at(&snap)?;
+        let Some(clock) = meta.as_ref().and_then(|m| m.clock.day()) else {
+            return Ok((Vec::new(), meta));
+        };
+        let n = WINDOW_DAYS[(window - 1) as usize];
+        let mut sums: FxHashMap<StatKey, Stats> = FxHashMap::default();
+        for day in clock - n + 1..=clock {
+            let mut prefix = StatKey::day_prefix(day).to_vec();
+            prefix.push(kind as u8);
+            for item in snap.iterator_cf(
+                self.cf(CF_DAYS),
+                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            ) {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let key =
+                    StatKey::from_day_major_bytes(&k).ok_or_else(|| codec_err("bad day key"))?;
+                sums.entry(key).or_default().merge(&decode_stats(&v)?);
+            }
+        }
+        let windows = windows_from_days(clock, sums);
+        let depth = limit.max(WINDOW_RANKING_DEPTH);
+        let ranked: Vec<RankedEntry> = rank_windows(&windows, window, metric, depth)
+            .into_iter()
+            .map(|(r, s)| (r, Some(s)))
+            .collect();
+        let top = ranked.iter().take(limit).cloned().collect();
+        cache.insert((kind, window, metric), (epoch, meta.clone(), ranked));
+        Ok((top, meta))
     }
 
     /// The stored upsert state of one killmail.
@@ -573,8 +661,23 @@ impl RocksState {
             .collect())
     }
 
-    /// Every statistic, day buckets included (for tests; scans two column families).
+    /// Every statistic as served: the stored ones (day buckets included) and the windows at
+    /// the committed clock (for tests; scans two column families).
     pub fn all_stat_keys(&self) -> Result<BTreeMap<StatKey, Stats>, StateError> {
+        let mut out = self.stored_stat_keys()?;
+        if let Some(clock) = self.commit_meta().and_then(|m| m.clock.day()) {
+            let days: Vec<(StatKey, Stats)> = out
+                .iter()
+                .filter(|(k, _)| matches!(k.dim, Dim::Day(_)))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            out.extend(windows_from_days(clock, days));
+        }
+        Ok(out)
+    }
+
+    /// Every stored statistic, day buckets included.
+    fn stored_stat_keys(&self) -> Result<BTreeMap<StatKey, Stats>, StateError> {
         let mut out = BTreeMap::new();
         for item in self.db.iterator_cf(self.cf(CF_STATS), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
@@ -593,9 +696,20 @@ impl RocksState {
         Ok(out)
     }
 
-    /// The whole leaderboard index (for tests).
+    /// Every leaderboard entry: the all-time index and the windows ranked from scratch (for
+    /// tests).
     pub fn all_ranks(&self) -> Result<std::collections::BTreeSet<RankKey>, StateError> {
         let mut out = std::collections::BTreeSet::new();
+        let all = self.all_stat_keys()?;
+        for kind in EntityKind::ALL {
+            for w in 1..=WINDOW_DAYS.len() as u8 {
+                for metric in Metric::ALL {
+                    let of_kind = all.iter().filter(|(k, _)| k.entity.kind == kind);
+                    let top = rank_windows(of_kind, w, metric, usize::MAX);
+                    out.extend(top.into_iter().map(|(r, _)| r));
+                }
+            }
+        }
         for item in self.db.iterator_cf(self.cf(CF_RANKS), IteratorMode::Start) {
             let (k, _) = item.map_err(|e| self.err(e))?;
             out.insert(RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key"))?);
@@ -644,32 +758,6 @@ impl RocksState {
     }
 }
 
-impl StatsReader for RocksState {
-    type Error = StateError;
-
-    fn get_many(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, StateError> {
-        self.get_stats(&self.db.snapshot(), keys)
-    }
-
-    fn day_buckets(&self, from: i32, to: i32) -> Result<Vec<(StatKey, Stats)>, StateError> {
-        let mut out = Vec::new();
-        let end = StatKey::day_prefix(to.saturating_add(1));
-        let iter = self.db.iterator_cf(
-            self.cf(CF_DAYS),
-            IteratorMode::From(&StatKey::day_prefix(from), rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            if to < i32::MAX && k[..] >= end[..] {
-                break;
-            }
-            let key = StatKey::from_day_major_bytes(&k).ok_or_else(|| codec_err("bad day key"))?;
-            out.push((key, decode_stats(&v)?));
-        }
-        Ok(out)
-    }
-}
-
 /// Which parts of an entity [`RocksState::entity_view`] reads.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ViewParts {
@@ -695,7 +783,7 @@ pub struct EntityView {
     pub hours: Vec<(u32, Stats)>,
 }
 
-impl KillmailStore for RocksState {
+impl StateStore for RocksState {
     fn multi_get(&self, ids: &[u64]) -> Result<Vec<Option<StoredKillmail>>, StoreError> {
         let cf = self.cf(CF_KILLMAILS);
         let keys: Vec<[u8; 8]> = ids.iter().map(|id| id.to_be_bytes()).collect();
@@ -710,6 +798,11 @@ impl KillmailStore for RocksState {
                 Err(e) => Err(StoreError(format!("{}: {e}", self.path.display()))),
             })
             .collect()
+    }
+
+    fn get_stats(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, StoreError> {
+        RocksState::get_stats(self, &self.db.snapshot(), keys)
+            .map_err(|e| StoreError(e.to_string()))
     }
 
     fn committed_epoch(&self) -> Option<u64> {

@@ -42,7 +42,7 @@ fn fixture() -> Fixture {
             None,
         ),
     ];
-    let mut batch = common::batch_of(&kms, 3);
+    let mut batch = common::batch_of(&*s, &kms, 3);
     batch.dead_letters.push(DeadLetter {
         pos: SourcePos {
             topic: 0,

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use kmflow::state::RocksState;
-use kmflow_dataflows::store::KillmailStore;
+use kmflow_dataflows::store::StateStore;
 use kmflow_dataflows::{EntityKey, EntityKind};
 
 fn offsets(o: i64) -> BTreeMap<String, BTreeMap<i32, i64>> {
@@ -37,7 +37,7 @@ fn commits_merge_and_survive_reopen() {
         assert_eq!(s.committed_epoch(), None);
         assert!(s.commit_meta().is_none());
         s.commit(
-            &common::batch_of(std::slice::from_ref(&a), 0),
+            &common::batch_of(&*s, std::slice::from_ref(&a), 0),
             &topics,
             &offsets(1),
             &BTreeMap::new(),
@@ -45,7 +45,7 @@ fn commits_merge_and_survive_reopen() {
         )
         .unwrap();
         s.commit(
-            &common::batch_of(std::slice::from_ref(&b), 1),
+            &common::batch_of(&*s, std::slice::from_ref(&b), 1),
             &topics,
             &offsets(2),
             &BTreeMap::new(),
@@ -95,7 +95,7 @@ fn retraction_zeroes_counts_and_keeps_times() {
         &[(90_000_002, 98_000_002, 99_000_002)],
         Some(5.0),
     );
-    let mut batch = common::batch_of(&[a], 0);
+    let mut batch = common::batch_of(&*s, std::slice::from_ref(&a), 0);
     s.commit(
         &batch,
         &topics,
@@ -104,11 +104,11 @@ fn retraction_zeroes_counts_and_keeps_times() {
         i64::MAX,
     )
     .unwrap();
-    for d in batch.deltas.values_mut() {
+    let mut deltas = common::deltas_of(&[a]);
+    for d in deltas.values_mut() {
         *d = d.negated();
-        d.first_seen = None;
-        d.last_seen = None;
     }
+    batch.writes = common::writes_of(&*s, &deltas);
     batch.upserts.clear();
     batch.last_epoch = 1;
     s.commit(

@@ -1,24 +1,17 @@
-//! How a commit changes the stored statistics: the stream clock, rolling windows and
-//! leaderboards, on top of the consolidated deltas the dataflow produced.
+//! The stream clock, the writes a checkpoint makes, and what is derived at read time: rolling
+//! windows and their leaderboards.
 //!
-//! The dataflow emits deltas for every dimension that does not depend on the clock (all time,
-//! months, day buckets, breakdowns, rosters). Windows depend on the stream clock, which is
-//! committed state, so the committer derives them here, incrementally:
-//!
-//! - a delta to a day bucket also changes every window whose range holds that day, at the
-//!   clock after this commit;
-//! - when the clock's day moves from `c` to `c'`, window `n` gains the stored buckets of the
-//!   days in `(max(c, c'-n), c']` and loses those of `(c-n, min(c, c'-n)]`: a range scan of the
-//!   day-major bucket table, proportional to the entities active on those days, never a
-//!   recomputation from scratch;
-//! - every change of an entity's all-time or window statistics moves its leaderboard entries
-//!   (one index key per metric with a positive value), so a leaderboard is a prefix scan.
-//!
-//! The planner only reads the state as of the previous commit and returns writes; the caller
-//! applies them atomically with the rest of the commit.
+//! The dataflow maintains every dimension that does not depend on the clock (all time,
+//! months, day buckets, breakdowns, rosters). Windows depend on the stream clock, so they are
+//! not stored: a window is the sum of the entity's day buckets of the days it covers (at most
+//! 90 small rows, read at query time), and a window leaderboard is ranked from scratch over
+//! the window's day buckets when asked. Nothing on the write path depends on the clock, so a
+//! clock that moves (a replay crossing midnight every 12,000 killmails) costs no writes; the
+//! all-time leaderboards are an index the shards maintain ([`crate::shard::plan_flush`]).
 
-use crate::commit::DeltaMap;
-use crate::keys::{RankKey, StatKey, WINDOW_DAYS};
+use std::collections::BTreeMap;
+
+use crate::keys::{Metric, RankKey, StatKey, WINDOW_DAYS};
 use crate::stats::Stats;
 use crate::time::day_of;
 
@@ -54,132 +47,64 @@ pub fn in_window(clock_day: i32, w: usize, day: i32) -> bool {
     day <= clock_day && day > clock_day - WINDOW_DAYS[w]
 }
 
-/// Read access to the state as of the last commit.
-pub trait StatsReader {
-    type Error;
-    /// The stored value of each key (day buckets included), in the order asked.
-    fn get_many(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, Self::Error>;
-    /// Every stored day bucket of the days `from..=to`.
-    fn day_buckets(&self, from: i32, to: i32) -> Result<Vec<(StatKey, Stats)>, Self::Error>;
-}
-
 /// One change to the stored statistics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
+    /// The new value of an all-time row (its old value was read: leaderboards moved).
     Put(StatKey, Stats),
-    /// Adds a delta to a statistic without reading it (no leaderboard depends on it).
+    /// Adds a delta to a statistic without reading it (no leaderboard index depends on it).
     Merge(StatKey, Stats),
     Delete(StatKey),
     RankPut(RankKey),
     RankDelete(RankKey),
 }
 
-/// The writes that apply `deltas` and move the clock's day from `before` to `after`.
-pub fn plan<R: StatsReader>(
-    reader: &R,
-    deltas: &DeltaMap,
-    before: Option<i32>,
-    after: Option<i32>,
-) -> Result<Vec<Write>, R::Error> {
-    // Window changes; the batch's own deltas are read in place, not copied (hot path).
-    let mut windows = DeltaMap::default();
-    if let Some(c2) = after {
-        if before != after {
-            slide_windows(reader, before, c2, &mut windows)?;
-        }
-        for (key, delta) in deltas {
-            let Some(day) = key.dim.day() else { continue };
-            for w in 0..WINDOW_DAYS.len() {
-                if in_window(c2, w, day) {
-                    let wk = key.window_of(w as u8).expect("day buckets have windows");
-                    windows.entry(wk).or_default().merge(&delta.without_times());
-                }
+/// The rolling windows ending at `clock_day`, summed from day buckets: for each bucket of a
+/// day inside a window, its sums (times dropped) are added to that entity's window.
+pub fn windows_from_days(
+    clock_day: i32,
+    buckets: impl IntoIterator<Item = (StatKey, Stats)>,
+) -> BTreeMap<StatKey, Stats> {
+    let mut out: BTreeMap<StatKey, Stats> = BTreeMap::new();
+    for (key, bucket) in buckets {
+        let Some(day) = key.dim.day() else { continue };
+        for w in 0..WINDOW_DAYS.len() {
+            if in_window(clock_day, w, day) {
+                let wk = key.window_of(w as u8).expect("day buckets have windows");
+                out.entry(wk).or_default().merge(&bucket.without_times());
             }
         }
     }
-    // Only statistics with a leaderboard are read (their index entries hold the old value);
-    // every other delta is a blind merge.
-    let mut writes = Vec::with_capacity(deltas.len() + deltas.len() / 4);
-    let mut keys: Vec<StatKey> = Vec::new();
-    for (key, delta) in deltas {
-        if key.leaderboard_window().is_some() {
-            keys.push(*key);
-        } else if !delta.is_empty() {
-            writes.push(Write::Merge(*key, *delta));
-        }
-    }
-    keys.extend(windows.keys().copied());
-    keys.sort_unstable();
-    keys.dedup();
-    let current = reader.get_many(&keys)?;
-    for (key, old) in keys.into_iter().zip(current) {
-        let old = old.unwrap_or_default();
-        let mut new = old;
-        for change in [deltas.get(&key), windows.get(&key)].into_iter().flatten() {
-            new.merge(change);
-        }
-        if new == old {
-            continue;
-        }
-        if new.is_empty() {
-            writes.push(Write::Delete(key));
-        } else {
-            writes.push(Write::Put(key, new));
-        }
-        if key.leaderboard_window().is_some() {
-            let (was, is) = (RankKey::entries(key, &old), RankKey::entries(key, &new));
-            for r in &was {
-                if !is.contains(r) {
-                    writes.push(Write::RankDelete(*r));
-                }
-            }
-            for r in is {
-                if !was.contains(&r) {
-                    writes.push(Write::RankPut(r));
-                }
-            }
-        }
-    }
-    Ok(writes)
+    out.retain(|_, v| !v.is_empty());
+    out
 }
 
-/// Moves every window from clock day `before` to `c2`, from the stored day buckets.
-fn slide_windows<R: StatsReader>(
-    reader: &R,
-    before: Option<i32>,
-    c2: i32,
-    changes: &mut DeltaMap,
-) -> Result<(), R::Error> {
-    // The three windows usually gain (and lose) the same days: read each range once.
-    let mut scanned: std::collections::HashMap<(i32, i32), Vec<(StatKey, Stats)>> =
-        Default::default();
-    let mut apply = |from: i32, to: i32, w: usize, sign: bool| -> Result<(), R::Error> {
-        if from > to {
-            return Ok(());
-        }
-        if let std::collections::hash_map::Entry::Vacant(e) = scanned.entry((from, to)) {
-            e.insert(reader.day_buckets(from, to)?);
-        }
-        for (key, bucket) in scanned[&(from, to)].iter().copied() {
-            let wk = key.window_of(w as u8).expect("day buckets have windows");
-            let b = bucket.without_times();
-            let d = if sign { b } else { b.negated() };
-            changes.entry(wk).or_default().merge(&d);
-        }
-        Ok(())
-    };
-    for (w, &n) in WINDOW_DAYS.iter().enumerate() {
-        match before {
-            None => apply(c2 - n + 1, c2, w, true)?,
-            Some(c) => {
-                // Days entering: (max(c, c2 - n), c2].
-                apply(c.max(c2 - n) + 1, c2, w, true)?;
-                // Days leaving: (c - n, min(c, c2 - n)].
-                apply(c - n + 1, c.min(c2 - n), w, false)?;
-            }
-        }
+/// The first `limit` entries of the leaderboard of `window` (1 + window index) and `metric`
+/// over `windows` (window statistics of one kind, as [`windows_from_days`] sums them), each
+/// with its statistics: ranked from scratch, so always equal to a from-scratch ranking.
+pub fn rank_windows<'a>(
+    windows: impl IntoIterator<Item = (&'a StatKey, &'a Stats)>,
+    window: u8,
+    metric: Metric,
+    limit: usize,
+) -> Vec<(RankKey, Stats)> {
+    let mut ranked: Vec<(RankKey, Stats)> = windows
+        .into_iter()
+        .filter(|(k, _)| k.leaderboard_window() == Some(window))
+        .filter_map(|(k, s)| {
+            RankKey::entries(*k, s)
+                .into_iter()
+                .find(|r| r.metric == metric)
+                .map(|r| (r, *s))
+        })
+        .collect();
+    let limit = limit.min(ranked.len());
+    if limit < ranked.len() {
+        ranked.select_nth_unstable_by_key(limit, |(r, _)| r.to_bytes());
+        ranked.truncate(limit);
     }
-    Ok(())
+    ranked.sort_unstable_by_key(|(r, _)| r.to_bytes());
+    ranked
 }
 
 #[cfg(test)]
@@ -187,73 +112,25 @@ mod tests {
     use super::*;
     use crate::keys::Dim;
     use crate::model::{EntityKey, EntityKind};
-    use std::collections::BTreeMap;
-
-    #[derive(Default)]
-    struct Mem(BTreeMap<StatKey, Stats>);
-
-    impl StatsReader for Mem {
-        type Error = ();
-        fn get_many(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, ()> {
-            Ok(keys.iter().map(|k| self.0.get(k).copied()).collect())
-        }
-        fn day_buckets(&self, from: i32, to: i32) -> Result<Vec<(StatKey, Stats)>, ()> {
-            Ok(self
-                .0
-                .iter()
-                .filter(|(k, _)| k.dim.day().is_some_and(|d| d >= from && d <= to))
-                .map(|(k, v)| (*k, *v))
-                .collect())
-        }
-    }
-
-    fn apply(m: &mut Mem, writes: Vec<Write>) {
-        for w in writes {
-            match w {
-                Write::Put(k, v) => {
-                    m.0.insert(k, v);
-                }
-                Write::Merge(k, d) => {
-                    let e = m.0.entry(k).or_default();
-                    e.merge(&d);
-                    if e.is_empty() {
-                        m.0.remove(&k);
-                    }
-                }
-                Write::Delete(k) => {
-                    m.0.remove(&k);
-                }
-                _ => {}
-            }
-        }
-    }
 
     #[test]
-    fn windows_slide_with_the_clock() {
+    fn windows_hold_the_days_they_cover() {
         let e = EntityKey::new(EntityKind::Character, 95_000_000);
         let kill = Stats {
             kills: 1,
+            first_seen: Some(1),
             ..Default::default()
         };
-        let mut m = Mem::default();
-        // One kill on day 100, clock at 100: in every window.
-        let d: DeltaMap = [(StatKey::new(e, Dim::Day(100)), kill)]
-            .into_iter()
-            .collect();
-        let w = plan(&m, &d, None, Some(100)).unwrap();
-        apply(&mut m, w);
-        for i in 0..3 {
-            assert_eq!(m.0[&StatKey::new(e, Dim::Window(i))].kills, 1);
-        }
-        // Clock to 107: out of 7d only. To 190: out of all.
-        let w = plan(&m, &DeltaMap::default(), Some(100), Some(107)).unwrap();
-        apply(&mut m, w);
-        assert!(!m.0.contains_key(&StatKey::new(e, Dim::Window(0))));
-        assert_eq!(m.0[&StatKey::new(e, Dim::Window(2))].kills, 1);
-        let w = plan(&m, &DeltaMap::default(), Some(107), Some(190)).unwrap();
-        apply(&mut m, w);
-        assert!(!m.0.contains_key(&StatKey::new(e, Dim::Window(2))));
-        assert_eq!(m.0[&StatKey::new(e, Dim::Day(100))].kills, 1);
+        let day = |d| (StatKey::new(e, Dim::Day(d)), kill);
+        let w = windows_from_days(100, [day(100), day(94), day(93), day(11), day(101)]);
+        let get = |i: u8| w.get(&StatKey::new(e, Dim::Window(i))).map(|s| s.kills);
+        assert_eq!(get(0), Some(2)); // 94..=100
+        assert_eq!(get(1), Some(3)); // 71..=100
+        assert_eq!(get(2), Some(4)); // 11..=100
+        assert_eq!(w[&StatKey::new(e, Dim::Window(0))].first_seen, None);
+        let top = rank_windows(&w, 1, Metric::Kills, 1);
+        assert_eq!(top.len(), 1);
+        assert_eq!(top[0].0.value, 2);
     }
 
     #[test]

@@ -1,16 +1,26 @@
-//! Gathers what every worker's sink reports and hands out consistent batches to commit.
+//! Gathers what every worker reports and hands out consistent checkpoints to commit.
 //!
-//! Each worker's sink reports, whenever its input frontier advances, the items of the epochs
-//! that frontier has passed and its source metadata (for kmflow: partition offsets) as of each
-//! epoch it closed. An epoch can be committed once every worker has reported past it; the
-//! coordinator then returns one [`EpochBatch`] covering every epoch below the least reported
-//! frontier, which the caller writes atomically.
+//! Two kinds of reports reach the coordinator ([`ToCommitter`]):
+//! - each worker's sink reports, whenever its input frontier advances, the items of the epochs
+//!   that frontier has passed (upsert states, dead letters, the clock) and its source metadata
+//!   (for kmflow: partition offsets) as of each epoch it closed;
+//! - each statistics shard ([`crate::shard`]) reports its writes when it has flushed every
+//!   epoch below the current checkpoint target.
+//!
+//! The protocol (aligned checkpoints): when no checkpoint is being written, the coordinator
+//! raises the target to the least frontier every sink reported ([`Checkpoints::request`]).
+//! Once every shard flushed through it, [`CommitCoordinator::offer`] returns one
+//! [`EpochBatch`] covering every epoch below the target, which the host writes atomically and
+//! then acknowledges with [`CommitCoordinator::committed`], which raises the next target.
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::aggregate::Write;
 use crate::keys::StatKey;
 use crate::model::{DeadLetter, StoredKillmail};
+use crate::shard::{Checkpoints, ShardFlush};
 use crate::stats::Stats;
+use std::sync::Arc;
 
 /// Deltas by statistic (Fx hashing: the keys are small and not attacker-controlled).
 pub type DeltaMap = rustc_hash::FxHashMap<StatKey, Stats>;
@@ -18,8 +28,6 @@ pub type DeltaMap = rustc_hash::FxHashMap<StatKey, Stats>;
 /// One item of committed output.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CommitItem {
-    /// A change to one statistic.
-    Delta(StatKey, Stats),
     /// The latest `killmail_time` of the killmails first applied in an epoch (moves the clock).
     Clock(i64),
     /// The new upsert state of a killmail.
@@ -40,12 +48,20 @@ pub struct SinkReport<M> {
     pub meta: Vec<(u64, M)>,
 }
 
+/// What workers send the committer.
+#[derive(Debug)]
+pub enum ToCommitter<M> {
+    Sink(SinkReport<M>),
+    Flush(ShardFlush),
+}
+
 /// Everything to write for a range of epochs, consolidated.
 #[derive(Debug, Default)]
 pub struct EpochBatch<M = ()> {
     /// The last epoch included; the state after this batch is the state as of this epoch.
     pub last_epoch: u64,
-    pub deltas: DeltaMap,
+    /// The shards' writes to the statistics (each statistic in at most one shard).
+    pub writes: Vec<Write>,
     /// The latest `killmail_time` first applied in these epochs.
     pub max_time: Option<i64>,
     /// The last upsert state of each killmail changed in these epochs.
@@ -57,15 +73,20 @@ pub struct EpochBatch<M = ()> {
 
 impl<M> EpochBatch<M> {
     pub fn is_empty(&self) -> bool {
-        self.deltas.is_empty() && self.upserts.is_empty() && self.dead_letters.is_empty()
+        self.writes.is_empty() && self.upserts.is_empty() && self.dead_letters.is_empty()
     }
 }
 
-/// Collects [`SinkReport`]s from `workers` workers.
+/// Collects the reports of `workers` workers and cuts checkpoints.
 pub struct CommitCoordinator<M> {
     frontiers: Vec<u64>,
     items: BTreeMap<u64, Vec<CommitItem>>,
     meta: Vec<BTreeMap<u64, M>>,
+    /// Per shard, its writes for the current target once it flushed.
+    flushes: Vec<Option<Vec<Write>>>,
+    checkpoints: Arc<Checkpoints>,
+    /// The current checkpoint target (every epoch below it is being flushed).
+    target: u64,
     /// Epochs below this were handed out.
     committed_frontier: u64,
     /// The greatest epoch any item or metadata was reported for.
@@ -73,24 +94,59 @@ pub struct CommitCoordinator<M> {
 }
 
 impl<M: Clone> CommitCoordinator<M> {
-    /// `start` is the first epoch this run produces (epochs below it were committed before).
-    pub fn new(workers: usize, start: u64) -> Self {
+    /// `start` is the first epoch this run produces (epochs below it were committed before);
+    /// `checkpoints` is shared with the shards.
+    pub fn new(workers: usize, start: u64, checkpoints: Arc<Checkpoints>) -> Self {
         CommitCoordinator {
             frontiers: vec![start; workers],
             items: BTreeMap::new(),
             meta: (0..workers).map(|_| BTreeMap::new()).collect(),
+            flushes: vec![None; workers],
+            checkpoints,
+            target: start,
             committed_frontier: start,
             max_seen: None,
         }
     }
 
-    /// The least frontier every worker reported.
+    /// The least frontier every worker's sink reported.
     pub fn frontier(&self) -> u64 {
         self.frontiers.iter().copied().min().unwrap_or(u64::MAX)
     }
 
-    /// Takes one report; returns a batch when epochs became complete on every worker.
-    pub fn offer(&mut self, report: SinkReport<M>) -> Option<EpochBatch<M>> {
+    /// Takes one report; returns a batch when a checkpoint is complete on every worker. The
+    /// caller writes it and then calls [`CommitCoordinator::committed`].
+    pub fn offer(&mut self, report: ToCommitter<M>) -> Option<EpochBatch<M>> {
+        match report {
+            ToCommitter::Sink(report) => self.take_sink(report),
+            ToCommitter::Flush(flush) => {
+                debug_assert_eq!(flush.through, self.target, "a shard flushed another target");
+                if flush.through == self.target {
+                    match &mut self.flushes[flush.worker] {
+                        Some(w) => w.extend(flush.writes),
+                        slot => *slot = Some(flush.writes),
+                    }
+                }
+            }
+        }
+        self.request_next();
+        self.cut()
+    }
+
+    /// Acknowledges that the last batch is durable: the next checkpoint may start.
+    pub fn committed(&mut self) {
+        self.committed_frontier = self.target;
+        self.request_next();
+    }
+
+    /// Gives up after a failed commit: asks the shards to flush everything (their writes are
+    /// dropped) so they release their epochs and the workers can stop.
+    pub fn abandon(&mut self) {
+        self.target = u64::MAX;
+        self.checkpoints.request(u64::MAX);
+    }
+
+    fn take_sink(&mut self, report: SinkReport<M>) {
         let w = report.worker;
         self.frontiers[w] = self.frontiers[w].max(report.frontier);
         for (epoch, item) in report.items {
@@ -101,34 +157,60 @@ impl<M: Clone> CommitCoordinator<M> {
             self.max_seen = self.max_seen.max(Some(epoch));
             self.meta[w].insert(epoch, m);
         }
-        let frontier = self.frontier();
-        if frontier <= self.committed_frontier {
+    }
+
+    /// Raises the target when no checkpoint is in flight and epochs completed.
+    fn request_next(&mut self) {
+        if self.target == self.committed_frontier && self.target != u64::MAX {
+            let frontier = self.frontier();
+            if frontier > self.target {
+                self.target = frontier;
+                self.checkpoints.request(frontier);
+            }
+        }
+    }
+
+    /// The batch of the current target, once every shard flushed it and every sink passed it.
+    fn cut(&mut self) -> Option<EpochBatch<M>> {
+        let target = self.target;
+        if target == self.committed_frontier
+            || self.frontier() < target
+            || self.flushes.iter().any(|f| f.is_none())
+        {
             return None;
         }
-        // When the input closed (frontier u64::MAX) the batch ends at the last epoch used.
+        let writes: Vec<Write> = self
+            .flushes
+            .iter_mut()
+            .flat_map(|f| f.take().unwrap_or_default())
+            .collect();
+        // When the input closed (target u64::MAX) the batch ends at the last epoch used.
         let last_epoch = match self.max_seen {
-            Some(seen) => (frontier - 1).min(seen.max(self.committed_frontier.saturating_sub(1))),
-            None => (frontier - 1).min(self.committed_frontier.saturating_sub(1)),
+            Some(seen) => (target - 1).min(seen.max(self.committed_frontier.saturating_sub(1))),
+            None => (target - 1).min(self.committed_frontier.saturating_sub(1)),
         };
-        if frontier == u64::MAX && self.items.is_empty() && self.meta.iter().all(|m| m.is_empty()) {
-            self.committed_frontier = frontier;
+        if target == u64::MAX
+            && writes.is_empty()
+            && self.items.is_empty()
+            && self.meta.iter().all(|m| m.is_empty())
+        {
+            self.committed_frontier = target;
             return None;
         }
         let mut batch = EpochBatch {
             last_epoch,
-            deltas: DeltaMap::default(),
+            writes,
             max_time: None,
             upserts: Vec::new(),
             dead_letters: Vec::new(),
             meta: Vec::with_capacity(self.meta.len()),
         };
         let mut upserts: HashMap<u64, StoredKillmail> = HashMap::new();
-        let rest = self.items.split_off(&frontier);
+        let rest = self.items.split_off(&target);
         // Epoch order, so a later upsert of the same killmail wins.
         for (_, items) in std::mem::replace(&mut self.items, rest) {
             for item in items {
                 match item {
-                    CommitItem::Delta(key, d) => batch.deltas.entry(key).or_default().merge(&d),
                     CommitItem::Upsert(id, s) => match upserts.get(&id) {
                         Some(prev) if prev.epoch > s.epoch => {}
                         _ => {
@@ -140,19 +222,17 @@ impl<M: Clone> CommitCoordinator<M> {
                 }
             }
         }
-        batch.deltas.retain(|_, d| !d.is_empty());
         batch.upserts = upserts.into_iter().collect();
         batch.upserts.sort_unstable_by_key(|(id, _)| *id);
         batch.dead_letters.sort_unstable_by_key(|d| d.pos);
         for m in &mut self.meta {
-            let rest = m.split_off(&frontier);
+            let rest = m.split_off(&target);
             let latest = std::mem::replace(m, rest)
                 .into_iter()
                 .next_back()
                 .map(|(_, v)| v);
             batch.meta.push(latest);
         }
-        self.committed_frontier = frontier;
         Some(batch)
     }
 }

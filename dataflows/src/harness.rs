@@ -9,10 +9,11 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::InputHandle;
 
 use crate::aggregate::StreamClock;
-use crate::commit::{CommitCoordinator, SinkReport};
+use crate::commit::{CommitCoordinator, ToCommitter};
 use crate::keys::{RankKey, StatKey};
 use crate::model::RawRecord;
 use crate::pipeline::{build, PipelineHooks, StatsSpec, UpsertCounters};
+use crate::shard::Checkpoints;
 use crate::stats::Stats;
 use crate::store::{MemoryState, MemoryStore};
 
@@ -30,6 +31,8 @@ pub struct HarnessConfig {
     pub epoch_size: usize,
     /// Keep a copy of all statistics after every commit (for oracle tests; costly).
     pub snapshots: bool,
+    /// All-time rows each shard caches (small values exercise eviction).
+    pub cache_rows: usize,
     pub spec: StatsSpec,
     /// The wall clock by last committed epoch; `None`: far in the future (the data's clock).
     pub wall: Option<WallClock>,
@@ -41,6 +44,7 @@ impl HarnessConfig {
             workers,
             epoch_size,
             snapshots: false,
+            cache_rows: 1 << 20,
             spec: StatsSpec::default(),
             wall: None,
         }
@@ -70,40 +74,55 @@ pub struct HarnessRun {
 /// Runs `messages` (in arrival order) through the pipeline. Worker `w` reads the partitions
 /// `p` with `p % workers == w`, as the Kafka source assigns them.
 pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
+    run_on(Arc::new(MemoryStore::new()), messages, config)
+}
+
+/// [`run`], continuing from the state in `store` (a later run of the same job, possibly with
+/// another number of workers): its epochs start after the store's committed epoch.
+pub fn run_on(
+    store: Arc<MemoryStore>,
+    messages: Vec<RawRecord>,
+    config: &HarnessConfig,
+) -> HarnessRun {
+    use crate::store::StateStore;
+    let start = store.committed_epoch().map_or(0, |e| e + 1);
     let workers = config.workers.max(1);
     let epoch_size = config.epoch_size.max(1);
     let epoch_of: Vec<u64> = (0..messages.len())
-        .map(|i| (i / epoch_size) as u64)
+        .map(|i| start + (i / epoch_size) as u64)
         .collect();
-    let epochs = epoch_of.last().map_or(0, |e| e + 1);
+    let epochs = epoch_of.last().map_or(0, |e| e + 1 - start);
     // Per worker, per epoch, its messages in order.
     let mut plan: Vec<Vec<Vec<RawRecord>>> = vec![vec![Vec::new(); epochs as usize]; workers];
     for (i, m) in messages.into_iter().enumerate() {
         let w = m.pos.partition as usize % workers;
-        plan[w][epoch_of[i] as usize].push(m);
+        plan[w][(epoch_of[i] - start) as usize].push(m);
     }
     let plan: Arc<Mutex<Vec<Option<WorkerPlan>>>> =
         Arc::new(Mutex::new(plan.into_iter().map(Some).collect()));
 
-    let store = Arc::new(MemoryStore::new());
     let counters = Arc::new(UpsertCounters::default());
-    let (tx, rx) = mpsc::channel::<SinkReport<()>>();
+    let (tx, rx) = mpsc::channel::<ToCommitter<()>>();
+    let checkpoints = Arc::new(Checkpoints::new(start));
     let snapshots_wanted = config.snapshots;
     let committer_store = Arc::clone(&store);
     let wall = config.wall.clone();
+    let ckpt = Arc::clone(&checkpoints);
     let committer = std::thread::spawn(move || {
-        let mut coordinator = CommitCoordinator::<()>::new(workers, 0);
+        let mut coordinator = CommitCoordinator::<()>::new(workers, start, ckpt);
         let mut snapshots = Vec::new();
         for report in rx {
             if let Some(batch) = coordinator.offer(report) {
                 let now = wall.as_ref().map_or(i64::MAX, |w| w(batch.last_epoch));
                 committer_store.apply(&batch, now);
+                coordinator.committed();
                 if snapshots_wanted {
                     let s = committer_store.snapshot();
+                    let (stats, ranks) = s.served();
                     snapshots.push(Snapshot {
                         epoch: batch.last_epoch,
-                        stats: s.stats,
-                        ranks: s.ranks,
+                        stats,
+                        ranks,
                         clock: s.clock,
                     });
                 }
@@ -115,6 +134,7 @@ pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
     let tx = Arc::new(Mutex::new(tx));
     let (store2, counters2) = (Arc::clone(&store), Arc::clone(&counters));
     let spec = config.spec.clone();
+    let cache_rows = config.cache_rows;
     timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let my_plan = plan.lock().expect("plan lock")[index]
@@ -124,22 +144,37 @@ pub fn run(messages: Vec<RawRecord>, config: &HarnessConfig) -> HarnessRun {
         let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<RawRecord>>>::new();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             let hooks = PipelineHooks {
-                store: store2.clone() as Arc<dyn crate::store::KillmailStore>,
+                store: store2.clone() as Arc<dyn crate::store::StateStore>,
                 counters: Arc::clone(&counters2),
-                report: move |r| {
-                    let _ = tx.send(r);
+                report: {
+                    let tx = tx.clone();
+                    move |r| {
+                        let _ = tx.send(ToCommitter::Sink(r));
+                    }
                 },
-                on_store_error: Box::new(|e| panic!("memory store failed: {e}")),
+                flush: Box::new(move |f| {
+                    let _ = tx.send(ToCommitter::Flush(f));
+                }),
+                checkpoints: Arc::clone(&checkpoints),
+                start,
+                cache_rows,
+                on_store_error: std::rc::Rc::new(|e| panic!("memory store failed: {e}")),
                 spec: spec.clone(),
             };
             build(input.to_stream(scope), hooks)
         });
+        input.advance_to(start);
         for (epoch, batch) in my_plan.into_iter().enumerate() {
             for m in batch {
                 input.send(m);
             }
-            input.advance_to(epoch as u64 + 1);
-            worker.step_while(|| probe.less_than(&(epoch as u64 + 1)));
+            input.advance_to(start + epoch as u64 + 1);
+            // Do not wait for the commit: checkpoints then cover varying runs of epochs.
+            worker.step();
+        }
+        drop(input);
+        while !probe.done() {
+            worker.step();
         }
     })
     .expect("timely workers")

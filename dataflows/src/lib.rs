@@ -1,7 +1,7 @@
 //! kmflow's dataflows: the killmail model, decoding, and the timely/differential dataflow that
 //! turns raw messages into per-entity statistics with exactly-once upserts.
 //!
-//! No Kafka, RocksDB or HTTP here: the host supplies a source stream, a [`store::KillmailStore`]
+//! No Kafka, RocksDB or HTTP here: the host supplies a source stream, a [`store::StateStore`]
 //! and a commit callback, so everything in this crate tests and benches on its own.
 
 pub mod aggregate;
@@ -14,6 +14,7 @@ pub mod keys;
 pub mod model;
 pub mod pipeline;
 pub mod reference;
+pub mod shard;
 pub mod static_data;
 pub mod stats;
 pub mod store;

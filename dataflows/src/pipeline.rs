@@ -1,10 +1,14 @@
 //! The kmflow dataflow: raw messages in, consistent per-epoch commits out.
 //!
 //! ```text
-//! raw ─ Decode ─┬─ ok ─ Upsert (exchange by killmail_id) ─┬─ facts ±1 ─ explode+consolidate ───┐
-//!               │                                          └─ upsert state ──────────────────────┼─ Commit
-//!               └─ dead letters ─────────────────────────────────────────────────────────────────┘
+//! raw ─ Decode ─┬─ ok ─ Upsert (exchange by killmail_id) ─┬─ facts ±1 ─ Combine ─ Shard (exchange by key group) ─ flush ─┐
+//!               │                                          └─ upsert state, clock ─ Sink ──────────────────────────────┼─ committer
+//!               └─ dead letters ─────────────────────────────────────────────── Sink ──────────────────────────────────┘
 //! ```
+//!
+//! The committer ([`crate::commit`]) cuts aligned checkpoints: it asks every shard to flush
+//! the epochs below a target and writes their writes, with the sinks' items and the sources'
+//! offsets of the same epochs, as one atomic batch.
 //!
 //! Timestamps are ingestion epochs (`u64`). Every operator is data-parallel; the result does
 //! not depend on the number of workers or on how messages are cut into epochs, only on the
@@ -25,12 +29,15 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use crate::commit::{CommitItem, SinkReport};
 use crate::contrib::{contributions, StatsLevel};
 use crate::decode::decode;
+use crate::keys::StatKey;
 use crate::model::{
     DeadLetter, Killmail, RawRecord, SourcePos, StoredKillmail, DEAD_LETTER_MAX_PAYLOAD,
 };
 use crate::reference::upsert_rule;
+use crate::shard::{Checkpoints, ShardFlush, ShardHooks, ShardStats};
 use crate::static_data::StaticData;
-use crate::store::{KillmailStore, StoreError};
+use crate::stats::Stats;
+use crate::store::{StateStore, StoreError};
 
 /// Counts of what the upsert operator decided, for metrics. Shared by all workers.
 #[derive(Debug, Default)]
@@ -47,12 +54,20 @@ pub struct UpsertCounters {
 
 /// How the pipeline reports to its host.
 pub struct PipelineHooks<R> {
-    pub store: Arc<dyn KillmailStore>,
+    pub store: Arc<dyn StateStore>,
     pub counters: Arc<UpsertCounters>,
-    /// Called on each worker when its commit frontier advances.
+    /// Called on each worker when its sink frontier advances.
     pub report: R,
+    /// Called on each worker when its statistics shard flushed a checkpoint.
+    pub flush: Box<dyn FnMut(ShardFlush)>,
+    /// The checkpoint target the committer raises, shared with it.
+    pub checkpoints: Arc<Checkpoints>,
+    /// The first epoch of this run.
+    pub start: u64,
+    /// All-time rows each worker's shard caches.
+    pub cache_rows: usize,
     /// Called when the state store fails (the operator retries on its next activation).
-    pub on_store_error: Box<dyn Fn(&StoreError)>,
+    pub on_store_error: std::rc::Rc<dyn Fn(&StoreError)>,
     /// Which statistics to maintain, and the static data to derive them with.
     pub spec: StatsSpec,
 }
@@ -107,6 +122,10 @@ where
         store,
         counters,
         report,
+        flush,
+        checkpoints,
+        start,
+        cache_rows,
         on_store_error,
         spec,
     } = hooks;
@@ -147,10 +166,11 @@ where
         Decoded::Err(..) => None,
     });
 
-    let mut upserted = upsert(ok, store, counters, on_store_error).partition(2, |o| match o {
-        UpsertOut::Fact(..) => (0, o),
-        UpsertOut::State(..) | UpsertOut::Clock(..) => (1, o),
-    });
+    let mut upserted =
+        upsert(ok, store.clone(), counters, on_store_error.clone()).partition(2, |o| match o {
+            UpsertOut::Fact(..) => (0, o),
+            UpsertOut::State(..) | UpsertOut::Clock(..) => (1, o),
+        });
     let states = upserted.pop().expect("two parts").flat_map(|o| match o {
         UpsertOut::State(id, s) => Some(CommitItem::Upsert(id, s)),
         UpsertOut::Clock(t) => Some(CommitItem::Clock(t)),
@@ -166,10 +186,20 @@ where
             UpsertOut::State(..) | UpsertOut::Clock(..) => None,
         })
         .as_collection();
-    let deltas = aggregate(facts.inner, level);
+    let flushed = combine(facts.inner, level).shard_stats(ShardHooks {
+        store,
+        checkpoints,
+        start,
+        cache_rows,
+        flush,
+        on_store_error: Box::new(move |e| on_store_error(e)),
+    });
 
-    let (probe, committed) = deltas.concat(states).concat(dead).probe();
-    commit_sink(committed, worker, report);
+    // The sink's frontier must not wait for the shards: the committer asks for a checkpoint
+    // only of epochs every sink has passed. The probe waits for both.
+    let items = states.concat(dead);
+    commit_sink(items.clone(), worker, report);
+    let (probe, _) = flushed.concat(items).probe();
     probe
 }
 
@@ -179,13 +209,14 @@ type EpochDeltas = (Capability<u64>, crate::commit::DeltaMap);
 /// Explodes every killmail version into its contributions (negated for a retraction) and sums
 /// them per epoch and statistic in a hash map, emitting one delta per statistic when the
 /// frontier passes the epoch: differential's `explode` + `consolidate`, fused, so the fan-out
-/// (tens of statistics per participant) is never materialized as records. Each worker combines
-/// its own share; the commit coordinator merges the workers' deltas.
-fn aggregate<'s>(
+/// (tens of statistics per participant) is never materialized as records. This is the local
+/// half of a local-global aggregation: each worker combines its own killmails before the
+/// deltas are exchanged to the shards that own them.
+fn combine<'s>(
     facts: StreamVec<'s, u64, (Killmail, u64, isize)>,
     level: StatsLevel,
-) -> StreamVec<'s, u64, CommitItem> {
-    facts.unary_frontier(Pipeline, "Aggregate", move |_cap, _info| {
+) -> StreamVec<'s, u64, (StatKey, Stats)> {
+    facts.unary_frontier(Pipeline, "Combine", move |_cap, _info| {
         let mut pending: BTreeMap<u64, EpochDeltas> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {
@@ -213,7 +244,7 @@ fn aggregate<'s>(
                 let mut session = output.session(&cap);
                 for (key, d) in deltas {
                     if !d.is_empty() {
-                        session.give(CommitItem::Delta(key, d));
+                        session.give((key, d));
                     }
                 }
             }
@@ -262,9 +293,9 @@ type EpochStash = (Capability<u64>, Vec<(SourcePos, Killmail)>);
 /// overlay until the store reports their commit.
 fn upsert<'s>(
     input: StreamVec<'s, u64, (SourcePos, Killmail)>,
-    store: Arc<dyn KillmailStore>,
+    store: Arc<dyn StateStore>,
     counters: Arc<UpsertCounters>,
-    on_store_error: Box<dyn Fn(&StoreError)>,
+    on_store_error: std::rc::Rc<dyn Fn(&StoreError)>,
 ) -> StreamVec<'s, u64, UpsertOut> {
     let exchange = Exchange::new(|(_, km): &(SourcePos, Killmail)| hash_u64(km.killmail_id));
     let scope = input.scope();

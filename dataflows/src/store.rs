@@ -1,10 +1,12 @@
 //! The state the dataflow reads while it runs, and the in-memory implementation used by tests,
-//! benches and the embedded demo when no state directory is wanted.
+//! benches and the embedded demo when no state directory is wanted. The RocksDB
+//! implementation is the host's (`kmflow::state`); the oracle tests run against both.
 //!
 //! The contract (after Materialize's `UpsertStateBackend`):
-//! - [`KillmailStore::multi_get`] **must** return, for each id, the upsert state as of the last
-//!   committed epoch, and **must** reflect a commit before that commit's epoch is reported by
-//!   [`KillmailStore::committed_epoch`].
+//! - [`StateStore::multi_get`] **must** return, for each id, the upsert state as of the last
+//!   committed epoch, and [`StateStore::get_stats`] the statistics as of the last commit; both
+//!   **must** reflect a commit before that commit's epoch is reported by
+//!   [`StateStore::committed_epoch`].
 //! - Only the committer writes. A commit (see [`crate::commit::EpochBatch`]) **must** be applied
 //!   atomically: readers see all of it or none of it.
 
@@ -12,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use crate::aggregate::{plan, StatsReader, StreamClock, Write};
+use crate::aggregate::{rank_windows, windows_from_days, StreamClock, Write};
 use crate::commit::EpochBatch;
-use crate::keys::{Dim, RankKey, StatKey};
-use crate::model::{DeadLetter, StoredKillmail};
+use crate::keys::{Dim, Metric, RankKey, StatKey, WINDOW_DAYS};
+use crate::model::{DeadLetter, EntityKind, StoredKillmail};
 use crate::stats::Stats;
 
 /// A failure of the state store. Its message is shown to operators as is.
@@ -23,10 +25,13 @@ use crate::stats::Stats;
 #[error("state store: {0}")]
 pub struct StoreError(pub String);
 
-/// What the upsert operator needs from the state store.
-pub trait KillmailStore: Send + Sync + 'static {
+/// What the dataflow reads from the state store: the upsert operator its killmails, the
+/// statistics shards the all-time rows they do not cache.
+pub trait StateStore: Send + Sync + 'static {
     /// The committed upsert state of each id, in the order asked.
     fn multi_get(&self, ids: &[u64]) -> Result<Vec<Option<StoredKillmail>>, StoreError>;
+    /// The committed value of each statistic, in the order asked.
+    fn get_stats(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, StoreError>;
     /// The last committed epoch, if any.
     fn committed_epoch(&self) -> Option<u64>;
 }
@@ -44,38 +49,43 @@ pub struct MemoryStore {
 #[derive(Default, Clone)]
 pub struct MemoryState {
     pub killmails: HashMap<u64, StoredKillmail>,
-    /// Every statistic, day buckets and windows included.
+    /// Every stored statistic (day buckets included; windows are derived, see
+    /// [`MemoryState::served`]).
     pub stats: BTreeMap<StatKey, Stats>,
-    /// The leaderboard index.
+    /// The all-time leaderboard index.
     pub ranks: BTreeSet<RankKey>,
     pub clock: StreamClock,
     pub dead_letters: Vec<DeadLetter>,
-    /// Day buckets by day, for sliding the windows.
-    day_index: BTreeSet<(i32, StatKey)>,
-}
-
-impl StatsReader for MemoryState {
-    type Error = std::convert::Infallible;
-
-    fn get_many(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, Self::Error> {
-        Ok(keys.iter().map(|k| self.stats.get(k).copied()).collect())
-    }
-
-    fn day_buckets(&self, from: i32, to: i32) -> Result<Vec<(StatKey, Stats)>, Self::Error> {
-        let lo = StatKey::all(crate::model::EntityKey::new(
-            crate::model::EntityKind::Character,
-            0,
-        ));
-        Ok(self
-            .day_index
-            .range((from, lo)..)
-            .take_while(|(d, _)| *d <= to)
-            .map(|(_, k)| (*k, self.stats[k]))
-            .collect())
-    }
 }
 
 impl MemoryState {
+    /// Every statistic as the API serves it: the stored ones plus the windows at the clock,
+    /// and every leaderboard entry (all time from the index, windows ranked from scratch).
+    pub fn served(&self) -> (BTreeMap<StatKey, Stats>, BTreeSet<RankKey>) {
+        let mut stats = self.stats.clone();
+        let mut ranks = self.ranks.clone();
+        if let Some(day) = self.clock.day() {
+            let windows = windows_from_days(
+                day,
+                self.stats
+                    .iter()
+                    .filter(|(k, _)| matches!(k.dim, Dim::Day(_)))
+                    .map(|(k, v)| (*k, *v)),
+            );
+            for kind in EntityKind::ALL {
+                let of_kind = || windows.iter().filter(|(k, _)| k.entity.kind == kind);
+                for w in 0..WINDOW_DAYS.len() as u8 {
+                    for metric in Metric::ALL {
+                        let top = rank_windows(of_kind(), w + 1, metric, usize::MAX);
+                        ranks.extend(top.into_iter().map(|(r, _)| r));
+                    }
+                }
+            }
+            stats.extend(windows);
+        }
+        (stats, ranks)
+    }
+
     /// The all-time statistics of every entity.
     pub fn all_time(&self) -> BTreeMap<crate::model::EntityKey, Stats> {
         self.stats
@@ -99,40 +109,24 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Applies one commit at wall-clock time `wall`: moves the clock, applies the deltas with
-    /// their windows and leaderboards, replaces the upsert state, keeps dead letters.
-    pub fn apply(&self, batch: &EpochBatch, wall: i64) {
+    /// Applies one commit at wall-clock time `wall`: moves the clock, applies the shards'
+    /// writes, replaces the upsert state, keeps dead letters.
+    pub fn apply<M>(&self, batch: &EpochBatch<M>, wall: i64) {
         let mut state = self.inner.write().expect("memory store lock poisoned");
-        let clock = state.clock.advance(batch.max_time, wall);
-        let Ok(writes) = plan(&*state, &batch.deltas, state.clock.day(), clock.day());
-        state.clock = clock;
-        for w in writes {
-            match w {
+        state.clock = state.clock.advance(batch.max_time, wall);
+        for w in &batch.writes {
+            match *w {
                 Write::Put(k, v) => {
-                    if let Some(d) = k.dim.day() {
-                        state.day_index.insert((d, k));
-                    }
                     state.stats.insert(k, v);
                 }
                 Write::Merge(k, delta) => {
                     let entry = state.stats.entry(k).or_default();
                     entry.merge(&delta);
-                    let empty = entry.is_empty();
-                    if empty {
+                    if entry.is_empty() {
                         state.stats.remove(&k);
-                    }
-                    if let Some(d) = k.dim.day() {
-                        if empty {
-                            state.day_index.remove(&(d, k));
-                        } else {
-                            state.day_index.insert((d, k));
-                        }
                     }
                 }
                 Write::Delete(k) => {
-                    if let Some(d) = k.dim.day() {
-                        state.day_index.remove(&(d, k));
-                    }
                     state.stats.remove(&k);
                 }
                 Write::RankPut(r) => {
@@ -161,7 +155,12 @@ impl MemoryStore {
     }
 }
 
-impl KillmailStore for MemoryStore {
+impl StateStore for MemoryStore {
+    fn get_stats(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, StoreError> {
+        let state = self.inner.read().expect("memory store lock poisoned");
+        Ok(keys.iter().map(|k| state.stats.get(k).copied()).collect())
+    }
+
     fn multi_get(&self, ids: &[u64]) -> Result<Vec<Option<StoredKillmail>>, StoreError> {
         let state = self.inner.read().expect("memory store lock poisoned");
         Ok(ids

@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use kmflow_dataflows::decode::decode;
-use kmflow_dataflows::harness::{run, HarnessConfig};
+use kmflow_dataflows::harness::{run, run_on, HarnessConfig};
+use kmflow_dataflows::store::MemoryStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -196,12 +197,20 @@ fn wall(epoch: u64) -> i64 {
     T0 - 20 * 86_400 + epoch as i64 * 2 * 86_400
 }
 
-fn check(seed: u64, killmails: usize, partitions: u32, workers: usize, epoch_size: usize) {
+fn check(
+    seed: u64,
+    killmails: usize,
+    partitions: u32,
+    workers: usize,
+    epoch_size: usize,
+    cache_rows: usize,
+) {
     let msgs = messages(seed, killmails, partitions);
     let garbage = msgs.iter().filter(|m| decode(&m.payload).is_err()).count();
     let sd = static_data();
     let mut config = HarnessConfig::new(workers, epoch_size);
     config.snapshots = true;
+    config.cache_rows = cache_rows;
     config.spec = StatsSpec {
         level: StatsLevel::Full,
         static_data: Some(Arc::clone(&sd)),
@@ -273,14 +282,15 @@ proptest! {
         partitions in 1u32..5,
         workers in 1usize..4,
         epoch_size in 1usize..30,
+        cache_rows in prop_oneof![1usize..8, Just(1usize << 20)],
     ) {
-        check(seed, killmails, partitions, workers, epoch_size);
+        check(seed, killmails, partitions, workers, epoch_size, cache_rows);
     }
 }
 
 #[test]
 fn larger_run_many_workers() {
-    check(7, 400, 4, 4, 97);
+    check(7, 400, 4, 4, 97, 16);
 }
 
 #[test]
@@ -295,6 +305,33 @@ fn same_answer_for_any_worker_count_and_epoch_size() {
         );
         assert_eq!(other.final_state.ranks, base.final_state.ranks);
     }
+}
+
+/// State written with W workers is read and continued correctly with W' workers: the shards'
+/// key groups map to other workers, and every answer still equals the fold.
+#[test]
+fn resharding_between_runs_keeps_every_answer() {
+    let msgs = messages(13, 240, 4);
+    let whole = run(msgs.clone(), &HarnessConfig::new(1, 1000));
+    let (want_stats, want_ranks) = whole.final_state.served();
+    for (first, second) in [(2, 1), (1, 3), (3, 2)] {
+        let store = Arc::new(MemoryStore::new());
+        let mut config = HarnessConfig::new(first, 17);
+        config.cache_rows = 4;
+        run_on(Arc::clone(&store), msgs[..120].to_vec(), &config);
+        config.workers = second;
+        let out = run_on(Arc::clone(&store), msgs[120..].to_vec(), &config);
+        let (stats, ranks) = out.final_state.served();
+        assert_eq!(stats, want_stats, "{first} then {second} workers");
+        assert_eq!(ranks, want_ranks, "{first} then {second} workers");
+    }
+    let mut fold = ReferenceFold::default();
+    for m in &msgs {
+        if let Ok(km) = decode(&m.payload) {
+            fold.apply(&km);
+        }
+    }
+    assert_eq!(whole.final_state.all_time(), fold.stats());
 }
 
 #[test]

@@ -19,7 +19,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 
-use kmflow_dataflows::store::KillmailStore;
+use kmflow_dataflows::store::StateStore;
 use kmflow_dataflows::RawRecord;
 
 /// Where a partition stands: the next offset to read, and the fingerprint of the message just
@@ -54,7 +54,7 @@ pub trait PartitionReader {
 pub struct EpochControl {
     target: AtomicU64,
     pub shutdown: AtomicBool,
-    pub store: Arc<dyn KillmailStore>,
+    pub store: Arc<dyn StateStore>,
     pub max_records: usize,
     pub max_wait: Duration,
     pub max_inflight: u64,
@@ -63,7 +63,7 @@ pub struct EpochControl {
 impl EpochControl {
     pub fn new(
         start: u64,
-        store: Arc<dyn KillmailStore>,
+        store: Arc<dyn StateStore>,
         max_records: usize,
         max_wait: Duration,
         max_inflight: u64,

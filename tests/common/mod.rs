@@ -362,20 +362,39 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A commit batch that inserts `kms` as new killmails at `epoch`.
+/// The writes that apply `deltas` to `store`, as one shard would plan them.
+pub fn writes_of(
+    store: &dyn kmflow_dataflows::store::StateStore,
+    deltas: &kmflow_dataflows::commit::DeltaMap,
+) -> Vec<kmflow_dataflows::aggregate::Write> {
+    let mut cache = kmflow_dataflows::shard::AllTimeCache::new(1 << 16);
+    kmflow_dataflows::shard::plan_flush(store, &mut cache, deltas).expect("state reads")
+}
+
+/// The statistics deltas of `kms` at full statistics.
+pub fn deltas_of(kms: &[kmflow_dataflows::Killmail]) -> kmflow_dataflows::commit::DeltaMap {
+    use kmflow_dataflows::contrib::contributions;
+    let mut deltas = kmflow_dataflows::commit::DeltaMap::default();
+    for km in kms {
+        for (k, s) in contributions(km, kmflow_dataflows::contrib::StatsLevel::Full) {
+            deltas.entry(k).or_default().merge(&s);
+        }
+    }
+    deltas
+}
+
+/// A commit batch that inserts `kms` as new killmails at `epoch` into `store`.
 pub fn batch_of(
+    store: &dyn kmflow_dataflows::store::StateStore,
     kms: &[kmflow_dataflows::Killmail],
     epoch: u64,
 ) -> kmflow_dataflows::commit::EpochBatch<()> {
-    use kmflow_dataflows::contrib::contributions;
     let mut b = kmflow_dataflows::commit::EpochBatch::<()> {
         last_epoch: epoch,
+        writes: writes_of(store, &deltas_of(kms)),
         ..Default::default()
     };
     for (i, km) in kms.iter().enumerate() {
-        for (k, s) in contributions(km, kmflow_dataflows::contrib::StatsLevel::Full) {
-            b.deltas.entry(k).or_default().merge(&s);
-        }
         b.max_time = b.max_time.max(Some(km.time));
         b.upserts.push((
             km.killmail_id,
