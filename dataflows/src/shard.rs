@@ -156,14 +156,6 @@ pub fn plan_flush(
         .zip(fetched)
         .map(|(k, v)| (k, v.unwrap_or_default()))
         .collect();
-    // Keep the cache within its budget: drop what this flush does not touch first.
-    if cache.rows.len() + old_values.len() > cache.capacity {
-        let touched: rustc_hash::FxHashSet<StatKey> = ranked.iter().map(|(k, _)| *k).collect();
-        cache.rows.retain(|k, _| touched.contains(k));
-        if cache.rows.len() + old_values.len() > cache.capacity {
-            cache.rows.clear();
-        }
-    }
     for (key, delta) in ranked {
         let old = match cache.rows.get(&key) {
             Some(v) => *v,
@@ -189,10 +181,19 @@ pub fn plan_flush(
                 }
             }
         }
-        if cache.rows.len() < cache.capacity {
-            cache.rows.insert(key, new);
-        } else {
-            cache.rows.remove(&key);
+        cache.rows.insert(key, new);
+    }
+    // Keep the cache within its budget (after the flush: every old value above was needed):
+    // drop the rows this flush did not touch first, then everything.
+    if cache.rows.len() > cache.capacity {
+        let touched: rustc_hash::FxHashSet<StatKey> = dirty
+            .keys()
+            .filter(|k| k.dim == Dim::All)
+            .copied()
+            .collect();
+        cache.rows.retain(|k, _| touched.contains(k));
+        if cache.rows.len() > cache.capacity {
+            cache.rows.clear();
         }
     }
     Ok(writes)
