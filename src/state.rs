@@ -26,7 +26,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use kmflow_dataflows::aggregate::{rank_windows, windows_from_days, StreamClock, Write};
+use kmflow_dataflows::aggregate::{
+    rank_windows, window_rank_entries, windows_from_days, StreamClock, Write,
+};
 use kmflow_dataflows::commit::EpochBatch;
 use kmflow_dataflows::keys::{tag, Dim, Metric, RankKey, StatKey, WINDOW_DAYS};
 use kmflow_dataflows::model::DeadLetter;
@@ -699,17 +701,13 @@ impl RocksState {
     /// Every leaderboard entry: the all-time index and the windows ranked from scratch (for
     /// tests).
     pub fn all_ranks(&self) -> Result<std::collections::BTreeSet<RankKey>, StateError> {
-        let mut out = std::collections::BTreeSet::new();
         let all = self.all_stat_keys()?;
-        for kind in EntityKind::ALL {
-            for w in 1..=WINDOW_DAYS.len() as u8 {
-                for metric in Metric::ALL {
-                    let of_kind = all.iter().filter(|(k, _)| k.entity.kind == kind);
-                    let top = rank_windows(of_kind, w, metric, usize::MAX);
-                    out.extend(top.into_iter().map(|(r, _)| r));
-                }
-            }
-        }
+        let windows: BTreeMap<StatKey, Stats> = all
+            .into_iter()
+            .filter(|(k, _)| matches!(k.dim, Dim::Window(_)))
+            .collect();
+        let mut out: std::collections::BTreeSet<RankKey> =
+            window_rank_entries(&windows).into_iter().collect();
         for item in self.db.iterator_cf(self.cf(CF_RANKS), IteratorMode::Start) {
             let (k, _) = item.map_err(|e| self.err(e))?;
             out.insert(RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key"))?);

@@ -79,6 +79,25 @@ pub fn windows_from_days(
     out
 }
 
+/// Every window leaderboard entry of `windows` (as [`windows_from_days`] sums them), for
+/// every kind, window and metric: the window half of the served leaderboards.
+pub fn window_rank_entries(windows: &BTreeMap<StatKey, Stats>) -> Vec<RankKey> {
+    let mut out = Vec::new();
+    for kind in crate::model::EntityKind::ALL {
+        for w in 1..=WINDOW_DAYS.len() as u8 {
+            for metric in Metric::ALL {
+                let of_kind = windows.iter().filter(|(k, _)| k.entity.kind == kind);
+                out.extend(
+                    rank_windows(of_kind, w, metric, usize::MAX)
+                        .into_iter()
+                        .map(|(r, _)| r),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// The first `limit` entries of the leaderboard of `window` (1 + window index) and `metric`
 /// over `windows` (window statistics of one kind, as [`windows_from_days`] sums them), each
 /// with its statistics: ranked from scratch, so always equal to a from-scratch ranking.

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use crate::aggregate::{rank_windows, windows_from_days, StreamClock, Write};
+use crate::aggregate::{window_rank_entries, windows_from_days, StreamClock, Write};
 use crate::commit::EpochBatch;
-use crate::keys::{Dim, Metric, RankKey, StatKey, WINDOW_DAYS};
-use crate::model::{DeadLetter, EntityKind, StoredKillmail};
+use crate::keys::{Dim, RankKey, StatKey};
+use crate::model::{DeadLetter, StoredKillmail};
 use crate::stats::Stats;
 
 /// A failure of the state store. Its message is shown to operators as is.
@@ -72,15 +72,7 @@ impl MemoryState {
                     .filter(|(k, _)| matches!(k.dim, Dim::Day(_)))
                     .map(|(k, v)| (*k, *v)),
             );
-            for kind in EntityKind::ALL {
-                let of_kind = || windows.iter().filter(|(k, _)| k.entity.kind == kind);
-                for w in 0..WINDOW_DAYS.len() as u8 {
-                    for metric in Metric::ALL {
-                        let top = rank_windows(of_kind(), w + 1, metric, usize::MAX);
-                        ranks.extend(top.into_iter().map(|(r, _)| r));
-                    }
-                }
-            }
+            ranks.extend(window_rank_entries(&windows));
             stats.extend(windows);
         }
         (stats, ranks)
