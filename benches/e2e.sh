@@ -154,12 +154,12 @@ python3 - "$WORK/metrics.txt" >>"$RES" <<'PY'
 import sys
 buckets, count, total = [], 0, 0.0
 for line in open(sys.argv[1]):
-    if line.startswith("kmflow_commit_latency_seconds_bucket"):
+    if line.startswith("kmflow_checkpoint_seconds_bucket"):
         le = line.split('le="')[1].split('"')[0]
         buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
-    elif line.startswith("kmflow_commit_latency_seconds_count"):
+    elif line.startswith("kmflow_checkpoint_seconds_count"):
         count = float(line.split()[-1])
-    elif line.startswith("kmflow_commit_latency_seconds_sum"):
+    elif line.startswith("kmflow_checkpoint_seconds_sum"):
         total = float(line.split()[-1])
 def q(p):
     for le, c in buckets:

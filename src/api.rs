@@ -5,16 +5,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use kmflow_dataflows::contrib::StatsLevel;
@@ -24,7 +23,7 @@ use kmflow_dataflows::time::format_rfc3339;
 use kmflow_dataflows::{EntityKey, EntityKind, StoredKillmail};
 
 use crate::metrics::Metrics;
-use crate::state::{CommitMeta, RocksState};
+use crate::state::{CheckpointMeta, DeadLetterFilter, RocksState};
 use crate::views;
 pub use crate::views::stats_json;
 
@@ -46,6 +45,61 @@ pub struct AppState {
     pub static_data: Option<Arc<StaticData>>,
     /// Which statistics the pipeline maintains.
     pub level: StatsLevel,
+    /// Requests handled at once (`api.max-in-flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// RocksDB reads queued or running (`api.max-in-flight`).
+    pub reads: Arc<tokio::sync::Semaphore>,
+    /// `api.request-timeout-ms`.
+    pub request_timeout: Duration,
+    /// Sorted rosters, reused until the next checkpoint (see [`views::RosterCache`]).
+    pub rosters: Arc<views::RosterCache>,
+}
+
+impl AppState {
+    /// The handlers' state for `state`, with `api`'s limits.
+    pub fn new(state: Arc<RocksState>, metrics: Metrics, api: &crate::config::ApiConfig) -> Self {
+        AppState {
+            state,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            topics: Arc::new(Vec::new()),
+            static_data: None,
+            level: StatsLevel::Full,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(api.max_in_flight)),
+            reads: Arc::new(tokio::sync::Semaphore::new(api.max_in_flight)),
+            request_timeout: Duration::from_millis(api.request_timeout_ms),
+            rosters: Default::default(),
+        }
+    }
+
+    /// Runs a RocksDB read on the runtime's blocking pool (`api.read-threads` threads), so
+    /// reads never hold the threads that accept connections and answer `/healthz`. Reads
+    /// queued or running are bounded by `api.max-in-flight`, even those whose request timed
+    /// out (the permit travels with the read).
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&RocksState) -> Result<T, crate::state::StateError> + Send + 'static,
+    {
+        let Ok(permit) = self.reads.clone().try_acquire_owned() else {
+            self.metrics
+                .http_rejected
+                .with_label_values(&["overloaded"])
+                .inc();
+            return Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "too many reads in flight; retry later".into(),
+            });
+        };
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&state)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+    }
 }
 
 /// The one error type of the API: client mistakes are 4xx with a message, internal errors are
@@ -108,8 +162,54 @@ pub fn app(state: AppState) -> Router {
                 message: "method not allowed".into(),
             }
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BATCH_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), limits))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), track_latency))
         .with_state(state)
+}
+
+/// The last line of defence of every request: at most `api.max-in-flight` at once (503 past
+/// it), answered within `api.request-timeout-ms` (503), and a handler that panics is answered
+/// 500 with the JSON error, never an empty reply. Each is counted in
+/// `kmflow_http_rejected_total`.
+async fn limits(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let reject = |reason: &str, status: StatusCode, message: &str| {
+        s.metrics.http_rejected.with_label_values(&[reason]).inc();
+        ApiError {
+            status,
+            message: message.into(),
+        }
+        .into_response()
+    };
+    // Probes and scrapes are never refused: an overloaded API is still alive.
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    let permit = s.in_flight.clone().try_acquire_owned();
+    if permit.is_err() && !probe {
+        return reject(
+            "overloaded",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; retry later",
+        );
+    }
+    let run = std::panic::AssertUnwindSafe(next.run(req));
+    match tokio::time::timeout(
+        s.request_timeout,
+        futures_util::FutureExt::catch_unwind(run),
+    )
+    .await
+    {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_panic)) => {
+            tracing::error!("api: a handler panicked; answered 500");
+            reject("panic", StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+        Err(_) => reject(
+            "timeout",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request timed out; retry later",
+        ),
+    }
 }
 
 async fn track_latency(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -127,17 +227,111 @@ async fn track_latency(State(s): State<AppState>, req: Request, next: Next) -> R
     resp
 }
 
-/// Parses an entity or killmail id: a positive integer.
+/// Parses an entity or killmail id: a positive integer in plain decimal (no sign, no spaces).
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<u64, ApiError> {
-    match raw.parse::<u64>() {
-        Ok(id) if id > 0 => Ok(id),
+    match parse_decimal(raw) {
+        Some(id) if id > 0 => Ok(id),
         _ => Err(ApiError::bad_request(format!(
             "{what} id must be a positive integer, got {raw:?}"
         ))),
     }
 }
 
-pub(crate) fn as_of_json(meta: &Option<CommitMeta>) -> Value {
+/// A non-negative integer written with ASCII digits only (`+5`, ` 5`, `5.0` are not).
+pub(crate) fn parse_decimal(raw: &str) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
+}
+
+/// The query string as name → value: a parameter given twice, or a query that is not valid
+/// percent-encoded UTF-8, is a 400 (never "the last one wins").
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        let raw = parts.uri.query().unwrap_or("");
+        let mut out = HashMap::new();
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            if k.contains('\u{FFFD}') || v.contains('\u{FFFD}') {
+                return Err(ApiError::bad_request(
+                    "the query string is not valid percent-encoded UTF-8",
+                ));
+            }
+            if out.insert(k.to_string(), v.into_owned()).is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "parameter {k:?} is given more than once"
+                )));
+            }
+        }
+        Ok(QueryParams(out))
+    }
+}
+
+/// A path parameter; one that is not valid UTF-8 once percent-decoded is a 400 JSON error.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(p)) => Ok(PathParam(p)),
+            Err(e) => Err(ApiError {
+                status: e.status(),
+                message: e.body_text(),
+            }),
+        }
+    }
+}
+
+/// URIs longer than this are answered 414 (with the JSON error).
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Every error the framework answers by itself (a body too large, an unsupported method, a
+/// malformed body) gets the JSON error shape of [`ApiError`], like the handlers' own.
+async fn json_errors(req: Request, next: Next) -> Response {
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return ApiError {
+            status: StatusCode::URI_TOO_LONG,
+            message: format!("the URI exceeds {MAX_URI_BYTES} bytes"),
+        }
+        .into_response();
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    ApiError {
+        status,
+        message: if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_lowercase()
+        } else {
+            text
+        },
+    }
+    .into_response()
+}
+
+pub(crate) fn as_of_json(meta: &Option<CheckpointMeta>) -> Value {
     match meta {
         None => Value::Null,
         Some(m) => json!({
@@ -151,8 +345,8 @@ pub(crate) fn as_of_json(meta: &Option<CommitMeta>) -> Value {
 
 async fn get_character(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    PathParam(id): PathParam,
+    QueryParams(q): QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     views::entity(&s, EntityKind::Character, &id, q)
         .await
@@ -160,8 +354,8 @@ async fn get_character(
 }
 async fn get_corporation(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    PathParam(id): PathParam,
+    QueryParams(q): QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     views::entity(&s, EntityKind::Corporation, &id, q)
         .await
@@ -169,8 +363,8 @@ async fn get_corporation(
 }
 async fn get_alliance(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    PathParam(id): PathParam,
+    QueryParams(q): QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     views::entity(&s, EntityKind::Alliance, &id, q)
         .await
@@ -178,24 +372,25 @@ async fn get_alliance(
 }
 async fn get_members(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    PathParam(id): PathParam,
+    QueryParams(q): QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     views::members(&s, &id, q).await.map(Json)
 }
 async fn get_leaderboard(
     State(s): State<AppState>,
-    Path(kind): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    PathParam(kind): PathParam,
+    QueryParams(q): QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     views::leaderboard(&s, &kind, q).await.map(Json)
 }
 
 async fn batch(s: &AppState, kind: EntityKind, body: &Bytes) -> Result<Json<Value>, ApiError> {
     if body.len() > MAX_BATCH_BODY {
-        return Err(ApiError::bad_request(format!(
-            "body exceeds {MAX_BATCH_BODY} bytes"
-        )));
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("body exceeds {MAX_BATCH_BODY} bytes"),
+        });
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("body must be JSON {{\"ids\": [...]}}: {e}")))?;
@@ -218,8 +413,11 @@ async fn batch(s: &AppState, kind: EntityKind, body: &Bytes) -> Result<Json<Valu
             ))),
         })
         .collect::<Result<_, _>>()?;
+    // Each id is answered once, in the order first asked.
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let ids: Vec<u64> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
     let keys: Vec<EntityKey> = ids.iter().map(|id| EntityKey::new(kind, *id)).collect();
-    let (found, meta) = s.state.stats_many(&keys).map_err(ApiError::internal)?;
+    let (found, meta) = s.read(move |st| st.stats_many(&keys)).await?;
     let mut results = Vec::new();
     let mut missing = Vec::new();
     for (id, st) in ids.iter().zip(found) {
@@ -292,28 +490,32 @@ pub fn killmail_json(stored: &StoredKillmail, topics: &[String]) -> Value {
 
 async fn get_killmail(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "killmail")?;
-    match s.state.killmail(id).map_err(ApiError::internal)? {
+    match s.read(move |st| st.killmail(id)).await? {
         Some(stored) => Ok(Json(killmail_json(&stored, &s.topics))),
         None => Err(ApiError::not_found(format!("no killmail with id {id}"))),
     }
 }
 
-#[derive(Deserialize)]
-struct LimitQuery {
-    limit: Option<String>,
-}
-
+/// `GET /v1/dead-letters?limit=&cursor=&reason=&topic=`: newest first, paged by cursor.
 async fn get_dead_letters(
     State(s): State<AppState>,
-    Query(q): Query<LimitQuery>,
+    QueryParams(q): QueryParams,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = match q.limit.as_deref() {
+    if let Some(k) = q
+        .keys()
+        .find(|k| !["limit", "cursor", "reason", "topic"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {k:?}; allowed: limit, cursor, reason, topic"
+        )));
+    }
+    let limit = match q.get("limit") {
         None => 100,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
+        Some(raw) => match parse_decimal(raw) {
+            Some(n) if (1..=1000).contains(&n) => n as usize,
             _ => {
                 return Err(ApiError::bad_request(
                     "limit must be an integer from 1 to 1000",
@@ -321,8 +523,50 @@ async fn get_dead_letters(
             }
         },
     };
-    let letters = s.state.dead_letters(limit).map_err(ApiError::internal)?;
-    Ok(Json(json!({"dead_letters": letters})))
+    let cursor = match q.get("cursor") {
+        None => None,
+        Some(c) => Some(from_hex(c).filter(|b| b.len() == 12).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid cursor {c:?}: pass next_cursor from the previous page unchanged"
+            ))
+        })?),
+    };
+    let filter = DeadLetterFilter {
+        reason: q.get("reason").cloned(),
+        topic: q.get("topic").cloned(),
+    };
+    let (letters, next, meta) = s
+        .read(move |st| {
+            let meta = st.checkpoint_meta();
+            let (letters, next) = st.dead_letters(limit, cursor.as_deref(), &filter)?;
+            Ok((letters, next, meta))
+        })
+        .await?;
+    let totals = meta.map(|m| m.dead_letters).unwrap_or_default();
+    Ok(Json(json!({
+        "dead_letters": letters,
+        "next_cursor": next.map(|k| to_hex(&k)),
+        "retained": totals.count,
+        "dropped": totals.dropped,
+    })))
+}
+
+/// Lowercase hex of `bytes` (opaque cursors).
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string; `None` unless it is pairs of hex digits (any other text,
+/// non-ASCII included, is refused without panicking).
+pub(crate) fn from_hex(raw: &str) -> Option<Vec<u8>> {
+    if !raw.len().is_multiple_of(2) || raw.len() > 512 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16);
+    raw.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
+        .collect()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -338,7 +582,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    s.metrics.state_size.set(s.state.size_bytes() as i64);
+    if let Ok(size) = s.read(|st| Ok(st.size_bytes())).await {
+        s.metrics.state_size.set(size as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -100,7 +100,56 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub on_offset_reset: OffsetResetPolicy,
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: KafkaOptions,
+}
+
+/// Extra librdkafka properties (`[kafka.options]`). They may hold credentials, so `Debug` and
+/// `Serialize` mask the value of every key that looks secret ([`KafkaOptions::is_secret`]);
+/// only the Kafka client reads the real values ([`KafkaOptions::iter`]).
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct KafkaOptions(pub BTreeMap<String, String>);
+
+impl KafkaOptions {
+    /// What replaces a secret value wherever options are printed.
+    pub const MASK: &'static str = "*****";
+
+    /// `sasl.*`, and any key containing `password`, `secret`, `token` or `key` (e.g.
+    /// `ssl.key.password`, `sasl.oauthbearer.client.secret`).
+    pub fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        k.starts_with("sasl.")
+            || ["password", "secret", "token", "key"]
+                .iter()
+                .any(|s| k.contains(s))
+    }
+
+    /// The real properties, for the Kafka client only.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
+    fn masked(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if Self::is_secret(k) { Self::MASK } else { v };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.masked()).finish()
+    }
+}
+
+impl Serialize for KafkaOptions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.masked().serialize(s)
+    }
 }
 
 impl KafkaConfig {
@@ -128,6 +177,9 @@ pub struct PipelineConfig {
     pub epoch_max_records: usize,
     pub epoch_max_ms: u64,
     pub max_inflight_epochs: u64,
+    /// On SIGTERM/SIGINT, how long to finish the current epoch before exiting at the last
+    /// checkpoint anyway.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -137,12 +189,28 @@ pub struct StateConfig {
     pub block_cache_mb: usize,
     /// All-time rows the statistics shards keep between checkpoints (over all workers).
     pub cache_rows: usize,
+    /// Dead letters kept at most; the oldest are dropped past it.
+    pub dead_letters_max: u64,
+    /// Dead letters kept at most, in MiB of stored records; the oldest are dropped past it.
+    pub dead_letters_max_mb: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
+    /// Open connections at most; more are closed on accept (see `serve`).
+    pub max_connections: usize,
+    /// Requests being handled at most; more are answered 503 at once.
+    pub max_in_flight: usize,
+    /// A request's headers must arrive within this time.
+    pub header_timeout_ms: u64,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A request not answered within this time gets a 503.
+    pub request_timeout_ms: u64,
+    /// Threads that run RocksDB reads for the API (off the async runtime).
+    pub read_threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +222,13 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The defaults alone (`config/default.toml`), without files or environment.
+    pub fn defaults() -> Config {
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("config/default.toml is valid")
+    }
+
     /// Loads defaults, then `file` if given, then `KMFLOW__*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
@@ -191,6 +266,18 @@ impl Config {
             return bad("pipeline.max-inflight-epochs must be positive");
         }
         self.stats.wall_clock()?;
+        let a = &self.api;
+        if a.max_connections == 0 || a.max_in_flight == 0 || a.read_threads == 0 {
+            return bad(
+                "api.max-connections, api.max-in-flight and api.read-threads must be positive",
+            );
+        }
+        if a.header_timeout_ms == 0 || a.idle_timeout_ms == 0 || a.request_timeout_ms == 0 {
+            return bad("api timeouts must be positive");
+        }
+        if a.request_timeout_ms >= a.idle_timeout_ms {
+            return bad("api.request-timeout-ms must be below api.idle-timeout-ms (a slow request must get its 503 before its connection is closed)");
+        }
         if self.source.kind == SourceKind::Kafka {
             if self.kafka.brokers.trim().is_empty() {
                 return bad("kafka.brokers must not be empty");
@@ -261,5 +348,33 @@ mod tests {
             .merge(Toml::string("[pipeline]\nwrokers = 3\n"))
             .extract();
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn secrets_in_kafka_options_are_masked_wherever_printed() {
+        let c: Config = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(
+                "[kafka.options]\n\"sasl.password\" = \"hunter2\"\n\"ssl.key.password\" = \"pw2\"\n\"sasl.username\" = \"me\"\n\"client.id\" = \"kmflow-1\"\n",
+            ))
+            .extract()
+            .unwrap();
+        let printed = [
+            format!("{c:?}"),
+            format!("{:#?}", c.kafka),
+            serde_json::to_string(&c).unwrap(),
+        ];
+        for p in &printed {
+            for secret in ["hunter2", "pw2", "\"me\""] {
+                assert!(!p.contains(secret), "{secret} leaked: {p}");
+            }
+            assert!(
+                p.contains("kmflow-1"),
+                "non-secret options stay visible: {p}"
+            );
+            assert!(p.contains(KafkaOptions::MASK));
+        }
+        // The Kafka client still gets the real values.
+        let real: BTreeMap<_, _> = c.kafka.options.iter().collect();
+        assert_eq!(real[&"sasl.password".to_string()], "hunter2");
     }
 }

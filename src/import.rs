@@ -70,6 +70,29 @@ pub fn producer(
     Ok((p, counter))
 }
 
+/// Fails within `timeout` when no broker at `brokers` answers (or `topic` does not exist),
+/// instead of queueing messages that can never be delivered.
+pub fn check_reachable<C: ProducerContext>(
+    p: &ThreadedProducer<C>,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let md = p
+        .client()
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| {
+            format!(
+                "no Kafka broker answered at {brokers} within {:.0} s (--connect-timeout)",
+                timeout.as_secs_f64()
+            )
+        })?;
+    match md.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        _ => anyhow::bail!("topic {topic} does not exist at {brokers}; create it first"),
+    }
+}
+
 /// Sends one message, waiting while the local queue is full.
 pub fn send(
     p: &ThreadedProducer<CountingContext>,
@@ -120,8 +143,10 @@ pub fn import(
     topic: &str,
     send_invalid: bool,
     options: &[String],
+    connect_timeout: Duration,
 ) -> anyhow::Result<ImportReport> {
     let (p, counter) = producer(brokers, options)?;
+    check_reachable(&p, brokers, topic, connect_timeout)?;
     let pb = progress("importing");
     let start = Instant::now();
     let mut failed = 0u64;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod files;
 pub mod import;
 pub mod metrics;
+pub mod serve;
 pub mod source;
 pub mod state;
 pub mod views;

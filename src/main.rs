@@ -65,6 +65,9 @@ enum Command {
         /// Also produce records that do not decode (kmflow will dead-letter them).
         #[arg(long)]
         send_invalid: bool,
+        /// Seconds to wait for a broker to answer before giving up.
+        #[arg(long, default_value_t = 10)]
+        connect_timeout: u64,
         /// A librdkafka producer property, key=value (repeatable), e.g. -X linger.ms=50.
         #[arg(short = 'X', value_name = "KEY=VALUE")]
         producer_option: Vec<String>,
@@ -100,11 +103,18 @@ fn real_main() -> anyhow::Result<()> {
             topic,
             brokers,
             send_invalid,
+            connect_timeout,
             producer_option,
         } => {
             let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
-            let report =
-                kmflow::import::import(&paths, &brokers, &topic, send_invalid, &producer_option)?;
+            let report = kmflow::import::import(
+                &paths,
+                &brokers,
+                &topic,
+                send_invalid,
+                &producer_option,
+                Duration::from_secs(connect_timeout),
+            )?;
             if report.failed > 0 {
                 anyhow::bail!("{} records failed to import", report.failed);
             }

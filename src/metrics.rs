@@ -32,19 +32,29 @@ pub struct Metrics {
     pub offset_gaps: IntCounterVec,
     /// Labels: outcome (inserted, replaced, unchanged).
     pub upserts: IntCounterVec,
-    pub commit_latency: Histogram,
-    /// Records (killmail upserts, deltas and dead letters) written per commit.
-    pub commit_size: Histogram,
+    pub checkpoint_latency: Histogram,
+    /// Records (killmail upserts, deltas and dead letters) written per checkpoint.
+    pub checkpoint_size: Histogram,
     pub committed_epoch: IntGauge,
     /// The stream clock (Unix seconds) the rolling windows end at.
     pub stream_clock: IntGauge,
-    pub commit_errors: IntCounter,
+    pub checkpoint_errors: IntCounter,
     /// State reads by the upsert operator that failed (retried).
     pub state_read_errors: IntCounter,
     pub state_size: IntGauge,
     pub ready: IntGauge,
     /// Labels: route (the matched pattern, bounded), status.
     pub http_latency: HistogramVec,
+    /// Dead letters stored.
+    pub dead_letters_stored: IntGauge,
+    /// Dead letters the retention dropped (oldest first), over the state's life.
+    pub dead_letters_dropped: IntCounter,
+    /// Open API connections.
+    pub http_connections: IntGauge,
+    /// Connections closed on accept because `api.max-connections` were open.
+    pub http_connections_refused: IntCounter,
+    /// Labels: reason (overloaded, timeout, panic). Requests answered by a limit, not a handler.
+    pub http_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,18 +116,18 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid metric"),
-            commit_latency: Histogram::with_opts(
+            checkpoint_latency: Histogram::with_opts(
                 HistogramOpts::new(
-                    "kmflow_commit_latency_seconds",
-                    "Time to write one commit (WriteBatch with sync) to RocksDB",
+                    "kmflow_checkpoint_seconds",
+                    "Time to write one checkpoint (one synced WriteBatch) to RocksDB",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("valid metric"),
-            commit_size: Histogram::with_opts(
+            checkpoint_size: Histogram::with_opts(
                 HistogramOpts::new(
-                    "kmflow_commit_records",
-                    "Records written per commit (epochs are committed together when they complete together)",
+                    "kmflow_checkpoint_records",
+                    "Records written per checkpoint (every epoch complete when it is taken)",
                 )
                 .buckets(prometheus::exponential_buckets(1.0, 4.0, 12).expect("valid buckets")),
             )
@@ -134,9 +144,9 @@ impl Metrics {
                 "Upsert-state reads that failed; the operator retries them",
             )
             .expect("valid metric"),
-            commit_errors: IntCounter::new(
-                "kmflow_commit_errors_total",
-                "Commits that failed (ingestion stops on the first)",
+            checkpoint_errors: IntCounter::new(
+                "kmflow_checkpoint_errors_total",
+                "Checkpoints that failed to write (ingestion stops on the first)",
             )
             .expect("valid metric"),
             state_size: IntGauge::new(
@@ -153,6 +163,31 @@ impl Metrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route", "status"],
+            )
+            .expect("valid metric"),
+            dead_letters_stored: IntGauge::new(
+                "kmflow_dead_letters_stored",
+                "Dead letters kept for GET /v1/dead-letters",
+            )
+            .expect("valid metric"),
+            dead_letters_dropped: IntCounter::new(
+                "kmflow_dead_letters_dropped_total",
+                "Dead letters dropped by the retention (state.dead-letters-max, state.dead-letters-max-mb), oldest first",
+            )
+            .expect("valid metric"),
+            http_connections: IntGauge::new("kmflow_http_connections", "Open API connections")
+                .expect("valid metric"),
+            http_connections_refused: IntCounter::new(
+                "kmflow_http_connections_refused_total",
+                "API connections closed on accept because api.max-connections were open",
+            )
+            .expect("valid metric"),
+            http_rejected: IntCounterVec::new(
+                Opts::new(
+                    "kmflow_http_rejected_total",
+                    "API requests answered by a limit instead of a handler: overloaded (api.max-in-flight), timeout (api.request-timeout-ms), panic (a handler bug, answered 500)",
+                ),
+                &["reason"],
             )
             .expect("valid metric"),
             registry,
@@ -173,9 +208,9 @@ impl Metrics {
             .expect("register");
         r.register(Box::new(m.offset_gaps.clone()))
             .expect("register");
-        r.register(Box::new(m.commit_latency.clone()))
+        r.register(Box::new(m.checkpoint_latency.clone()))
             .expect("register");
-        r.register(Box::new(m.commit_size.clone()))
+        r.register(Box::new(m.checkpoint_size.clone()))
             .expect("register");
         r.register(Box::new(m.stream_clock.clone()))
             .expect("unique metric");
@@ -183,12 +218,22 @@ impl Metrics {
             .expect("register");
         r.register(Box::new(m.state_read_errors.clone()))
             .expect("register");
-        r.register(Box::new(m.commit_errors.clone()))
+        r.register(Box::new(m.checkpoint_errors.clone()))
             .expect("register");
         r.register(Box::new(m.state_size.clone()))
             .expect("register");
         r.register(Box::new(m.ready.clone())).expect("register");
         r.register(Box::new(m.http_latency.clone()))
+            .expect("register");
+        r.register(Box::new(m.dead_letters_stored.clone()))
+            .expect("register");
+        r.register(Box::new(m.dead_letters_dropped.clone()))
+            .expect("register");
+        r.register(Box::new(m.http_connections.clone()))
+            .expect("register");
+        r.register(Box::new(m.http_connections_refused.clone()))
+            .expect("register");
+        r.register(Box::new(m.http_rejected.clone()))
             .expect("register");
         #[cfg(target_os = "linux")]
         r.register(Box::new(
@@ -198,10 +243,26 @@ impl Metrics {
         for reason in DecodeError::REASONS {
             m.decode_failures.with_label_values(&[reason]);
         }
+        for reason in ["overloaded", "timeout", "panic"] {
+            m.http_rejected.with_label_values(&[reason]);
+        }
         for outcome in ["inserted", "replaced", "unchanged"] {
             m.upserts.with_label_values(&[outcome]);
         }
         m
+    }
+
+    /// Sets the gauges that describe the stored state to `meta` (at start and after each
+    /// checkpoint).
+    pub fn observe_stored(&self, meta: &crate::state::CheckpointMeta) {
+        self.committed_epoch.set(meta.epoch as i64);
+        if let Some(now) = meta.clock.now {
+            self.stream_clock.set(now);
+        }
+        self.dead_letters_stored.set(meta.dead_letters.count as i64);
+        let dropped = meta.dead_letters.dropped;
+        self.dead_letters_dropped
+            .inc_by(dropped.saturating_sub(self.dead_letters_dropped.get()));
     }
 
     /// The Prometheus text exposition of every metric.

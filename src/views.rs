@@ -4,16 +4,18 @@
 //! values allowed.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use kmflow_dataflows::keys::{Metric, WINDOW_DAYS, WINDOW_NAMES};
 use kmflow_dataflows::model::CENTS_PER_ISK;
+use kmflow_dataflows::store::StateStore;
 use kmflow_dataflows::time::{format_day, format_rfc3339};
 use kmflow_dataflows::{EntityKey, EntityKind, Stats};
 
-use crate::api::{as_of_json, parse_id, ApiError, AppState};
-use crate::state::{CommitMeta, EntityView, ViewParts};
+use crate::api::{as_of_json, from_hex, parse_decimal, parse_id, to_hex, ApiError, AppState};
+use crate::state::{CheckpointMeta, EntityView, ViewParts};
 
 /// Every statistic field the API serves, in the order it serves them.
 pub const STAT_FIELDS: [&str; 19] = [
@@ -58,11 +60,11 @@ fn isk(cents: i128) -> f64 {
 /// zKillboard's danger ratio: the share (0-100) of ships and points destroyed in ships and
 /// points destroyed or lost; 100 with kills and no losses; `None` without either.
 pub fn danger_ratio(s: &Stats) -> Option<i64> {
-    if s.losses > 0 {
-        let destroyed = s.kills + s.points_destroyed;
-        let lost = s.losses + s.points_lost;
+    if s.sums.losses > 0 {
+        let destroyed = s.sums.kills + s.sums.points_destroyed;
+        let lost = s.sums.losses + s.sums.points_lost;
         (destroyed + lost > 0).then(|| destroyed * 100 / (destroyed + lost))
-    } else if s.kills > 0 {
+    } else if s.sums.kills > 0 {
         Some(100)
     } else {
         None
@@ -73,48 +75,49 @@ pub fn danger_ratio(s: &Stats) -> Option<i64> {
 /// minus five times the average points per kill (clamped to 0-100). `None` without kills or
 /// when the solo status of some kill is unknown.
 pub fn gang_ratio(s: &Stats) -> Option<i64> {
-    if s.kills <= 0 || s.solo_unknown > 0 {
+    if s.sums.kills <= 0 || s.sums.solo_unknown > 0 {
         return None;
     }
-    if s.solo_kills > 0 {
-        Some(100 - s.solo_kills * 100 / s.kills)
+    if s.sums.solo_kills > 0 {
+        Some(100 - s.sums.solo_kills * 100 / s.sums.kills)
     } else {
-        Some((100 - (s.points_destroyed * 5).div_euclid(s.kills)).clamp(0, 100))
+        Some((100 - (s.sums.points_destroyed * 5).div_euclid(s.sums.kills)).clamp(0, 100))
     }
 }
 
 /// One statistics object. `times`: whether first/last seen are kept for this dimension.
 /// Solo fields are null when some killmail's solo status is unknown (see `unavailable`).
 pub fn stats_json(s: &Stats, times: bool) -> Map<String, Value> {
-    let solo_known = s.solo_unknown == 0;
+    let solo_known = s.sums.solo_unknown == 0;
     let known = |v: i64| if solo_known { json!(v) } else { Value::Null };
     let efficiency = {
-        let total = s.isk_destroyed_cents + s.isk_lost_cents;
-        (total > 0).then(|| (s.isk_destroyed_cents as f64 * 1000.0 / total as f64).round() / 10.0)
+        let total = s.sums.isk_destroyed_cents + s.sums.isk_lost_cents;
+        (total > 0)
+            .then(|| (s.sums.isk_destroyed_cents as f64 * 1000.0 / total as f64).round() / 10.0)
     };
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
         m.insert(k.to_string(), v);
     };
-    put("involved", json!(s.involved));
-    put("kills", json!(s.kills));
-    put("losses", json!(s.losses));
-    put("npc_losses", json!(s.npc_losses));
-    put("final_blows", json!(s.final_blows));
-    put("damage_done", json!(s.damage_done));
-    put("damage_taken", json!(s.damage_taken));
-    put("isk_destroyed", json!(isk(s.isk_destroyed_cents)));
-    put("isk_lost", json!(isk(s.isk_lost_cents)));
-    put("points_destroyed", json!(s.points_destroyed));
-    put("points_lost", json!(s.points_lost));
-    put("solo_kills", known(s.solo_kills));
-    put("solo_losses", known(s.solo_losses));
-    put("solo_unknown", json!(s.solo_unknown));
+    put("involved", json!(s.sums.involved));
+    put("kills", json!(s.sums.kills));
+    put("losses", json!(s.sums.losses));
+    put("npc_losses", json!(s.sums.npc_losses));
+    put("final_blows", json!(s.sums.final_blows));
+    put("damage_done", json!(s.sums.damage_done));
+    put("damage_taken", json!(s.sums.damage_taken));
+    put("isk_destroyed", json!(isk(s.sums.isk_destroyed_cents)));
+    put("isk_lost", json!(isk(s.sums.isk_lost_cents)));
+    put("points_destroyed", json!(s.sums.points_destroyed));
+    put("points_lost", json!(s.sums.points_lost));
+    put("solo_kills", known(s.sums.solo_kills));
+    put("solo_losses", known(s.sums.solo_losses));
+    put("solo_unknown", json!(s.sums.solo_unknown));
     put("danger_ratio", json!(danger_ratio(s)));
     put("gang_ratio", json!(gang_ratio(s)));
     if times {
-        put("first_seen", json!(s.first_seen.map(format_rfc3339)));
-        put("last_seen", json!(s.last_seen.map(format_rfc3339)));
+        put("first_seen", json!(s.seen.first.map(format_rfc3339)));
+        put("last_seen", json!(s.seen.last.map(format_rfc3339)));
     }
     put("isk_efficiency", json!(efficiency));
     m
@@ -122,7 +125,7 @@ pub fn stats_json(s: &Stats, times: bool) -> Map<String, Value> {
 
 /// Why solo fields are null, if they are.
 fn solo_reason(s: &Stats, static_loaded: bool) -> Option<String> {
-    (s.solo_unknown > 0).then(|| {
+    (s.sums.solo_unknown > 0).then(|| {
         let why = if static_loaded {
             "a ship type is missing from the static data"
         } else {
@@ -130,7 +133,7 @@ fn solo_reason(s: &Stats, static_loaded: bool) -> Option<String> {
         };
         format!(
             "solo status unknown for {} killmail(s): no zkb, and {why}",
-            s.solo_unknown
+            s.sums.solo_unknown
         )
     })
 }
@@ -176,8 +179,8 @@ impl Params {
     fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
         match self.get("limit") {
             None => Ok(default),
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
+            Some(raw) => match parse_decimal(raw).map(|n| n as usize) {
+                Some(n) if (1..=max).contains(&n) => Ok(n),
                 _ => Err(ApiError::bad_request(format!(
                     "invalid limit {raw:?}: must be an integer from 1 to {max}"
                 ))),
@@ -213,14 +216,14 @@ fn select(mut m: Map<String, Value>, fields: &Option<BTreeSet<String>>) -> Value
     Value::Object(m)
 }
 
-fn window_bounds(meta: &Option<CommitMeta>, w: usize) -> Value {
+fn window_bounds(meta: &Option<CheckpointMeta>, w: usize) -> Value {
     match meta.as_ref().and_then(|m| m.clock.day()) {
         Some(day) => json!({"from": format_day(day - WINDOW_DAYS[w] + 1), "to": format_day(day)}),
         None => Value::Null,
     }
 }
 
-fn clock_json(meta: &Option<CommitMeta>) -> Value {
+fn clock_json(meta: &Option<CheckpointMeta>) -> Value {
     match meta.as_ref().and_then(|m| m.clock.now) {
         Some(now) => {
             json!({"now": format_rfc3339(now), "day": format_day(kmflow_dataflows::time::day_of(now))})
@@ -264,9 +267,8 @@ pub async fn entity(
         activity: has("activity"),
     };
     let (view, meta) = s
-        .state
-        .entity_view(EntityKey::new(kind, id), &parts)
-        .map_err(ApiError::internal)?;
+        .read(move |st| st.entity_view(EntityKey::new(kind, id), &parts))
+        .await?;
     let Some(view) = view else {
         return Err(ApiError::not_found(format!(
             "no {} with id {id}",
@@ -282,7 +284,7 @@ fn entity_json(
     v: &EntityView,
     parts: &ViewParts,
     fields: &Option<BTreeSet<String>>,
-    meta: &Option<CommitMeta>,
+    meta: &Option<CheckpointMeta>,
 ) -> Value {
     let static_loaded = s.static_data.is_some();
     let mut out = json!({"id": id, "stats": select(stats_json(&v.all, true), fields)});
@@ -327,10 +329,10 @@ fn entity_json(
                 .map(|(g, st)| json!({
                     "group_id": (*g != 0).then_some(*g),
                     "group_name": if *g == 0 { Some("unknown type") } else { sd.group_name.get(g).map(String::as_str) },
-                    "ships_destroyed": st.kills,
-                    "ships_lost": st.losses + st.npc_losses,
-                    "isk_destroyed": isk(st.isk_destroyed_cents),
-                    "isk_lost": isk(st.isk_lost_cents),
+                    "ships_destroyed": st.sums.kills,
+                    "ships_lost": st.sums.losses + st.sums.npc_losses,
+                    "isk_destroyed": isk(st.sums.isk_destroyed_cents),
+                    "isk_lost": isk(st.sums.isk_lost_cents),
                 }))
                 .collect::<Vec<_>>());
         } else {
@@ -342,15 +344,15 @@ fn entity_json(
         }
     }
     if parts.ships {
-        out["top_ships"] = json!(top(v.ships.clone(), |s| s.kills, TOP_N)
+        out["top_ships"] = json!(top(v.ships.clone(), |s| s.sums.kills, TOP_N)
             .into_iter()
-            .map(|(t, st)| json!({"ship_type_id": t, "kills": st.kills}))
+            .map(|(t, st)| json!({"ship_type_id": t, "kills": st.sums.kills}))
             .collect::<Vec<_>>());
     }
     if parts.systems {
-        out["top_systems"] = json!(top(v.systems.clone(), |s| (s.kills, s.involved), TOP_N)
+        out["top_systems"] = json!(top(v.systems.clone(), |s| (s.sums.kills, s.sums.involved), TOP_N)
             .into_iter()
-            .map(|(sys, st)| json!({"solar_system_id": sys, "kills": st.kills, "losses": st.losses, "involved": st.involved}))
+            .map(|(sys, st)| json!({"solar_system_id": sys, "kills": st.sums.kills, "losses": st.sums.losses, "involved": st.sums.involved}))
             .collect::<Vec<_>>());
     }
     if parts.activity {
@@ -358,7 +360,7 @@ fn entity_json(
         for (cell, st) in &v.hours {
             let (d, h) = (*cell as usize / 24, *cell as usize % 24);
             if d < 7 {
-                grid[d][h] = st.kills;
+                grid[d][h] = st.sums.kills;
             }
         }
         out["activity"] = json!({
@@ -405,21 +407,21 @@ const SORT_FIELDS: [&str; 17] = [
 
 fn sort_value(field: &str, id: u64, s: &Stats) -> i128 {
     match field {
-        "kills" => s.kills as i128,
-        "losses" => s.losses as i128,
-        "involved" => s.involved as i128,
-        "npc_losses" => s.npc_losses as i128,
-        "final_blows" => s.final_blows as i128,
-        "damage_done" => s.damage_done as i128,
-        "damage_taken" => s.damage_taken as i128,
-        "isk_destroyed" => s.isk_destroyed_cents,
-        "isk_lost" => s.isk_lost_cents,
-        "points_destroyed" => s.points_destroyed as i128,
-        "points_lost" => s.points_lost as i128,
-        "solo_kills" => s.solo_kills as i128,
-        "solo_losses" => s.solo_losses as i128,
-        "first_seen" => s.first_seen.unwrap_or(i64::MIN) as i128,
-        "last_seen" => s.last_seen.unwrap_or(i64::MIN) as i128,
+        "kills" => s.sums.kills as i128,
+        "losses" => s.sums.losses as i128,
+        "involved" => s.sums.involved as i128,
+        "npc_losses" => s.sums.npc_losses as i128,
+        "final_blows" => s.sums.final_blows as i128,
+        "damage_done" => s.sums.damage_done as i128,
+        "damage_taken" => s.sums.damage_taken as i128,
+        "isk_destroyed" => s.sums.isk_destroyed_cents,
+        "isk_lost" => s.sums.isk_lost_cents,
+        "points_destroyed" => s.sums.points_destroyed as i128,
+        "points_lost" => s.sums.points_lost as i128,
+        "solo_kills" => s.sums.solo_kills as i128,
+        "solo_losses" => s.sums.solo_losses as i128,
+        "first_seen" => s.seen.first.unwrap_or(i64::MIN) as i128,
+        "last_seen" => s.seen.last.unwrap_or(i64::MIN) as i128,
         "danger_ratio" => danger_ratio(s).unwrap_or(-1) as i128,
         _ => id as i128,
     }
@@ -428,10 +430,7 @@ fn sort_value(field: &str, id: u64, s: &Stats) -> i128 {
 /// A roster cursor: the last row of the previous page and the ordering it belongs to. Opaque
 /// to clients (hex of `window|sort|order|value|id`).
 fn encode_cursor(window: &str, sort: &str, order: &str, value: i128, id: u64) -> String {
-    format!("{window}|{sort}|{order}|{value}|{id}")
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    to_hex(format!("{window}|{sort}|{order}|{value}|{id}").as_bytes())
 }
 
 fn decode_cursor(raw: &str, expect: (&str, &str, &str)) -> Result<(i128, u64), ApiError> {
@@ -440,14 +439,8 @@ fn decode_cursor(raw: &str, expect: (&str, &str, &str)) -> Result<(i128, u64), A
             "invalid cursor {raw:?}: pass next_cursor from the previous page unchanged"
         ))
     };
-    if !raw.len().is_multiple_of(2) || raw.len() > 256 {
-        return Err(bad());
-    }
-    let bytes: Vec<u8> = (0..raw.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&raw[i..i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
+    // Byte pairs, not string slices: a non-ASCII cursor is a 400, never a panic.
+    let bytes = from_hex(raw).filter(|b| b.len() <= 128).ok_or_else(bad)?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let parts: Vec<&str> = text.split('|').collect();
     let [w, s, o, v, id] = parts[..] else {
@@ -499,23 +492,33 @@ pub async fn members(
             "corporation rosters are not maintained: stats.level is all-time",
         ));
     }
-    let (rows, meta) = s.state.members(corp, window).map_err(ApiError::internal)?;
+    let key = RosterKey {
+        corp,
+        window,
+        sort: SORT_FIELDS.iter().position(|f| *f == sort).unwrap_or(0),
+        desc: order == "desc",
+    };
+    let cache = s.rosters.clone();
+    let roster = s
+        .read(move |st| {
+            let epoch = st.committed_epoch();
+            if let Some(hit) = cache.get(&key, epoch) {
+                return Ok(hit);
+            }
+            let (rows, meta) = st.members(corp, window)?;
+            let sorted = Arc::new(SortedRoster::new(rows, meta, &key));
+            cache.put(key, sorted.clone());
+            Ok(sorted)
+        })
+        .await?;
+    let (rows, meta) = (&roster.rows, &roster.meta);
     if rows.is_empty() && window.is_none() {
         return Err(ApiError::not_found(format!(
             "no corporation with id {corp} (or no members seen)"
         )));
     }
     let active = rows.len();
-    // Desc: value descending, id ascending. Asc: value ascending, id ascending.
-    let mut rows: Vec<(i128, u64, Stats)> = rows
-        .into_iter()
-        .map(|(c, st)| (sort_value(sort, c, &st), c, st))
-        .collect();
-    let desc = order == "desc";
-    rows.sort_by(|a, b| {
-        let by_value = if desc { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) };
-        by_value.then(a.1.cmp(&b.1))
-    });
+    let desc = key.desc;
     let start = match after {
         None => 0,
         Some((v, id)) => rows.partition_point(|r| {
@@ -542,12 +545,108 @@ pub async fn members(
         "active_members": active,
         "members": members,
         "next_cursor": next,
-        "as_of": as_of_json(&meta),
+        "as_of": as_of_json(meta),
     });
     if let Some(w) = window {
-        out["range"] = window_bounds(&meta, w as usize);
+        out["range"] = window_bounds(meta, w as usize);
     }
     Ok(out)
+}
+
+/// Which sorted roster a request reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RosterKey {
+    corp: u64,
+    window: Option<u8>,
+    /// Index into [`SORT_FIELDS`].
+    sort: usize,
+    desc: bool,
+}
+
+/// A corporation's members sorted for one [`RosterKey`], as of one checkpoint. Desc: value
+/// descending, id ascending. Asc: value ascending, id ascending.
+pub struct SortedRoster {
+    meta: Option<CheckpointMeta>,
+    rows: Vec<(i128, u64, Stats)>,
+}
+
+impl SortedRoster {
+    fn new(rows: Vec<(u64, Stats)>, meta: Option<CheckpointMeta>, key: &RosterKey) -> Self {
+        let field = SORT_FIELDS[key.sort];
+        let mut rows: Vec<(i128, u64, Stats)> = rows
+            .into_iter()
+            .map(|(c, st)| (sort_value(field, c, &st), c, st))
+            .collect();
+        rows.sort_by(|a, b| {
+            let by_value = if key.desc {
+                b.0.cmp(&a.0)
+            } else {
+                a.0.cmp(&b.0)
+            };
+            by_value.then(a.1.cmp(&b.1))
+        });
+        SortedRoster { meta, rows }
+    }
+}
+
+/// Roster rows the cache holds at most, over all rosters (~220 bytes each: ~55 MiB).
+const ROSTER_CACHE_ROWS: usize = 256 * 1024;
+
+/// Sorted rosters, each reused until the next checkpoint: reading a roster sorts it once per
+/// checkpoint, and every page after that costs a binary search plus `limit` rows, whatever
+/// the roster's size. Bounded by rows ([`ROSTER_CACHE_ROWS`]), least recently used evicted
+/// first; a roster larger than the whole bound is sorted per request and not kept.
+#[derive(Default)]
+pub struct RosterCache {
+    inner: parking_lot::Mutex<RosterLru>,
+}
+
+#[derive(Default)]
+struct RosterLru {
+    map: HashMap<RosterKey, (u64, Arc<SortedRoster>)>,
+    rows: usize,
+    tick: u64,
+}
+
+impl RosterCache {
+    fn epoch_of(r: &SortedRoster) -> Option<u64> {
+        r.meta.as_ref().map(|m| m.epoch)
+    }
+
+    fn get(&self, key: &RosterKey, epoch: Option<u64>) -> Option<Arc<SortedRoster>> {
+        let mut lru = self.inner.lock();
+        lru.tick += 1;
+        let tick = lru.tick;
+        let (used, roster) = lru.map.get_mut(key)?;
+        if Self::epoch_of(roster) != epoch {
+            return None;
+        }
+        *used = tick;
+        Some(roster.clone())
+    }
+
+    fn put(&self, key: RosterKey, roster: Arc<SortedRoster>) {
+        let n = roster.rows.len();
+        if n > ROSTER_CACHE_ROWS {
+            return;
+        }
+        let mut lru = self.inner.lock();
+        if let Some((_, old)) = lru.map.remove(&key) {
+            lru.rows -= old.rows.len();
+        }
+        while lru.rows + n > ROSTER_CACHE_ROWS {
+            let Some(oldest) = lru.map.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k) else {
+                break;
+            };
+            if let Some((_, r)) = lru.map.remove(&oldest) {
+                lru.rows -= r.rows.len();
+            }
+        }
+        lru.tick += 1;
+        let tick = lru.tick;
+        lru.rows += n;
+        lru.map.insert(key, (tick, roster));
+    }
 }
 
 /// `GET /v1/leaderboards/{characters|corporations|alliances}?by=&window=&limit=`.
@@ -581,10 +680,7 @@ pub async fn leaderboard(
         ));
     }
     let w = window.map_or(0, |w| w + 1);
-    let (rows, meta) = s
-        .state
-        .leaderboard(kind, w, by, limit)
-        .map_err(ApiError::internal)?;
+    let (rows, meta) = s.read(move |st| st.leaderboard(kind, w, by, limit)).await?;
     let entries: Vec<Value> = rows
         .iter()
         .enumerate()

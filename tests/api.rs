@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -55,7 +55,7 @@ fn fixture() -> Fixture {
         payload_len: 1,
     });
     let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 5i64), (1, 8)]))]);
-    s.commit(
+    s.write_checkpoint(
         &batch,
         &["killmails".to_string()],
         &offsets,
@@ -63,14 +63,11 @@ fn fixture() -> Fixture {
         i64::MAX,
     )
     .unwrap();
-    let state = AppState {
-        state: s,
-        metrics: Metrics::new(),
-        ready: Arc::new(AtomicBool::new(true)),
-        topics: Arc::new(vec!["killmails".to_string()]),
-        static_data: None,
-        level: kmflow_dataflows::contrib::StatsLevel::Full,
-    };
+    let mut state = AppState::new(s, Metrics::new(), &kmflow::config::Config::defaults().api);
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    state.topics = Arc::new(vec!["killmails".to_string()]);
     Fixture { _dir: dir, state }
 }
 
@@ -265,9 +262,9 @@ async fn health_readiness_and_metrics() {
     assert_eq!(s, StatusCode::OK);
     for name in [
         "kmflow_decode_failures_total{reason=\"malformed_json\"}",
-        "kmflow_commit_latency_seconds_bucket",
+        "kmflow_checkpoint_seconds_bucket",
         "kmflow_state_read_errors_total 0",
-        "kmflow_commit_records_bucket",
+        "kmflow_checkpoint_records_bucket",
         "kmflow_state_rocksdb_size_bytes",
         "kmflow_http_request_duration_seconds_bucket{route=\"/v1/characters/{id}\",status=\"200\"",
         "kmflow_upsert_total{outcome=\"inserted\"}",
@@ -494,4 +491,193 @@ async fn leaderboards() {
     assert_eq!(v["entries"][0]["id"], 98000001);
     assert_eq!(v["window"], "all");
     assert_eq!(v["as_of"]["epoch"], 3);
+}
+
+/// Every route, with random paths, parameters, cursors and bodies: never a 5xx, always the
+/// JSON error shape on a 4xx (the framework's own rejections included).
+#[tokio::test]
+async fn no_request_gets_a_server_error_or_a_non_json_body() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let f = fixture();
+    let mut rng = SmallRng::seed_from_u64(7);
+    let routes = [
+        "/v1/characters/{}",
+        "/v1/corporations/{}",
+        "/v1/alliances/{}",
+        "/v1/corporations/{}/members",
+        "/v1/leaderboards/{}",
+        "/v1/killmails/{}",
+        "/v1/dead-letters",
+        "/v1/characters:batch",
+        "/v1/corporations:batch",
+        "/v1/alliances:batch",
+        "/healthz",
+        "/readyz",
+        "/nope/{}",
+    ];
+    let atoms = [
+        "1",
+        "90000001",
+        "98000002",
+        "0",
+        "-1",
+        "+5",
+        "%20%35",
+        "18446744073709551616",
+        "a%C3%A9b",
+        "%FF%FE",
+        "%",
+        "characters",
+        "kills",
+        "isk_destroyed",
+        "7d",
+        "all",
+        "desc",
+        "asc",
+        "",
+        "\u{e9}",
+        "%00",
+        "1e3",
+        "null",
+        "windows,months",
+        "all,top_ships",
+    ];
+    let names = [
+        "window", "sort", "order", "limit", "cursor", "fields", "include", "by", "reason", "topic",
+        "x", "limit",
+    ];
+    let bodies = [
+        "",
+        "{",
+        "[]",
+        "{\"ids\":[]}",
+        "{\"ids\":[1,1,1,90000001]}",
+        "{\"ids\":[-1]}",
+        "{\"ids\":\"x\"}",
+        "{\"ids\":[1.5]}",
+        "{\"ids\":[18446744073709551616]}",
+        "\u{0}",
+    ];
+    for _ in 0..1500 {
+        let pick = |rng: &mut SmallRng, xs: &[&str]| xs[rng.random_range(0..xs.len())].to_string();
+        let route = pick(&mut rng, &routes).replace("{}", &pick(&mut rng, &atoms));
+        let mut query = Vec::new();
+        for _ in 0..rng.random_range(0..4) {
+            let v = if rng.random_bool(0.2) {
+                // A cursor-like value: random hex, sometimes non-ASCII.
+                (0..rng.random_range(0..40))
+                    .map(|_| ["a", "f", "0", "9", "z", "%C3%A9", "7c"][rng.random_range(0..7)])
+                    .collect::<String>()
+            } else {
+                pick(&mut rng, &atoms)
+            };
+            query.push(format!("{}={v}", pick(&mut rng, &names)));
+        }
+        let uri = if query.is_empty() {
+            route
+        } else {
+            format!("{route}?{}", query.join("&"))
+        };
+        let method = if uri.contains(":batch") || rng.random_bool(0.05) {
+            "POST"
+        } else {
+            "GET"
+        };
+        let body = (method == "POST").then(|| pick(&mut rng, &bodies));
+        let Ok(req) = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(body.clone().map_or_else(Body::empty, Body::from))
+        else {
+            continue; // not a URI the client can even send
+        };
+        let resp = app(f.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            !status.is_server_error(),
+            "{method} {uri} {body:?}: {status}"
+        );
+        if status.is_client_error() {
+            let v: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("{method} {uri}: non-JSON {status} body {bytes:?}"));
+            assert_eq!(v["error"]["status"], status.as_u16(), "{method} {uri}");
+            assert!(v["error"]["message"].is_string());
+            assert_eq!(ctype.as_deref(), Some("application/json"));
+        }
+    }
+}
+
+/// Regression tests of the hostile-client findings, one per finding.
+#[tokio::test]
+async fn hostile_requests_get_clear_json_errors() {
+    let f = fixture();
+    // A forged non-ASCII roster cursor used to panic the handler.
+    let (s, v, _) = call(
+        &f,
+        "GET",
+        "/v1/corporations/98000002/members?cursor=a%C3%A9b",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("cursor"));
+    // Repeated parameters are a 400 on every route, never "the last one wins".
+    for uri in [
+        "/v1/characters/90000001?include=windows&include=months",
+        "/v1/leaderboards/characters?by=kills&by=losses",
+        "/v1/dead-letters?limit=1&limit=2",
+    ] {
+        let (s, v, _) = call(&f, "GET", uri, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than once"),
+            "{uri}"
+        );
+    }
+    // Ids are plain decimal.
+    for uri in [
+        "/v1/characters/+90000001",
+        "/v1/killmails/%2B10",
+        "/v1/characters/%2090000001",
+    ] {
+        let (s, _, _) = call(&f, "GET", uri, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+    }
+    // Invalid UTF-8 in the path: the JSON error.
+    let (s, v, _) = call(&f, "GET", "/v1/characters/%FF", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["status"], 400);
+    // A body over the limit: 413 with the JSON error.
+    let big = format!("{{\"ids\":[{}]}}", vec!["1"; 2_000_000].join(","));
+    let (s, v, _) = call(&f, "POST", "/v1/characters:batch", Some(&big)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["error"]["status"], 413);
+    // A URI over the limit: 414 with the JSON error.
+    let long = format!("/v1/characters/1?fields={}", "a".repeat(10_000));
+    let (s, v, _) = call(&f, "GET", &long, None).await;
+    assert_eq!(s, StatusCode::URI_TOO_LONG);
+    assert_eq!(v["error"]["status"], 414);
+    // Duplicate batch ids are answered once.
+    let (s, v, _) = call(
+        &f,
+        "POST",
+        "/v1/characters:batch",
+        Some(&format!(
+            "{{\"ids\":[{}]}}",
+            vec!["90000001"; 1000].join(",")
+        )),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
 }

@@ -58,25 +58,25 @@ fn assert_all_equal(k: &Kmflow, expected: &BTreeMap<EntityKey, Stats>) {
                     s["solo_kills"].as_i64(),
                 );
                 let want = (
-                    e.kills,
-                    e.losses,
-                    e.npc_losses,
-                    e.final_blows,
-                    e.damage_done,
-                    e.damage_taken,
-                    e.isk_destroyed_cents,
-                    e.isk_lost_cents,
-                    e.points_destroyed,
-                    common::solo_field(e.solo_kills, e),
+                    e.sums.kills,
+                    e.sums.losses,
+                    e.sums.npc_losses,
+                    e.sums.final_blows,
+                    e.sums.damage_done,
+                    e.sums.damage_taken,
+                    e.sums.isk_destroyed_cents,
+                    e.sums.isk_lost_cents,
+                    e.sums.points_destroyed,
+                    common::solo_field(e.sums.solo_kills, e),
                 );
                 assert_eq!(got, want, "{kind:?} {id}");
                 assert_eq!(
                     s["first_seen"].as_str(),
-                    e.first_seen.map(format_rfc3339).as_deref()
+                    e.seen.first.map(format_rfc3339).as_deref()
                 );
                 assert_eq!(
                     s["last_seen"].as_str(),
-                    e.last_seen.map(format_rfc3339).as_deref()
+                    e.seen.last.map(format_rfc3339).as_deref()
                 );
             }
         }
@@ -108,22 +108,31 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     ];
     // The first day is there before kmflow starts; the rest arrives during the kills.
     // A second history topic, added to kmflow's configuration midway through the kills, replays
-    // a slice that overlaps what the live topic carries (same killmails, same zkb).
-    let replay = vec![
-        data.join("zkb-api/elit-kbresponse.json"),
-        data.join("redisq"),
-    ];
+    // a slice that overlaps what the live topic carries: the same killmails with an older
+    // appraisal (other values), which must never replace the live one, whatever the order
+    // they are read in (the version order), and some with the same zkb.
+    let older = tempfile::tempdir().unwrap();
+    let older_file = older.path().join("older-appraisals.json");
+    let mut kms: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(data.join("zkb-api/elit-kbresponse.json")).unwrap())
+            .unwrap();
+    for km in &mut kms {
+        let z = &mut km["zkb"];
+        z["totalValue"] = serde_json::json!(z["totalValue"].as_f64().unwrap_or(0.0) * 0.5 + 1.0);
+        z["points"] = serde_json::json!(z["points"].as_i64().unwrap_or(0) + 3);
+    }
+    std::fs::write(&older_file, serde_json::to_vec(&kms).unwrap()).unwrap();
+    let replay = vec![older_file, data.join("redisq")];
     broker.create_topic("history-replay", 2);
     common::import(&broker, "history-replay", &replay);
     let mut fold = ReferenceFold::default();
     let mut total = 0i64;
-    for_each_message(
-        &[history.clone(), live.clone(), replay].concat(),
-        &mut |r| {
-            fold.apply(&common::decode_derived(&r.unwrap().1).unwrap());
+    for (paths, live) in [(&history, false), (&live, true), (&replay, false)] {
+        for_each_message(paths, &mut |r| {
+            fold.apply(&common::decode_derived(&r.unwrap().1).unwrap(), live);
             total += 1;
-        },
-    );
+        });
+    }
     let expected = fold.stats();
 
     let state = tempfile::tempdir().unwrap();

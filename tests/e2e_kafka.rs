@@ -1,7 +1,7 @@
 //! End to end against a real Kafka-protocol broker (Tansu) with kmflow as its own process.
 //!
 //! Imports every real killmail under ../shared/data/killmails into a 4-partition topic, waits
-//! for kmflow to commit all of it, compares the API's answers for hundreds of characters,
+//! for kmflow to write all of it, compares the API's answers for hundreds of characters,
 //! corporations and alliances with an independent fold of the same files, then checks dead
 //! letters, an overlapping re-import, a clean restart (nothing re-read, answers unchanged) and
 //! a crash (SIGKILL) restart.
@@ -31,7 +31,7 @@ fn fold(paths: &[PathBuf]) -> (usize, ReferenceFold) {
     for_each_message(paths, &mut |r| {
         let (_, bytes) = r.unwrap();
         n += 1;
-        f.apply(&common::decode_derived(&bytes).unwrap());
+        f.apply(&common::decode_derived(&bytes).unwrap(), true); // all on the live topic
     });
     (n, f)
 }
@@ -51,7 +51,7 @@ fn sample(expected: &BTreeMap<EntityKey, Stats>) -> Vec<(EntityKind, Vec<u64>)> 
         .map(|&kind| {
             let mut all: Vec<(&EntityKey, &Stats)> =
                 expected.iter().filter(|(k, _)| k.kind == kind).collect();
-            all.sort_by_key(|(k, s)| (std::cmp::Reverse(s.kills + s.losses), k.id));
+            all.sort_by_key(|(k, s)| (std::cmp::Reverse(s.sums.kills + s.sums.losses), k.id));
             let mut ids: Vec<u64> = all.iter().take(100).map(|(k, _)| k.id).collect();
             let step = (all.len() / 250).max(1);
             ids.extend(
@@ -89,12 +89,12 @@ fn assert_matches(
             stat_fields(s, e, &ctx);
             assert_eq!(
                 s["first_seen"].as_str(),
-                e.first_seen.map(format_rfc3339).as_deref(),
+                e.seen.first.map(format_rfc3339).as_deref(),
                 "{ctx}"
             );
             assert_eq!(
                 s["last_seen"].as_str(),
-                e.last_seen.map(format_rfc3339).as_deref(),
+                e.seen.last.map(format_rfc3339).as_deref(),
                 "{ctx}"
             );
         }
@@ -110,19 +110,22 @@ type Full = (BTreeMap<StatKey, Stats>, BTreeSet<RankKey>);
 
 fn stat_fields(s: &Value, e: &Stats, ctx: &str) {
     for (field, want) in [
-        ("involved", e.involved),
-        ("kills", e.kills),
-        ("losses", e.losses),
-        ("npc_losses", e.npc_losses),
-        ("final_blows", e.final_blows),
-        ("damage_done", e.damage_done),
-        ("damage_taken", e.damage_taken),
-        ("points_destroyed", e.points_destroyed),
-        ("points_lost", e.points_lost),
+        ("involved", e.sums.involved),
+        ("kills", e.sums.kills),
+        ("losses", e.sums.losses),
+        ("npc_losses", e.sums.npc_losses),
+        ("final_blows", e.sums.final_blows),
+        ("damage_done", e.sums.damage_done),
+        ("damage_taken", e.sums.damage_taken),
+        ("points_destroyed", e.sums.points_destroyed),
+        ("points_lost", e.sums.points_lost),
     ] {
         assert_eq!(s[field].as_i64(), Some(want), "{field} of {ctx}: {s}");
     }
-    for (field, want) in [("solo_kills", e.solo_kills), ("solo_losses", e.solo_losses)] {
+    for (field, want) in [
+        ("solo_kills", e.sums.solo_kills),
+        ("solo_losses", e.sums.solo_losses),
+    ] {
         assert_eq!(
             s[field].as_i64(),
             common::solo_field(want, e),
@@ -130,8 +133,8 @@ fn stat_fields(s: &Value, e: &Stats, ctx: &str) {
         );
     }
     for (field, want) in [
-        ("isk_destroyed", e.isk_destroyed_cents),
-        ("isk_lost", e.isk_lost_cents),
+        ("isk_destroyed", e.sums.isk_destroyed_cents),
+        ("isk_lost", e.sums.isk_lost_cents),
     ] {
         let got = (s[field].as_f64().unwrap() * 100.0).round() as i128;
         assert_eq!(got, want, "{field} of {ctx}");
@@ -161,7 +164,7 @@ fn assert_entity_views(k: &Kmflow, full: &Full, picks: &[(EntityKind, Vec<u64>)]
                 .0
                 .range(StatKey::new(e, Dim::Month(0))..StatKey::new(e, Dim::Month(u32::MAX)))
                 .map(|(k, s)| match k.dim {
-                    Dim::Month(m) => (format!("{}-{:02}", m / 100, m % 100), s.kills),
+                    Dim::Month(m) => (format!("{}-{:02}", m / 100, m % 100), s.sums.kills),
                     _ => unreachable!(),
                 })
                 .collect();
@@ -185,20 +188,20 @@ fn assert_entity_views(k: &Kmflow, full: &Full, picks: &[(EntityKind, Vec<u64>)]
                 .iter()
                 .flat_map(|d| d.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
                 .sum();
-            assert_eq!(heat, all.kills, "{kind:?} {id} heatmap");
+            assert_eq!(heat, all.sums.kills, "{kind:?} {id} heatmap");
             let destroyed: i64 = v["groups"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|g| g["ships_destroyed"].as_i64().unwrap())
                 .sum();
-            assert_eq!(destroyed, all.kills, "{kind:?} {id} groups");
+            assert_eq!(destroyed, all.sums.kills, "{kind:?} {id} groups");
             // Top ships: the ten best, by kills then type id.
             let mut ships: Vec<(i64, u32)> = full
                 .0
                 .range(StatKey::new(e, Dim::Ship(0))..=StatKey::new(e, Dim::Ship(u32::MAX)))
                 .map(|(k, s)| match k.dim {
-                    Dim::Ship(t) => (-s.kills, t),
+                    Dim::Ship(t) => (-s.sums.kills, t),
                     _ => unreachable!(),
                 })
                 .collect();
@@ -253,9 +256,9 @@ fn assert_rosters(k: &Kmflow, full: &Full) {
                 sums.into_iter().filter(|(_, s)| !s.is_empty()).collect();
             want.sort_by(|a, b| {
                 let v = if order == "desc" {
-                    b.1.kills.cmp(&a.1.kills)
+                    b.1.sums.kills.cmp(&a.1.sums.kills)
                 } else {
-                    a.1.kills.cmp(&b.1.kills)
+                    a.1.sums.kills.cmp(&b.1.sums.kills)
                 };
                 v.then(a.0.cmp(&b.0))
             });
@@ -475,5 +478,94 @@ fn real_killmails_through_kafka_with_restarts() {
     assert_eq!(assert_matches(&k, &expected, &picks), before);
     assert_eq!(common::committed_total(&k), Some(total));
     assert_leaderboards(&k, &full);
+    assert!(k.stop());
+}
+
+/// The version order through the broker and across a restart: a live re-appraisal, then a
+/// history topic replaying the old appraisal, leaves the live one applied; an R2Z2 version
+/// with a newer sequence replaces it from any topic.
+#[test]
+fn live_appraisal_survives_history_replay_across_restart() {
+    let broker = Broker::start();
+    broker.create_topic("live", 1);
+    broker.create_topic("history", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let esi = serde_json::json!({"killmail_id": 4242, "killmail_time": "2021-11-27T10:00:00Z",
+        "solar_system_id": 30000142,
+        "victim": {"character_id": 95000001, "corporation_id": 98000001, "damage_taken": 10, "ship_type_id": 587},
+        "attackers": [{"character_id": 95000002, "corporation_id": 98000002, "damage_done": 10, "final_blow": true, "ship_type_id": 587}]});
+    let with_zkb = |value: f64| {
+        let mut km = esi.clone();
+        km["zkb"] = serde_json::json!({"totalValue": value, "points": 1, "npc": false, "solo": true, "awox": false});
+        km
+    };
+    let file = |name: &str, v: &Value| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, serde_json::to_vec(v).unwrap()).unwrap();
+        p
+    };
+    let old = file("old.json", &with_zkb(100.0));
+    let new = file("new.json", &with_zkb(200.0));
+    let r2z2 = file(
+        "r2z2.json",
+        &serde_json::json!({"killmail_id": 4242, "hash": "h", "esi": esi,
+            "zkb": {"totalValue": 300.0, "points": 1, "npc": false, "solo": true, "awox": false},
+            "sequence_id": 7}),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let env = [
+        ("KMFLOW__SOURCE__KIND", "kafka".to_string()),
+        ("KMFLOW__KAFKA__BROKERS", broker.addr()),
+        ("KMFLOW__KAFKA__LIVE_TOPIC", "live".to_string()),
+        ("KMFLOW__KAFKA__HISTORY_TOPICS", "[\"history\"]".to_string()),
+        ("KMFLOW__PIPELINE__WORKERS", "2".to_string()),
+        ("KMFLOW__STATS__WALL_CLOCK", PINNED.to_string()),
+    ];
+    let value = |k: &Kmflow| get_json(&k.url("/v1/killmails/4242")).1["zkb"]["totalValue"].as_f64();
+    let consumed = |k: &Kmflow, n: i64| {
+        wait_until("kmflow to commit", Duration::from_secs(60), || {
+            common::committed_total(k) == Some(n)
+        })
+    };
+    let mut k = Kmflow::start(state.path(), &env);
+    common::import(&broker, "live", std::slice::from_ref(&old));
+    common::import(&broker, "live", std::slice::from_ref(&new));
+    consumed(&k, 2);
+    assert_eq!(
+        value(&k),
+        Some(200.0),
+        "the live re-appraisal replaced the first"
+    );
+    common::import(&broker, "history", std::slice::from_ref(&old));
+    consumed(&k, 3);
+    assert_eq!(
+        value(&k),
+        Some(200.0),
+        "a history replay of the old appraisal is older"
+    );
+    assert!(k.stop());
+    let mut k = Kmflow::start(state.path(), &env);
+    common::import(&broker, "history", std::slice::from_ref(&old));
+    consumed(&k, 4);
+    assert_eq!(value(&k), Some(200.0), "and stays older after a restart");
+    let (_, v) = get_json(&k.url("/v1/characters/95000001"));
+    assert_eq!(
+        v["stats"]["isk_lost"], 200.0,
+        "statistics follow the applied version"
+    );
+    common::import(&broker, "history", std::slice::from_ref(&r2z2));
+    consumed(&k, 5);
+    assert_eq!(
+        value(&k),
+        Some(300.0),
+        "an R2Z2 sequence is newer than no sequence"
+    );
+    common::import(&broker, "live", std::slice::from_ref(&new));
+    consumed(&k, 6);
+    assert_eq!(
+        value(&k),
+        Some(300.0),
+        "a live version without a sequence is older"
+    );
     assert!(k.stop());
 }

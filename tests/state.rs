@@ -35,8 +35,8 @@ fn commits_merge_and_survive_reopen() {
     {
         let s = RocksState::open(dir.path(), 16).unwrap();
         assert_eq!(s.committed_epoch(), None);
-        assert!(s.commit_meta().is_none());
-        s.commit(
+        assert!(s.checkpoint_meta().is_none());
+        s.write_checkpoint(
             &common::batch_of(&*s, std::slice::from_ref(&a), 0),
             &topics,
             &offsets(1),
@@ -44,7 +44,7 @@ fn commits_merge_and_survive_reopen() {
             i64::MAX,
         )
         .unwrap();
-        s.commit(
+        s.write_checkpoint(
             &common::batch_of(&*s, std::slice::from_ref(&b), 1),
             &topics,
             &offsets(2),
@@ -56,7 +56,7 @@ fn commits_merge_and_survive_reopen() {
     }
     let s = RocksState::open(dir.path(), 16).unwrap();
     assert_eq!(s.committed_epoch(), Some(1));
-    let meta = s.commit_meta().unwrap();
+    let meta = s.checkpoint_meta().unwrap();
     assert_eq!(meta.epoch, 1);
     assert_eq!(meta.offsets, offsets(2));
     assert_eq!(s.offsets(), offsets(2));
@@ -68,11 +68,14 @@ fn commits_merge_and_survive_reopen() {
     let (got, as_of) = s.stats_many(&keys).unwrap();
     assert_eq!(as_of.unwrap().epoch, 1);
     let c2 = got[0].unwrap();
-    assert_eq!((c2.kills, c2.losses, c2.final_blows), (1, 1, 1));
-    assert_eq!(c2.isk_destroyed_cents, 100_050);
-    assert_eq!(c2.isk_lost_cents, 0, "killmail 2 has no zkb");
+    assert_eq!(
+        (c2.sums.kills, c2.sums.losses, c2.sums.final_blows),
+        (1, 1, 1)
+    );
+    assert_eq!(c2.sums.isk_destroyed_cents, 100_050);
+    assert_eq!(c2.sums.isk_lost_cents, 0, "killmail 2 has no zkb");
     let a1 = got[1].unwrap();
-    assert_eq!((a1.kills, a1.losses), (1, 1));
+    assert_eq!((a1.sums.kills, a1.sums.losses), (1, 1));
     assert!(got[2].is_none());
     // The upsert state reads back through the store trait and the killmail lookup.
     let stored = s.multi_get(&[1, 2, 3]).unwrap();
@@ -96,7 +99,7 @@ fn retraction_zeroes_counts_and_keeps_times() {
         Some(5.0),
     );
     let mut batch = common::batch_of(&*s, std::slice::from_ref(&a), 0);
-    s.commit(
+    s.write_checkpoint(
         &batch,
         &topics,
         &BTreeMap::new(),
@@ -106,12 +109,12 @@ fn retraction_zeroes_counts_and_keeps_times() {
     .unwrap();
     let mut deltas = common::deltas_of(&[a]);
     for d in deltas.values_mut() {
-        *d = d.negated();
+        *d = d.retraction();
     }
     batch.writes = common::writes_of(&*s, &deltas);
     batch.upserts.clear();
     batch.last_epoch = 1;
-    s.commit(
+    s.write_checkpoint(
         &batch,
         &topics,
         &BTreeMap::new(),
@@ -123,7 +126,7 @@ fn retraction_zeroes_counts_and_keeps_times() {
     let all = s.all_stats().unwrap();
     assert!(all
         .values()
-        .all(|st| st.kills == 0 && st.losses == 0 && st.first_seen.is_some()));
+        .all(|st| st.sums.kills == 0 && st.sums.losses == 0 && st.seen.first.is_some()));
 }
 
 #[test]

@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut f = ReferenceFold::default();
             for m in &msgs {
-                f.apply(&decode(&m.payload).unwrap());
+                f.apply(&decode(&m.payload).unwrap(), true);
             }
             f.stats().len()
         })

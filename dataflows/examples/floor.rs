@@ -57,7 +57,7 @@ fn main() {
                 if let Some(s) = &static_data {
                     km.derived = s.derive(&km);
                 }
-                fold.apply(&km);
+                fold.apply(&km, true);
             }
             Err(_) => bad += 1,
         }
@@ -82,29 +82,29 @@ fn write_sample(stats: &BTreeMap<EntityKey, Stats>, out: &PathBuf) {
             stats.iter().filter(|(k, _)| k.kind == kind).collect();
         let mut picked: Vec<usize> = (0..100).map(|i| i * of_kind.len() / 100).collect();
         let mut by_involved: Vec<usize> = (0..of_kind.len()).collect();
-        by_involved.sort_by_key(|&i| std::cmp::Reverse(of_kind[i].1.involved));
+        by_involved.sort_by_key(|&i| std::cmp::Reverse(of_kind[i].1.sums.involved));
         picked.extend(by_involved.into_iter().take(10));
         picked.sort_unstable();
         picked.dedup();
         for i in picked.into_iter().filter(|&i| i < of_kind.len()) {
             let (key, s) = of_kind[i];
-            let solo = |v: i64| (s.solo_unknown == 0).then_some(v);
+            let solo = |v: i64| (s.sums.solo_unknown == 0).then_some(v);
             let row = serde_json::json!({
                 "kind": kind.as_str(),
                 "id": key.id,
-                "involved": s.involved,
-                "kills": s.kills,
-                "losses": s.losses,
-                "npc_losses": s.npc_losses,
-                "final_blows": s.final_blows,
-                "damage_done": s.damage_done,
-                "damage_taken": s.damage_taken,
-                "isk_destroyed": s.isk_destroyed_cents as f64 / 100.0,
-                "isk_lost": s.isk_lost_cents as f64 / 100.0,
-                "points_destroyed": s.points_destroyed,
-                "points_lost": s.points_lost,
-                "solo_kills": solo(s.solo_kills),
-                "solo_losses": solo(s.solo_losses),
+                "involved": s.sums.involved,
+                "kills": s.sums.kills,
+                "losses": s.sums.losses,
+                "npc_losses": s.sums.npc_losses,
+                "final_blows": s.sums.final_blows,
+                "damage_done": s.sums.damage_done,
+                "damage_taken": s.sums.damage_taken,
+                "isk_destroyed": s.sums.isk_destroyed_cents as f64 / 100.0,
+                "isk_lost": s.sums.isk_lost_cents as f64 / 100.0,
+                "points_destroyed": s.sums.points_destroyed,
+                "points_lost": s.sums.points_lost,
+                "solo_kills": solo(s.sums.solo_kills),
+                "solo_losses": solo(s.sums.solo_losses),
             });
             writeln!(f, "{row}").expect("write sample");
         }

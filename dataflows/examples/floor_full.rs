@@ -12,15 +12,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kmflow_dataflows::aggregate::{rank_windows, windows_from_days};
-use kmflow_dataflows::commit::DeltaMap;
+use kmflow_dataflows::checkpoint::DeltaMap;
 use kmflow_dataflows::contrib::{contributions, StatsLevel};
 use kmflow_dataflows::gen::{GenConfig, Generator};
 use kmflow_dataflows::keys::{Dim, Metric, RankKey, WINDOW_DAYS};
 use kmflow_dataflows::model::EntityKind;
-use kmflow_dataflows::reference::upsert_rule;
 use kmflow_dataflows::static_data::StaticData;
 use kmflow_dataflows::time::day_of;
-use kmflow_dataflows::Killmail;
+use kmflow_dataflows::version::{upsert, Upsert};
+use kmflow_dataflows::{SourcePos, StoredKillmail};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -54,9 +54,10 @@ fn main() {
     }
 
     let start = Instant::now();
-    let mut applied: rustc_hash::FxHashMap<u64, Killmail> = Default::default();
+    let mut applied: rustc_hash::FxHashMap<u64, StoredKillmail> = Default::default();
     let mut stats = DeltaMap::default();
     let mut latest = i64::MIN;
+    let pos = SourcePos::default();
     for payload in &payloads {
         let Ok(mut km) = kmflow_dataflows::decode::decode(payload) else {
             continue;
@@ -65,19 +66,30 @@ fn main() {
             km.derived = sd.derive(&km);
         }
         let current = applied.get(&km.killmail_id);
-        let Some(next) = upsert_rule(current, &km) else {
-            continue;
+        let next = match upsert(current, &km, pos) {
+            Upsert::Ignore => continue,
+            Upsert::Insert(next) | Upsert::Advance(next) => next,
+            Upsert::Replace(next) => {
+                let old = &current.expect("replaces a known version").killmail;
+                for (k, s) in contributions(old, StatsLevel::Full) {
+                    stats.entry(k).or_default().merge(&s.retraction());
+                }
+                next
+            }
         };
-        if let Some(old) = current {
-            for (k, s) in contributions(old, StatsLevel::Full) {
-                stats.entry(k).or_default().merge(&s.negated());
+        if current.is_none_or(|c| c.killmail.zkb != next.zkb) {
+            for (k, s) in contributions(&next, StatsLevel::Full) {
+                stats.entry(k).or_default().merge(&s);
             }
         }
-        for (k, s) in contributions(&next, StatsLevel::Full) {
-            stats.entry(k).or_default().merge(&s);
-        }
         latest = latest.max(next.time);
-        applied.insert(next.killmail_id, next);
+        let stored = StoredKillmail {
+            killmail: next,
+            zkb_version: 0,
+            applied_from: pos,
+            epoch: 0,
+        };
+        applied.insert(stored.killmail.killmail_id, stored);
     }
     // Windows at the clock (the latest killmail), then every leaderboard.
     let clock = day_of(latest);

@@ -26,7 +26,7 @@ pub struct StreamClock {
 }
 
 impl StreamClock {
-    /// The clock after a commit that applied killmails up to `batch_max_time`, at `wall`.
+    /// The clock after a checkpoint that applied killmails up to `batch_max_time`, at `wall`.
     pub fn advance(self, batch_max_time: Option<i64>, wall: i64) -> StreamClock {
         let max_time = self.max_time.max(batch_max_time);
         let now = match max_time {
@@ -131,22 +131,31 @@ mod tests {
     use super::*;
     use crate::keys::Dim;
     use crate::model::{EntityKey, EntityKind};
+    use crate::stats::{Seen, Sums};
 
     #[test]
     fn windows_hold_the_days_they_cover() {
         let e = EntityKey::new(EntityKind::Character, 95_000_000);
         let kill = Stats {
-            kills: 1,
-            first_seen: Some(1),
-            ..Default::default()
+            sums: Sums {
+                kills: 1,
+                ..Default::default()
+            },
+            seen: Seen {
+                first: Some(1),
+                last: None,
+            },
         };
         let day = |d| (StatKey::new(e, Dim::Day(d)), kill);
         let w = windows_from_days(100, [day(100), day(94), day(93), day(11), day(101)]);
-        let get = |i: u8| w.get(&StatKey::new(e, Dim::Window(i))).map(|s| s.kills);
+        let get = |i: u8| {
+            w.get(&StatKey::new(e, Dim::Window(i)))
+                .map(|s| s.sums.kills)
+        };
         assert_eq!(get(0), Some(2)); // 94..=100
         assert_eq!(get(1), Some(3)); // 71..=100
         assert_eq!(get(2), Some(4)); // 11..=100
-        assert_eq!(w[&StatKey::new(e, Dim::Window(0))].first_seen, None);
+        assert_eq!(w[&StatKey::new(e, Dim::Window(0))].seen.first, None);
         let top = rank_windows(&w, 1, Metric::Kills, 1);
         assert_eq!(top.len(), 1);
         assert_eq!(top[0].0.value, 2);

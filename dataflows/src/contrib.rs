@@ -2,7 +2,7 @@
 
 use crate::keys::{Dim, StatKey};
 use crate::model::{Attacker, EntityKey, EntityKind, Killmail};
-use crate::stats::Stats;
+use crate::stats::{Stats, Sums};
 use crate::time::{day_of, month_of_day, week_hour};
 
 /// Which statistics the pipeline maintains.
@@ -31,7 +31,7 @@ struct Share<K> {
 /// The API contract: a killmail counts once per key however many of its rows carry it; a key
 /// both attacker and victim (awox) gets a kill and a loss; NPC killmails count only as
 /// `npc_losses` for the victim side and in `involved`/`first_seen`/`last_seen` for everyone.
-fn shares<K: Copy + Eq>(
+fn shares<K: Copy + Eq + std::hash::Hash>(
     km: &Killmail,
     attacker_key: impl Fn(&Attacker) -> Option<K>,
     victim_key: Option<K>,
@@ -42,12 +42,16 @@ fn shares<K: Copy + Eq>(
     let points = zkb.map_or(0, |z| z.points);
     let solo = km.is_solo();
     let mut out: Vec<Share<K>> = Vec::new();
+    // Rows to shares by key: O(rows), whatever the number of attackers.
+    let mut index: rustc_hash::FxHashMap<K, usize> = Default::default();
     let new_share = |key: K| {
-        let mut stats = Stats {
-            involved: 1,
-            ..Default::default()
-        };
-        stats.seen_at(km.time);
+        let stats = Stats::at(
+            Sums {
+                involved: 1,
+                ..Default::default()
+            },
+            km.time,
+        );
         Share {
             key,
             stats,
@@ -58,40 +62,42 @@ fn shares<K: Copy + Eq>(
         let Some(key) = attacker_key(a) else {
             continue;
         };
-        let idx = match out.iter().position(|s| s.key == key) {
-            Some(i) => i,
+        let idx = match index.get(&key) {
+            Some(&i) => i,
             None => {
                 let mut share = new_share(key);
                 if !npc {
                     let s = &mut share.stats;
-                    s.kills = 1;
-                    s.isk_destroyed_cents = isk;
-                    s.points_destroyed = points;
+                    s.sums.kills = 1;
+                    s.sums.isk_destroyed_cents = isk;
+                    s.sums.points_destroyed = points;
                     match solo {
-                        Some(solo) => s.solo_kills = solo as i64,
-                        None => s.solo_unknown = 1,
+                        Some(solo) => s.sums.solo_kills = solo as i64,
+                        None => s.sums.solo_unknown = 1,
                     }
                 }
                 out.push(share);
+                index.insert(key, out.len() - 1);
                 out.len() - 1
             }
         };
         if !npc {
             let share = &mut out[idx];
-            share.stats.damage_done += a.damage_done as i64;
+            // At most MAX_DAMAGE (10^11) each: the decoder rejects more.
+            share.stats.sums.damage_done += a.damage_done as i64;
             if a.final_blow {
-                share.stats.final_blows = 1;
+                share.stats.sums.final_blows = 1;
             }
-            if let Some(t) = a.ship_type_id {
-                if !share.ships.contains(&t) {
-                    share.ships.push(t);
-                }
-            }
+            share.ships.extend(a.ship_type_id);
         }
     }
+    for share in &mut out {
+        share.ships.sort_unstable();
+        share.ships.dedup();
+    }
     if let Some(key) = victim_key {
-        let idx = match out.iter().position(|s| s.key == key) {
-            Some(i) => i,
+        let idx = match index.get(&key) {
+            Some(&i) => i,
             None => {
                 out.push(new_share(key));
                 out.len() - 1
@@ -99,16 +105,16 @@ fn shares<K: Copy + Eq>(
         };
         let s = &mut out[idx].stats;
         if npc {
-            s.npc_losses = 1;
+            s.sums.npc_losses = 1;
         } else {
-            s.losses = 1;
-            s.damage_taken = km.victim.damage_taken as i64;
-            s.isk_lost_cents = isk;
-            s.points_lost = points;
+            s.sums.losses = 1;
+            s.sums.damage_taken = km.victim.damage_taken as i64;
+            s.sums.isk_lost_cents = isk;
+            s.sums.points_lost = points;
             match solo {
-                Some(solo) => s.solo_losses = solo as i64,
+                Some(solo) => s.sums.solo_losses = solo as i64,
                 // An awox already counted as unknown once for this killmail.
-                None => s.solo_unknown = 1,
+                None => s.sums.solo_unknown = 1,
             }
         }
     }
@@ -140,15 +146,21 @@ pub fn contributions(km: &Killmail, level: StatsLevel) -> Vec<(StatKey, Stats)> 
             out.push((
                 key(Dim::System(km.solar_system_id)),
                 Stats {
-                    involved: 1,
-                    kills: s.kills,
-                    losses: s.losses,
+                    sums: Sums {
+                        involved: 1,
+                        kills: s.sums.kills,
+                        losses: s.sums.losses,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 },
             ));
-            if s.kills > 0 {
+            if s.sums.kills > 0 {
                 let one_kill = Stats {
-                    kills: 1,
+                    sums: Sums {
+                        kills: 1,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 };
                 out.push((key(Dim::Hour(hour)), one_kill));
@@ -156,15 +168,18 @@ pub fn contributions(km: &Killmail, level: StatsLevel) -> Vec<(StatKey, Stats)> 
                     out.push((key(Dim::Ship(*t)), one_kill));
                 }
             }
-            if s.kills > 0 || s.losses > 0 || s.npc_losses > 0 {
+            if s.sums.kills > 0 || s.sums.losses > 0 || s.sums.npc_losses > 0 {
                 out.push((
                     key(Dim::Group(group)),
                     Stats {
-                        kills: s.kills,
-                        losses: s.losses,
-                        npc_losses: s.npc_losses,
-                        isk_destroyed_cents: s.isk_destroyed_cents,
-                        isk_lost_cents: s.isk_lost_cents,
+                        sums: Sums {
+                            kills: s.sums.kills,
+                            losses: s.sums.losses,
+                            npc_losses: s.sums.npc_losses,
+                            isk_destroyed_cents: s.sums.isk_destroyed_cents,
+                            isk_lost_cents: s.sums.isk_lost_cents,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     },
                 ));

@@ -25,6 +25,10 @@ const MIN_TIME: i64 = 1_041_379_200; // 2003-01-01
 const MAX_TIME: i64 = 4_102_444_800; // 2100-01-01
 /// ISK values above a quadrillion are absurd (the most expensive kill ever is ~10^12).
 const MAX_ISK: f64 = 1e15;
+/// Damage above 10^11 on one killmail is absurd (a Keepstar has a few 10^8 hit points). With
+/// at most [`MAX_ATTACKERS`] attackers, one killmail adds at most 2·10^15 to a sum, so no
+/// realistic history comes near `i64::MAX` (9.2·10^18); the sums saturate beyond it.
+pub const MAX_DAMAGE: u64 = 100_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
@@ -54,6 +58,8 @@ pub enum DecodeError {
     IdMismatch(u64, u64),
     #[error("killmail {0}: invalid zkb: {1}")]
     InvalidZkb(u64, String),
+    #[error("killmail {0}: {1} = {2} is out of range (at most {3})")]
+    OutOfRange(u64, &'static str, u64, u64),
 }
 
 impl DecodeError {
@@ -73,11 +79,12 @@ impl DecodeError {
             DecodeError::TooManyAttackers(..) => "too_many_attackers",
             DecodeError::IdMismatch(..) => "id_mismatch",
             DecodeError::InvalidZkb(..) => "invalid_zkb",
+            DecodeError::OutOfRange(..) => "out_of_range",
         }
     }
 
     /// Every reason label, so metrics can be pre-registered at zero.
-    pub const REASONS: [&'static str; 13] = [
+    pub const REASONS: [&'static str; 14] = [
         "empty",
         "too_large",
         "malformed_json",
@@ -91,6 +98,7 @@ impl DecodeError {
         "too_many_attackers",
         "id_mismatch",
         "invalid_zkb",
+        "out_of_range",
     ];
 }
 
@@ -104,6 +112,8 @@ struct RawTop {
     zkb: Option<RawZkb>,
     /// R2Z2 envelope.
     esi: Option<Box<RawTop>>,
+    sequence_id: Option<u64>,
+    sequence_updated: Option<u64>,
     /// RedisQ envelope.
     package: Option<Box<RawPackage>>,
 }
@@ -182,9 +192,10 @@ fn from_raw(top: RawTop) -> Result<Killmail, DecodeError> {
         }
         return Ok(km);
     }
-    // R2Z2: {killmail_id, esi, zkb}
+    // R2Z2: {killmail_id, esi, zkb, sequence_id, sequence_updated}
     if let Some(esi) = top.esi {
-        let km = esi_killmail(*esi, top.zkb)?;
+        let mut km = esi_killmail(*esi, top.zkb)?;
+        km.sequence = top.sequence_updated.max(top.sequence_id);
         if let Some(id) = top.killmail_id {
             if id != km.killmail_id {
                 return Err(DecodeError::IdMismatch(km.killmail_id, id));
@@ -211,6 +222,17 @@ fn esi_killmail(esi: RawTop, zkb: Option<RawZkb>) -> Result<Killmail, DecodeErro
     let raw_attackers = esi.attackers.unwrap_or_default();
     if raw_attackers.len() > MAX_ATTACKERS {
         return Err(DecodeError::TooManyAttackers(id, raw_attackers.len()));
+    }
+    let damage = |field, value: u64| {
+        if value > MAX_DAMAGE {
+            Err(DecodeError::OutOfRange(id, field, value, MAX_DAMAGE))
+        } else {
+            Ok(value)
+        }
+    };
+    damage("victim.damage_taken", victim.damage_taken)?;
+    for a in &raw_attackers {
+        damage("attackers[].damage_done", a.damage_done)?;
     }
     let zkb = match zkb.or(esi.zkb) {
         None => None,
@@ -240,6 +262,7 @@ fn esi_killmail(esi: RawTop, zkb: Option<RawZkb>) -> Result<Killmail, DecodeErro
             .collect(),
         zkb,
         derived: Default::default(),
+        sequence: None,
     })
 }
 
@@ -306,6 +329,8 @@ mod tests {
             (b"{\"package\":{\"killID\":4}}", "missing_killmail_id"),
             (b"{\"package\":null}", "missing_killmail_id"),
             (b"\xff\xfe", "malformed_json"),
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{\"damage_taken\":18446744073709551615},\"solar_system_id\":1}", "out_of_range"),
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{},\"solar_system_id\":1,\"attackers\":[{\"damage_done\":100000000001}]}", "out_of_range"),
         ];
         for (input, reason) in cases {
             let err = decode(input).expect_err(&String::from_utf8_lossy(input));

@@ -9,7 +9,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::InputHandle;
 
 use crate::aggregate::StreamClock;
-use crate::commit::{CommitCoordinator, ToCommitter};
+use crate::checkpoint::{CheckpointCoordinator, ToCoordinator};
 use crate::keys::{RankKey, StatKey};
 use crate::model::RawRecord;
 use crate::pipeline::{build, PipelineHooks, StatsSpec, UpsertCounters};
@@ -17,7 +17,7 @@ use crate::shard::Checkpoints;
 use crate::stats::Stats;
 use crate::store::{MemoryState, MemoryStore};
 
-/// The wall-clock time (Unix seconds) the committer sees when it commits through an epoch.
+/// The wall-clock time (Unix seconds) the checkpointer sees when it writes the checkpoint through an epoch.
 pub type WallClock = Arc<dyn Fn(u64) -> i64 + Send + Sync>;
 
 /// One worker's messages, per epoch.
@@ -29,7 +29,7 @@ pub struct HarnessConfig {
     pub workers: usize,
     /// Messages per epoch, counted over the whole input in its order.
     pub epoch_size: usize,
-    /// Keep a copy of all statistics after every commit (for oracle tests; costly).
+    /// Keep a copy of all statistics after every checkpoint (for oracle tests; costly).
     pub snapshots: bool,
     /// All-time rows each shard caches (small values exercise eviction).
     pub cache_rows: usize,
@@ -51,10 +51,10 @@ impl HarnessConfig {
     }
 }
 
-/// The statistics after one commit.
+/// The statistics after one checkpoint.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    /// The last epoch the commit covered.
+    /// The last epoch the checkpoint covered.
     pub epoch: u64,
     pub stats: BTreeMap<StatKey, Stats>,
     pub ranks: std::collections::BTreeSet<RankKey>,
@@ -63,7 +63,7 @@ pub struct Snapshot {
 
 /// What a run produced.
 pub struct HarnessRun {
-    /// The state after every commit, when snapshots were asked for.
+    /// The state after every checkpoint, when snapshots were asked for.
     pub snapshots: Vec<Snapshot>,
     pub final_state: MemoryState,
     pub counters: Arc<UpsertCounters>,
@@ -102,22 +102,22 @@ pub fn run_on(
         Arc::new(Mutex::new(plan.into_iter().map(Some).collect()));
 
     let counters = Arc::new(UpsertCounters::default());
-    let (tx, rx) = mpsc::channel::<ToCommitter<()>>();
+    let (tx, rx) = mpsc::channel::<ToCoordinator<()>>();
     let checkpoints = Arc::new(Checkpoints::new(start));
     let snapshots_wanted = config.snapshots;
-    let committer_store = Arc::clone(&store);
+    let checkpointer_store = Arc::clone(&store);
     let wall = config.wall.clone();
     let ckpt = Arc::clone(&checkpoints);
-    let committer = std::thread::spawn(move || {
-        let mut coordinator = CommitCoordinator::<()>::new(workers, start, ckpt);
+    let checkpointer = std::thread::spawn(move || {
+        let mut coordinator = CheckpointCoordinator::<()>::new(workers, start, ckpt);
         let mut snapshots = Vec::new();
         for report in rx {
             if let Some(batch) = coordinator.offer(report) {
                 let now = wall.as_ref().map_or(i64::MAX, |w| w(batch.last_epoch));
-                committer_store.apply(&batch, now);
+                checkpointer_store.apply(&batch, now);
                 coordinator.committed();
                 if snapshots_wanted {
-                    let s = committer_store.snapshot();
+                    let s = checkpointer_store.snapshot();
                     let (stats, ranks) = s.served();
                     snapshots.push(Snapshot {
                         epoch: batch.last_epoch,
@@ -149,11 +149,11 @@ pub fn run_on(
                 report: {
                     let tx = tx.clone();
                     move |r| {
-                        let _ = tx.send(ToCommitter::Sink(r));
+                        let _ = tx.send(ToCoordinator::Sink(r));
                     }
                 },
                 flush: Box::new(move |f| {
-                    let _ = tx.send(ToCommitter::Flush(f));
+                    let _ = tx.send(ToCoordinator::Flush(f));
                 }),
                 checkpoints: Arc::clone(&checkpoints),
                 start,
@@ -182,7 +182,7 @@ pub fn run_on(
     .into_iter()
     .for_each(|r| r.expect("worker panicked"));
 
-    let snapshots = committer.join().expect("committer panicked");
+    let snapshots = checkpointer.join().expect("checkpointer panicked");
     HarnessRun {
         snapshots,
         final_state: store.snapshot(),

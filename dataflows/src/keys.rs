@@ -24,7 +24,7 @@ pub enum Dim {
     Month(u32),
     /// A UTC day (days since 1970-01-01): the buckets windows are summed from.
     Day(i32),
-    /// A rolling window (index into [`WINDOW_DAYS`]), maintained by the committer.
+    /// A rolling window (index into [`WINDOW_DAYS`]), maintained by the checkpointer.
     Window(u8),
     /// The victim ship's group (0: unknown type).
     Group(u32),
@@ -246,10 +246,10 @@ impl Metric {
     /// The value ranked (ISK in cents).
     pub fn value(self, s: &Stats) -> i128 {
         match self {
-            Metric::Kills => s.kills as i128,
-            Metric::IskDestroyed => s.isk_destroyed_cents,
-            Metric::PointsDestroyed => s.points_destroyed as i128,
-            Metric::SoloKills => s.solo_kills as i128,
+            Metric::Kills => s.sums.kills as i128,
+            Metric::IskDestroyed => s.sums.isk_destroyed_cents,
+            Metric::PointsDestroyed => s.sums.points_destroyed as i128,
+            Metric::SoloKills => s.sums.solo_kills as i128,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! and a commit callback, so everything in this crate tests and benches on its own.
 
 pub mod aggregate;
-pub mod commit;
+pub mod checkpoint;
 pub mod contrib;
 pub mod decode;
 pub mod gen;
@@ -19,6 +19,7 @@ pub mod static_data;
 pub mod stats;
 pub mod store;
 pub mod time;
+pub mod version;
 
 pub use model::{EntityKey, EntityKind, Killmail, RawRecord, SourcePos, StoredKillmail};
-pub use stats::Stats;
+pub use stats::{Seen, Stats, Sums};

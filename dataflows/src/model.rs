@@ -73,6 +73,10 @@ pub struct Killmail {
     /// [`crate::static_data::Derived`]); default (all unknown) until then.
     #[serde(default)]
     pub derived: Derived,
+    /// R2Z2's sequence of this version (`sequence_updated`, else `sequence_id`), when the
+    /// message carried one: it orders re-appraisals (see [`crate::version`]).
+    #[serde(default)]
+    pub sequence: Option<u64>,
 }
 
 impl Killmail {

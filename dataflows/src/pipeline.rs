@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! raw ─ Decode ─┬─ ok ─ Upsert (exchange by killmail_id) ─┬─ facts ±1 ─ Combine ─ Shard (exchange by key group) ─ flush ─┐
-//!               │                                          └─ upsert state, clock ─ Sink ──────────────────────────────┼─ committer
+//!               │                                          └─ upsert state, clock ─ Sink ──────────────────────────────┼─ checkpointer
 //!               └─ dead letters ─────────────────────────────────────────────── Sink ──────────────────────────────────┘
 //! ```
 //!
-//! The committer ([`crate::commit`]) cuts aligned checkpoints: it asks every shard to flush
+//! The checkpointer ([`crate::commit`]) cuts aligned checkpoints: it asks every shard to flush
 //! the epochs below a target and writes their writes, with the sinks' items and the sources'
 //! offsets of the same epochs, as one atomic batch.
 //!
@@ -19,25 +19,24 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Map, Partition};
 use timely::dataflow::operators::{Capability, Concat, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
-use crate::commit::{CommitItem, SinkReport};
+use crate::checkpoint::{SinkItem, SinkReport};
 use crate::contrib::{contributions, StatsLevel};
 use crate::decode::decode;
 use crate::keys::StatKey;
 use crate::model::{
     DeadLetter, Killmail, RawRecord, SourcePos, StoredKillmail, DEAD_LETTER_MAX_PAYLOAD,
 };
-use crate::reference::upsert_rule;
 use crate::shard::{Checkpoints, ShardFlush, ShardHooks, ShardStats};
 use crate::static_data::StaticData;
 use crate::stats::Stats;
 use crate::store::{StateStore, StoreError};
+use crate::version::{upsert as upsert_version, Upsert};
 
 /// Counts of what the upsert operator decided, for metrics. Shared by all workers.
 #[derive(Debug, Default)]
@@ -60,7 +59,7 @@ pub struct PipelineHooks<R> {
     pub report: R,
     /// Called on each worker when its statistics shard flushed a checkpoint.
     pub flush: Box<dyn FnMut(ShardFlush)>,
-    /// The checkpoint target the committer raises, shared with it.
+    /// The checkpoint target the checkpointer raises, shared with it.
     pub checkpoints: Arc<Checkpoints>,
     /// The first epoch of this run.
     pub start: u64,
@@ -158,7 +157,7 @@ where
             Decoded::Err(..) => (1, d),
         });
     let dead = parts.pop().expect("two parts").flat_map(|d| match d {
-        Decoded::Err(dl) => Some(CommitItem::DeadLetter(dl)),
+        Decoded::Err(dl) => Some(SinkItem::DeadLetter(dl)),
         Decoded::Ok(..) => None,
     });
     let ok = parts.pop().expect("two parts").flat_map(|d| match d {
@@ -172,21 +171,17 @@ where
             UpsertOut::State(..) | UpsertOut::Clock(..) => (1, o),
         });
     let states = upserted.pop().expect("two parts").flat_map(|o| match o {
-        UpsertOut::State(id, s) => Some(CommitItem::Upsert(id, s)),
-        UpsertOut::Clock(t) => Some(CommitItem::Clock(t)),
+        UpsertOut::State(id, s) => Some(SinkItem::Upsert(id, s)),
+        UpsertOut::Clock(t) => Some(SinkItem::Clock(t)),
         UpsertOut::Fact(..) => None,
     });
-    // The applied killmail versions are a differential collection (+1 in, -1 out); each
-    // version's contributions are summed per epoch into one delta per statistic.
-    let facts = upserted
-        .pop()
-        .expect("two parts")
-        .flat_map(|o| match o {
-            UpsertOut::Fact(km, epoch, diff) => Some((km, epoch, diff)),
-            UpsertOut::State(..) | UpsertOut::Clock(..) => None,
-        })
-        .as_collection();
-    let flushed = combine(facts.inner, level).shard_stats(ShardHooks {
+    // The applied killmail versions (+1 in, -1 out): each version's contributions are summed
+    // per epoch into one delta per statistic.
+    let facts = upserted.pop().expect("two parts").flat_map(|o| match o {
+        UpsertOut::Fact(km, epoch, diff) => Some((km, epoch, diff)),
+        UpsertOut::State(..) | UpsertOut::Clock(..) => None,
+    });
+    let flushed = combine(facts, level).shard_stats(ShardHooks {
         store,
         checkpoints,
         start,
@@ -195,16 +190,16 @@ where
         on_store_error: Box::new(move |e| on_store_error(e)),
     });
 
-    // The sink's frontier must not wait for the shards: the committer asks for a checkpoint
+    // The sink's frontier must not wait for the shards: the checkpointer asks for a checkpoint
     // only of epochs every sink has passed. The probe waits for both.
     let items = states.concat(dead);
-    commit_sink(items.clone(), worker, report);
+    epoch_sink(items.clone(), worker, report);
     let (probe, _) = flushed.concat(items).probe();
     probe
 }
 
 /// Pending per-epoch deltas of one worker, with the capability to emit them.
-type EpochDeltas = (Capability<u64>, crate::commit::DeltaMap);
+type EpochDeltas = (Capability<u64>, crate::checkpoint::DeltaMap);
 
 /// Explodes every killmail version into its contributions (negated for a retraction) and sums
 /// them per epoch and statistic in a hash map, emitting one delta per statistic when the
@@ -230,7 +225,7 @@ fn combine<'s>(
                 for batch in data {
                     for (km, _epoch, diff) in batch.drain(..) {
                         for (key, s) in contributions(&km, level) {
-                            let d = if diff < 0 { s.negated() } else { s };
+                            let d = if diff < 0 { s.retraction() } else { s };
                             entry.1.entry(key).or_default().merge(&d);
                         }
                     }
@@ -252,14 +247,14 @@ fn combine<'s>(
     })
 }
 
-/// Buffers commit items per epoch and reports them when the frontier passes their epoch.
-fn commit_sink<'s, R>(stream: StreamVec<'s, u64, CommitItem>, worker: usize, mut report: R)
+/// Buffers sink items per epoch and reports them when the frontier passes their epoch.
+fn epoch_sink<'s, R>(stream: StreamVec<'s, u64, SinkItem>, worker: usize, mut report: R)
 where
     R: FnMut(SinkReport<()>) + 'static,
 {
-    let mut pending: BTreeMap<u64, Vec<CommitItem>> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, Vec<SinkItem>> = BTreeMap::new();
     let mut reported = 0u64;
-    stream.sink(Pipeline, "Commit", move |(input, frontier)| {
+    stream.sink(Pipeline, "Sink", move |(input, frontier)| {
         input.for_each(|cap, data| {
             pending.entry(epoch_of(&cap)).or_default().append(data);
         });
@@ -362,23 +357,30 @@ fn upsert<'s>(
                 for (pos, km) in records {
                     let id = km.killmail_id;
                     let current = known.get(&id).or_else(|| overlay.get(&id));
-                    let Some(next) = upsert_rule(current.map(|s| &s.killmail), &km) else {
-                        unchanged += 1;
-                        continue;
-                    };
-                    let zkb_version = match current {
-                        Some(old) => {
-                            session.give(UpsertOut::Fact(old.killmail.clone(), epoch, -1));
-                            replaced += 1;
-                            old.zkb_version + 1
+                    let (next, zkb_version) = match upsert_version(current, &km, pos) {
+                        Upsert::Ignore => {
+                            unchanged += 1;
+                            continue;
                         }
-                        None => {
+                        Upsert::Insert(next) => {
                             inserted += 1;
-                            max_time = max_time.max(Some(km.time));
-                            0
+                            max_time = max_time.max(Some(next.time));
+                            session.give(UpsertOut::Fact(next.clone(), epoch, 1));
+                            (next, 0)
+                        }
+                        Upsert::Replace(next) => {
+                            let old = current.expect("a replacement has a known version");
+                            session.give(UpsertOut::Fact(old.killmail.clone(), epoch, -1));
+                            session.give(UpsertOut::Fact(next.clone(), epoch, 1));
+                            replaced += 1;
+                            (next, old.zkb_version + 1)
+                        }
+                        Upsert::Advance(next) => {
+                            unchanged += 1;
+                            let old = current.expect("an advance has a known version");
+                            (next, old.zkb_version)
                         }
                     };
-                    session.give(UpsertOut::Fact(next.clone(), epoch, 1));
                     known.insert(
                         id,
                         StoredKillmail {

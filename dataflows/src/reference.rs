@@ -8,36 +8,55 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::keys::{Dim, RankKey, StatKey, WINDOW_DAYS};
 use crate::model::{Attacker, EntityKey, EntityKind, Killmail};
-use crate::stats::Stats;
+use crate::stats::{Seen, Stats, Sums};
 use crate::time::{day_of, month_of_day, week_hour};
 
-/// The upsert rule on its own: returns the killmail that should be applied after `incoming`
-/// arrives when `known` was applied, or `None` when `incoming` changes nothing.
+/// The applied version of a killmail, and the rank of its appraisal: (R2Z2 sequence, read
+/// from the live topic), `None` while it has none.
+type Applied = (Killmail, Option<(Option<u64>, bool)>);
+
+/// The upsert rule written out on its own (the production rule is `version::upsert`):
+/// returns what is applied after `incoming`, read from the live topic or not, arrives when
+/// `known` was applied, or `None` when nothing changes.
 ///
-/// The ESI part never changes, so only a different, present `zkb` replaces the known version.
-pub fn upsert_rule(known: Option<&Killmail>, incoming: &Killmail) -> Option<Killmail> {
-    match known {
-        None => Some(incoming.clone()),
-        Some(k) => match incoming.zkb {
-            Some(z) if k.zkb != Some(z) => Some(Killmail {
-                zkb: Some(z),
-                ..k.clone()
-            }),
-            _ => None,
-        },
+/// The ESI part never changes: only a present `zkb` whose rank (sequence, then live over
+/// history) is at least the applied one's replaces the appraisal; a zkb-less version only
+/// inserts an unknown killmail.
+pub fn upsert_rule(known: Option<&Applied>, incoming: &Killmail, live: bool) -> Option<Applied> {
+    let rank = incoming.zkb.map(|_| (incoming.sequence, live));
+    let Some((k, k_rank)) = known else {
+        return Some((incoming.clone(), rank));
+    };
+    let rank = rank?;
+    if matches!(k_rank, Some(r) if rank < *r) {
+        return None;
     }
+    let next = Killmail {
+        zkb: incoming.zkb,
+        sequence: incoming.sequence,
+        ..k.clone()
+    };
+    (next != *k || *k_rank != Some(rank)).then_some((next, Some(rank)))
 }
 
 /// Applies killmails in arrival order with the upsert rule; returns the final version of each.
 #[derive(Default, Clone)]
 pub struct ReferenceFold {
     pub killmails: HashMap<u64, Killmail>,
+    ranks: HashMap<u64, Option<(Option<u64>, bool)>>,
 }
 
 impl ReferenceFold {
-    pub fn apply(&mut self, km: &Killmail) {
-        if let Some(next) = upsert_rule(self.killmails.get(&km.killmail_id), km) {
-            self.killmails.insert(km.killmail_id, next);
+    /// Applies `km`, read from the live topic when `live`, else from a history topic.
+    pub fn apply(&mut self, km: &Killmail, live: bool) {
+        let id = km.killmail_id;
+        let known = self
+            .killmails
+            .get(&id)
+            .map(|k| (k.clone(), self.ranks.get(&id).copied().flatten()));
+        if let Some((next, rank)) = upsert_rule(known.as_ref(), km, live) {
+            self.killmails.insert(id, next);
+            self.ranks.insert(id, rank);
         }
     }
 
@@ -60,21 +79,21 @@ impl ReferenceFold {
                     .collect();
                 for &id in &attackers {
                     let s = out.entry(EntityKey::new(kind, id)).or_default();
-                    s.involved += 1;
-                    s.first_seen = Some(s.first_seen.map_or(km.time, |t| t.min(km.time)));
-                    s.last_seen = Some(s.last_seen.map_or(km.time, |t| t.max(km.time)));
+                    s.sums.involved += 1;
+                    s.seen.first = Some(s.seen.first.map_or(km.time, |t| t.min(km.time)));
+                    s.seen.last = Some(s.seen.last.map_or(km.time, |t| t.max(km.time)));
                     if npc {
                         continue;
                     }
-                    s.kills += 1;
-                    s.isk_destroyed_cents += isk;
-                    s.points_destroyed += points;
+                    s.sums.kills += 1;
+                    s.sums.isk_destroyed_cents += isk;
+                    s.sums.points_destroyed += points;
                     match solo {
-                        Some(true) => s.solo_kills += 1,
+                        Some(true) => s.sums.solo_kills += 1,
                         Some(false) => {}
-                        None => s.solo_unknown += 1,
+                        None => s.sums.solo_unknown += 1,
                     }
-                    s.damage_done += km
+                    s.sums.damage_done += km
                         .attackers
                         .iter()
                         .filter(|a| kind.attacker_id(a) == Some(id))
@@ -85,28 +104,28 @@ impl ReferenceFold {
                         .iter()
                         .any(|a| a.final_blow && kind.attacker_id(a) == Some(id))
                     {
-                        s.final_blows += 1;
+                        s.sums.final_blows += 1;
                     }
                 }
                 if let Some(id) = kind.victim_id(&km.victim) {
                     let s = out.entry(EntityKey::new(kind, id)).or_default();
                     if !attackers.contains(&id) {
-                        s.involved += 1;
+                        s.sums.involved += 1;
                     }
-                    s.first_seen = Some(s.first_seen.map_or(km.time, |t| t.min(km.time)));
-                    s.last_seen = Some(s.last_seen.map_or(km.time, |t| t.max(km.time)));
+                    s.seen.first = Some(s.seen.first.map_or(km.time, |t| t.min(km.time)));
+                    s.seen.last = Some(s.seen.last.map_or(km.time, |t| t.max(km.time)));
                     if npc {
-                        s.npc_losses += 1;
+                        s.sums.npc_losses += 1;
                     } else {
-                        s.losses += 1;
-                        s.damage_taken += km.victim.damage_taken as i64;
-                        s.isk_lost_cents += isk;
-                        s.points_lost += points;
+                        s.sums.losses += 1;
+                        s.sums.damage_taken += km.victim.damage_taken as i64;
+                        s.sums.isk_lost_cents += isk;
+                        s.sums.points_lost += points;
                         match solo {
-                            Some(true) => s.solo_losses += 1,
+                            Some(true) => s.sums.solo_losses += 1,
                             Some(false) => {}
                             // An awox counts one unknown killmail, not two.
-                            None if !attackers.contains(&id) => s.solo_unknown += 1,
+                            None if !attackers.contains(&id) => s.sums.solo_unknown += 1,
                             None => {}
                         }
                     }
@@ -145,17 +164,23 @@ impl ReferenceFold {
                     add(
                         key(Dim::System(km.solar_system_id)),
                         Stats {
-                            involved: 1,
-                            kills: s.kills,
-                            losses: s.losses,
+                            sums: Sums {
+                                involved: 1,
+                                kills: s.sums.kills,
+                                losses: s.sums.losses,
+                                ..Default::default()
+                            },
                             ..Default::default()
                         },
                     );
                     let kill = Stats {
-                        kills: 1,
+                        sums: Sums {
+                            kills: 1,
+                            ..Default::default()
+                        },
                         ..Default::default()
                     };
-                    if s.kills == 1 {
+                    if s.sums.kills == 1 {
                         add(key(Dim::Hour(week_hour(km.time))), kill);
                         let ships: BTreeSet<u32> = km
                             .attackers
@@ -167,15 +192,18 @@ impl ReferenceFold {
                             add(key(Dim::Ship(t)), kill);
                         }
                     }
-                    if s.kills + s.losses + s.npc_losses > 0 {
+                    if s.sums.kills + s.sums.losses + s.sums.npc_losses > 0 {
                         add(
                             key(Dim::Group(km.derived.victim_group.unwrap_or(0))),
                             Stats {
-                                kills: s.kills,
-                                losses: s.losses,
-                                npc_losses: s.npc_losses,
-                                isk_destroyed_cents: s.isk_destroyed_cents,
-                                isk_lost_cents: s.isk_lost_cents,
+                                sums: Sums {
+                                    kills: s.sums.kills,
+                                    losses: s.sums.losses,
+                                    npc_losses: s.sums.npc_losses,
+                                    isk_destroyed_cents: s.sums.isk_destroyed_cents,
+                                    isk_lost_cents: s.sums.isk_lost_cents,
+                                    ..Default::default()
+                                },
                                 ..Default::default()
                             },
                         );
@@ -238,32 +266,33 @@ fn role_stats(km: &Killmail, is_mine: impl Fn(&Attacker) -> bool, victim: bool) 
     let solo = km.is_solo();
     let mine: Vec<&Attacker> = km.attackers.iter().filter(|a| is_mine(a)).collect();
     let mut s = Stats {
-        involved: 1,
-        first_seen: Some(km.time),
-        last_seen: Some(km.time),
-        ..Default::default()
+        sums: Sums {
+            involved: 1,
+            ..Default::default()
+        },
+        seen: Seen::at(km.time),
     };
     if !npc && !mine.is_empty() {
-        s.kills = 1;
-        s.isk_destroyed_cents = isk;
-        s.points_destroyed = points;
-        s.solo_kills = (solo == Some(true)) as i64;
-        s.damage_done = mine.iter().map(|a| a.damage_done as i64).sum();
-        s.final_blows = mine.iter().any(|a| a.final_blow) as i64;
+        s.sums.kills = 1;
+        s.sums.isk_destroyed_cents = isk;
+        s.sums.points_destroyed = points;
+        s.sums.solo_kills = (solo == Some(true)) as i64;
+        s.sums.damage_done = mine.iter().map(|a| a.damage_done as i64).sum();
+        s.sums.final_blows = mine.iter().any(|a| a.final_blow) as i64;
     }
     if victim {
         if npc {
-            s.npc_losses = 1;
+            s.sums.npc_losses = 1;
         } else {
-            s.losses = 1;
-            s.damage_taken = km.victim.damage_taken as i64;
-            s.isk_lost_cents = isk;
-            s.points_lost = points;
-            s.solo_losses = (solo == Some(true)) as i64;
+            s.sums.losses = 1;
+            s.sums.damage_taken = km.victim.damage_taken as i64;
+            s.sums.isk_lost_cents = isk;
+            s.sums.points_lost = points;
+            s.sums.solo_losses = (solo == Some(true)) as i64;
         }
     }
-    if !npc && (s.kills == 1 || victim) && solo.is_none() {
-        s.solo_unknown = 1;
+    if !npc && (s.sums.kills == 1 || victim) && solo.is_none() {
+        s.sums.solo_unknown = 1;
     }
     s
 }

@@ -3,7 +3,7 @@
 //! them into writes at each checkpoint, in parallel with every other worker.
 //!
 //! ```text
-//! facts ±1 ─ Combine (per worker, per epoch) ─ exchange by key group ─ Shard ─ flush at checkpoint ─▶ committer
+//! facts ±1 ─ Combine (per worker, per epoch) ─ exchange by key group ─ Shard ─ flush at checkpoint ─▶ checkpointer
 //! ```
 //!
 //! - **Key groups** (Flink's scheme): `group = mix(entity) % KEY_GROUPS`, `worker = group · W /
@@ -11,7 +11,7 @@
 //!   of a corporation) lands on one worker. The stored state is one keyspace, so the number of
 //!   workers can change between runs: a worker reads what it does not hold from the store.
 //! - **Write-back**: a shard folds every complete epoch into its pending deltas and writes
-//!   nothing until the committer asks for a checkpoint (see [`Checkpoints`]); a statistic
+//!   nothing until the checkpointer asks for a checkpoint (see [`Checkpoints`]); a statistic
 //!   touched by many epochs between two checkpoints is written once.
 //! - **Blind writes**: only all-time rows are read before they are written, because the
 //!   all-time leaderboard index moves with their old value. Those reads hit a bounded cache of
@@ -37,7 +37,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use crate::aggregate::Write;
-use crate::commit::{CommitItem, DeltaMap};
+use crate::checkpoint::{DeltaMap, SinkItem};
 use crate::keys::{Dim, RankKey, StatKey};
 use crate::model::EntityKey;
 use crate::stats::Stats;
@@ -61,9 +61,9 @@ pub fn owner(group: u32, workers: usize) -> usize {
     (group as usize * workers) / KEY_GROUPS as usize
 }
 
-/// The checkpoint the committer asks for: every epoch below `target` is to be flushed.
+/// The checkpoint the checkpointer asks for: every epoch below `target` is to be flushed.
 ///
-/// The committer raises the target only when the previous checkpoint is durable, to the
+/// The checkpointer raises the target only when the previous checkpoint is durable, to the
 /// least frontier every worker reported, so a checkpoint covers every epoch completed while
 /// the previous one was being written (group commit: the slower the store, the more each
 /// checkpoint coalesces).
@@ -199,7 +199,7 @@ pub fn plan_flush(
     Ok(writes)
 }
 
-/// How a shard reaches the store and the committer.
+/// How a shard reaches the store and the checkpointer.
 pub struct ShardHooks<F> {
     pub store: Arc<dyn StateStore>,
     pub checkpoints: Arc<Checkpoints>,
@@ -220,17 +220,17 @@ const TARGET_POLL: Duration = Duration::from_millis(1);
 
 /// The sharded statistics operator, as an extension of a stream of per-epoch deltas.
 pub trait ShardStats<'s> {
-    /// Exchanges the deltas by key group and keeps each worker's share until the committer's
+    /// Exchanges the deltas by key group and keeps each worker's share until the checkpointer's
     /// next checkpoint, when the shard hands its writes to `hooks.flush`. The returned stream
     /// carries nothing; its frontier is the epoch this shard has flushed through, so a probe
     /// on it shows what is flushed.
-    fn shard_stats<F>(self, hooks: ShardHooks<F>) -> StreamVec<'s, u64, CommitItem>
+    fn shard_stats<F>(self, hooks: ShardHooks<F>) -> StreamVec<'s, u64, SinkItem>
     where
         F: FnMut(ShardFlush) + 'static;
 }
 
 impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
-    fn shard_stats<F>(self, hooks: ShardHooks<F>) -> StreamVec<'s, u64, CommitItem>
+    fn shard_stats<F>(self, hooks: ShardHooks<F>) -> StreamVec<'s, u64, SinkItem>
     where
         F: FnMut(ShardFlush) + 'static,
     {
@@ -247,7 +247,7 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
         let exchange = Exchange::new(move |(k, _): &(StatKey, Stats)| {
             owner(key_group(k.entity), peers) as u64
         });
-        self.unary_frontier::<CapacityContainerBuilder<Vec<CommitItem>>, _, _, _>(
+        self.unary_frontier::<CapacityContainerBuilder<Vec<SinkItem>>, _, _, _>(
             exchange,
             "Shard",
             move |cap, info| {

@@ -1,17 +1,25 @@
-//! All-time statistics of one entity, and the difference type the dataflow accumulates.
+//! The statistics of one entity in one scope, split by their algebra:
 //!
-//! `Stats` is both the stored aggregate and a differential-dataflow difference: counts and sums
-//! add, and `first_seen`/`last_seen` merge by min/max. Negation (a retraction) drops the two
-//! times: a retraction is always paired with the re-insertion of the same killmail (its ESI part,
-//! hence its time and participants, never change), so the times stay correct.
+//! - [`Sums`]: counts and sums. An abelian group (differential's `Semigroup`, `Monoid`,
+//!   `Abelian`): a retraction is the exact negation, and any order of updates gives one sum.
+//! - [`Seen`]: the first and last time the entity appears. A join-semilattice (min, max):
+//!   idempotent, with no inverse. A retraction contributes nothing to it (`Seen::default()`),
+//!   which is exact because a killmail's time and participants never change between its
+//!   versions (only its `zkb` does): the version that replaces a retracted one re-asserts the
+//!   same times.
+//!
+//! [`Stats`] is the product of the two: the delta the dataflow sums per epoch and statistic
+//! (a commutative monoid), the row stored in RocksDB (a merge operand is a `Stats` delta) and
+//! what the API serves.
 
-use differential_dataflow::difference::{IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
 use serde::{Deserialize, Serialize};
 
+/// Counts and sums: an abelian group under field-wise addition.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
-pub struct Stats {
+pub struct Sums {
     /// Killmails the entity appears on (NPC ones included).
     pub involved: i64,
     pub kills: i64,
@@ -28,69 +36,147 @@ pub struct Stats {
     pub isk_lost_cents: i128,
     pub points_destroyed: i64,
     pub points_lost: i64,
-    pub first_seen: Option<i64>,
-    pub last_seen: Option<i64>,
 }
 
-impl Stats {
-    /// Merges `other` into `self`: sums add, times take min/max.
-    pub fn merge(&mut self, other: &Stats) {
-        self.involved += other.involved;
-        self.kills += other.kills;
-        self.losses += other.losses;
-        self.npc_losses += other.npc_losses;
-        self.final_blows += other.final_blows;
-        self.solo_kills += other.solo_kills;
-        self.solo_losses += other.solo_losses;
-        self.solo_unknown += other.solo_unknown;
-        self.damage_done += other.damage_done;
-        self.damage_taken += other.damage_taken;
-        self.isk_destroyed_cents += other.isk_destroyed_cents;
-        self.isk_lost_cents += other.isk_lost_cents;
-        self.points_destroyed += other.points_destroyed;
-        self.points_lost += other.points_lost;
-        self.first_seen = min_opt(self.first_seen, other.first_seen);
-        self.last_seen = max_opt(self.last_seen, other.last_seen);
+/// Calls macro `$m` with the name of every field of [`Sums`].
+macro_rules! sum_fields {
+    ($m:ident) => {
+        $m!(
+            involved,
+            kills,
+            losses,
+            npc_losses,
+            final_blows,
+            solo_kills,
+            solo_losses,
+            solo_unknown,
+            damage_done,
+            damage_taken,
+            isk_destroyed_cents,
+            isk_lost_cents,
+            points_destroyed,
+            points_lost
+        )
+    };
+}
+
+impl Sums {
+    /// Adds `other` field by field. The decoder bounds every input (`decode::MAX_DAMAGE`,
+    /// ISK and points), so a sum reaches `i64::MAX` only after billions of killmails of one
+    /// entity; the arithmetic saturates there rather than wrap, so no input can turn a sum
+    /// negative. Within that range (every reachable value) the group laws hold exactly.
+    pub fn add(&mut self, other: &Sums) {
+        let mut a = *self;
+        macro_rules! add {
+            ($($f:ident),*) => { $( a.$f = a.$f.saturating_add(other.$f); )* };
+        }
+        sum_fields!(add);
+        *self = a;
     }
 
-    /// The retraction of `self`: sums negated, times dropped (see the module docs).
-    pub fn negated(&self) -> Stats {
-        Stats {
-            involved: -self.involved,
-            kills: -self.kills,
-            losses: -self.losses,
-            npc_losses: -self.npc_losses,
-            final_blows: -self.final_blows,
-            solo_kills: -self.solo_kills,
-            solo_losses: -self.solo_losses,
-            solo_unknown: -self.solo_unknown,
-            damage_done: -self.damage_done,
-            damage_taken: -self.damage_taken,
-            isk_destroyed_cents: -self.isk_destroyed_cents,
-            isk_lost_cents: -self.isk_lost_cents,
-            points_destroyed: -self.points_destroyed,
-            points_lost: -self.points_lost,
-            first_seen: None,
-            last_seen: None,
+    /// The inverse: every field negated.
+    pub fn negated(&self) -> Sums {
+        let mut a = *self;
+        macro_rules! neg {
+            ($($f:ident),*) => { $( a.$f = a.$f.saturating_neg(); )* };
+        }
+        sum_fields!(neg);
+        a
+    }
+}
+
+impl IsZero for Sums {
+    fn is_zero(&self) -> bool {
+        *self == Sums::default()
+    }
+}
+
+impl Semigroup for Sums {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.add(rhs);
+    }
+}
+
+impl Monoid for Sums {
+    fn zero() -> Self {
+        Sums::default()
+    }
+}
+
+impl Abelian for Sums {
+    fn negate(&mut self) {
+        *self = self.negated();
+    }
+}
+
+/// When an entity was first and last seen: a join-semilattice (min of firsts, max of lasts).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Seen {
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+}
+
+impl Seen {
+    /// Seen once, at `t`.
+    pub fn at(t: i64) -> Seen {
+        Seen {
+            first: Some(t),
+            last: Some(t),
         }
     }
 
-    /// The same sums without `first_seen`/`last_seen` (what windows and day buckets keep).
-    pub fn without_times(mut self) -> Stats {
-        self.first_seen = None;
-        self.last_seen = None;
-        self
+    /// The join: earliest first, latest last.
+    pub fn join(&mut self, other: &Seen) {
+        self.first = min_opt(self.first, other.first);
+        self.last = max_opt(self.last, other.last);
+    }
+}
+
+/// The statistics of one entity in one scope: sums, and when it was seen.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Stats {
+    pub sums: Sums,
+    pub seen: Seen,
+}
+
+impl Stats {
+    /// Sums seen at `t`.
+    pub fn at(sums: Sums, t: i64) -> Stats {
+        Stats {
+            sums,
+            seen: Seen::at(t),
+        }
+    }
+
+    /// Merges `other` into `self`: sums add, times join.
+    pub fn merge(&mut self, other: &Stats) {
+        self.sums.add(&other.sums);
+        self.seen.join(&other.seen);
+    }
+
+    /// The retraction of `self`: sums negated, nothing seen (see the module docs).
+    pub fn retraction(&self) -> Stats {
+        Stats {
+            sums: self.sums.negated(),
+            seen: Seen::default(),
+        }
+    }
+
+    /// The same sums without times (what windows and day buckets keep).
+    pub fn without_times(self) -> Stats {
+        Stats {
+            sums: self.sums,
+            seen: Seen::default(),
+        }
     }
 
     /// True when the entity has never been seen (nothing to serve).
     pub fn is_empty(&self) -> bool {
         *self == Stats::default()
-    }
-
-    /// Records that the entity appears on a killmail at time `t`.
-    pub fn seen_at(&mut self, t: i64) {
-        self.first_seen = min_opt(self.first_seen, Some(t));
-        self.last_seen = max_opt(self.last_seen, Some(t));
     }
 }
 
@@ -110,81 +196,77 @@ fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
-impl IsZero for Stats {
-    fn is_zero(&self) -> bool {
-        self.is_empty()
-    }
-}
-
-impl Semigroup for Stats {
-    fn plus_equals(&mut self, rhs: &Self) {
-        self.merge(rhs);
-    }
-}
-
-impl Monoid for Stats {
-    fn zero() -> Self {
-        Stats::default()
-    }
-}
-
-impl Multiply<isize> for Stats {
-    type Output = Stats;
-    fn multiply(self, rhs: &isize) -> Stats {
-        match *rhs {
-            1 => self,
-            -1 => self.negated(),
-            0 => Stats::default(),
-            n => {
-                // Only ±1 occur in kmflow's dataflows; general n is repeated merging.
-                let unit = if n > 0 { self } else { self.negated() };
-                let mut acc = Stats::default();
-                for _ in 0..n.unsigned_abs() {
-                    acc.merge(&unit);
-                }
-                acc
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    #[test]
-    fn retraction_then_reinsertion_keeps_times() {
-        let mut s = Stats {
-            kills: 1,
-            first_seen: Some(10),
-            last_seen: Some(10),
+    fn sums() -> impl Strategy<Value = Sums> {
+        // Within the reachable range: three of these never overflow.
+        const R: i64 = i64::MAX / 4;
+        (-R..R, -R..R, -R..R, -(R as i128)..(R as i128), -R..R).prop_map(|(a, b, c, d, e)| Sums {
+            involved: a,
+            kills: b,
+            losses: c,
+            isk_destroyed_cents: d,
+            points_lost: e,
+            damage_done: a / 2 + e / 2,
             ..Default::default()
-        };
-        let old = s;
-        s.merge(&old.negated());
-        s.merge(&Stats {
-            kills: 1,
-            isk_destroyed_cents: 5,
-            first_seen: Some(10),
-            last_seen: Some(10),
-            ..Default::default()
-        });
-        assert_eq!(s.kills, 1);
-        assert_eq!(s.isk_destroyed_cents, 5);
-        assert_eq!((s.first_seen, s.last_seen), (Some(10), Some(10)));
+        })
+    }
+
+    fn seen() -> impl Strategy<Value = Seen> {
+        (proptest::option::of(-1000i64..1000), 0i64..1000).prop_map(|(f, d)| Seen {
+            first: f,
+            last: f.map(|f| f + d),
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn sums_are_an_abelian_group(a in sums(), b in sums(), c in sums()) {
+            let plus = |x: Sums, y: Sums| { let mut z = x; z.plus_equals(&y); z };
+            prop_assert_eq!(plus(a, b), plus(b, a));
+            prop_assert_eq!(plus(plus(a, b), c), plus(a, plus(b, c)));
+            prop_assert_eq!(plus(a, Sums::zero()), a);
+            prop_assert!(plus(a, a.negated()).is_zero());
+        }
+
+        #[test]
+        fn sums_saturate_instead_of_wrapping(a in 1i64..i64::MAX) {
+            let mut s = Sums { damage_done: i64::MAX, ..Default::default() };
+            s.add(&Sums { damage_done: a, ..Default::default() });
+            prop_assert_eq!(s.damage_done, i64::MAX);
+        }
+
+        #[test]
+        fn seen_is_a_semilattice(a in seen(), b in seen(), c in seen()) {
+            let join = |x: Seen, y: Seen| { let mut z = x; z.join(&y); z };
+            prop_assert_eq!(join(a, b), join(b, a));
+            prop_assert_eq!(join(join(a, b), c), join(a, join(b, c)));
+            prop_assert_eq!(join(a, a), a);
+            prop_assert_eq!(join(a, Seen::default()), a);
+        }
     }
 
     #[test]
-    fn multiply_by_sign() {
-        let s = Stats {
-            kills: 2,
-            first_seen: Some(1),
-            last_seen: Some(3),
-            ..Default::default()
+    fn retraction_then_reinsertion_keeps_times() {
+        let one = |kills, isk| {
+            Stats::at(
+                Sums {
+                    kills,
+                    isk_destroyed_cents: isk,
+                    ..Default::default()
+                },
+                10,
+            )
         };
-        assert_eq!(s.multiply(&1), s);
-        assert_eq!(s.multiply(&-1).kills, -2);
-        assert_eq!(s.multiply(&-1).first_seen, None);
-        assert!(s.multiply(&0).is_zero());
+        let mut s = one(1, 0);
+        let old = s;
+        s.merge(&old.retraction());
+        s.merge(&one(1, 5));
+        assert_eq!(s.sums.kills, 1);
+        assert_eq!(s.sums.isk_destroyed_cents, 5);
+        assert_eq!(s.seen, Seen::at(10));
     }
 }

@@ -4,10 +4,10 @@
 //!
 //! The contract (after Materialize's `UpsertStateBackend`):
 //! - [`StateStore::multi_get`] **must** return, for each id, the upsert state as of the last
-//!   committed epoch, and [`StateStore::get_stats`] the statistics as of the last commit; both
+//!   committed epoch, and [`StateStore::get_stats`] the statistics as of the last checkpoint; both
 //!   **must** reflect a commit before that commit's epoch is reported by
 //!   [`StateStore::committed_epoch`].
-//! - Only the committer writes. A commit (see [`crate::commit::EpochBatch`]) **must** be applied
+//! - Only the checkpointer writes. A commit (see [`crate::checkpoint::CheckpointBatch`]) **must** be applied
 //!   atomically: readers see all of it or none of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use crate::aggregate::{window_rank_entries, windows_from_days, StreamClock, Write};
-use crate::commit::EpochBatch;
+use crate::checkpoint::CheckpointBatch;
 use crate::keys::{Dim, RankKey, StatKey};
 use crate::model::{DeadLetter, StoredKillmail};
 use crate::stats::Stats;
@@ -103,7 +103,7 @@ impl MemoryStore {
 
     /// Applies one commit at wall-clock time `wall`: moves the clock, applies the shards'
     /// writes, replaces the upsert state, keeps dead letters.
-    pub fn apply<M>(&self, batch: &EpochBatch<M>, wall: i64) {
+    pub fn apply<M>(&self, batch: &CheckpointBatch<M>, wall: i64) {
         let mut state = self.inner.write().expect("memory store lock poisoned");
         state.clock = state.clock.advance(batch.max_time, wall);
         for w in &batch.writes {

@@ -1,4 +1,4 @@
-//! Oracle tests: after every commit, the statistics the dataflow maintains equal a from-scratch
+//! Oracle tests: after every checkpoint, the statistics the dataflow maintains equal a from-scratch
 //! fold (`reference::ReferenceFold`) of the messages given up to that epoch, for random orders,
 //! worker counts, partitions, epoch sizes, duplicates, re-appraisals and undecodable messages.
 
@@ -126,8 +126,15 @@ fn shaped(rng: &mut SmallRng, esi: &Value, zkb: Option<&Value>) -> Vec<u8> {
             e["zkb"] = z.clone();
             e
         }
-        (Some(z), 1) => json!({"killmail_id": id, "hash": "h", "esi": esi, "zkb": z,
-                                "sequence_id": 1, "uploaded_at": 0}),
+        // R2Z2, with a sequence that orders its versions (sometimes re-appraised).
+        (Some(z), 1) => {
+            let mut v = json!({"killmail_id": id, "hash": "h", "esi": esi, "zkb": z,
+                               "sequence_id": rng.random_range(1..4u64), "uploaded_at": 0});
+            if rng.random_bool(0.3) {
+                v["sequence_updated"] = json!(rng.random_range(1..6u64));
+            }
+            v
+        }
         (Some(z), _) => json!({"package": {"killID": id, "killmail": esi, "zkb": z}}),
     };
     serde_json::to_vec(&v).unwrap()
@@ -142,7 +149,8 @@ const GARBAGE: &[&[u8]] = &[
     b"{\"killmail_id\": \"seven\"}",
 ];
 
-/// Messages in arrival order, each killmail's versions on partition `id % partitions`.
+/// Messages in arrival order, each on the live topic (0) or a history topic (1), each
+/// killmail's versions on partition `id % partitions` of its topic.
 fn messages(seed: u64, killmails: usize, partitions: u32) -> Vec<RawRecord> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut payloads: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -164,16 +172,17 @@ fn messages(seed: u64, killmails: usize, partitions: u32) -> Vec<RawRecord> {
         payloads.push((rng.random_range(0..1000), g.to_vec()));
     }
     payloads.shuffle(&mut rng);
-    let mut next_offset = vec![0i64; partitions as usize];
+    let mut next_offset = vec![[0i64; 2]; partitions as usize];
     payloads
         .into_iter()
         .map(|(key, payload)| {
             let partition = (key % partitions as u64) as u32;
-            let offset = next_offset[partition as usize];
-            next_offset[partition as usize] += 1;
+            let topic = rng.random_range(0..2u16);
+            let offset = next_offset[partition as usize][topic as usize];
+            next_offset[partition as usize][topic as usize] += 1;
             RawRecord {
                 pos: SourcePos {
-                    topic: 0,
+                    topic,
                     partition,
                     offset,
                 },
@@ -190,7 +199,7 @@ fn decoded(payload: &[u8], sd: &StaticData) -> Option<Killmail> {
     Some(km)
 }
 
-/// The wall clock the committer sees at `epoch`: it starts 20 days before the data's middle
+/// The wall clock the checkpointer sees at `epoch`: it starts 20 days before the data's middle
 /// and moves 2 days per epoch, so the stream clock is bounded by the wall clock on some
 /// commits and by the killmails on others, and crosses day and month boundaries.
 fn wall(epoch: u64) -> i64 {
@@ -225,7 +234,7 @@ fn check(
         for (m, e) in msgs.iter().zip(&out.epoch_of) {
             if *e <= last_epoch {
                 if let Some(km) = decoded(&m.payload, &sd) {
-                    fold.apply(&km);
+                    fold.apply(&km, m.pos.topic == 0);
                 }
             }
         }
@@ -261,7 +270,7 @@ fn check(
     let mut fold = ReferenceFold::default();
     for m in &msgs {
         if let Some(km) = decoded(&m.payload, &sd) {
-            fold.apply(&km);
+            fold.apply(&km, m.pos.topic == 0);
         }
     }
     assert_eq!(out.final_state.killmails.len(), fold.killmails.len());
@@ -328,7 +337,7 @@ fn resharding_between_runs_keeps_every_answer() {
     let mut fold = ReferenceFold::default();
     for m in &msgs {
         if let Ok(km) = decode(&m.payload) {
-            fold.apply(&km);
+            fold.apply(&km, m.pos.topic == 0);
         }
     }
     assert_eq!(whole.final_state.all_time(), fold.stats());
@@ -347,14 +356,34 @@ fn upsert_rule_semantics() {
     with_b["zkb"] = zb;
     let b = decode(&serde_json::to_vec(&with_b).unwrap()).unwrap();
     // First version applies; same version or zkb-less re-delivery is a no-op; new zkb replaces.
-    assert_eq!(upsert_rule(None, &plain), Some(plain.clone()));
-    assert_eq!(upsert_rule(Some(&plain), &plain), None);
-    assert_eq!(upsert_rule(Some(&plain), &a), Some(a.clone()));
-    assert_eq!(upsert_rule(Some(&a), &a), None);
+    let applied = |km: &Killmail, live: bool| (km.clone(), km.zkb.map(|_| (km.sequence, live)));
+    let (p, a_live, a_hist) = (applied(&plain, true), applied(&a, true), applied(&a, false));
+    assert_eq!(upsert_rule(None, &plain, true), Some(p.clone()));
+    assert_eq!(upsert_rule(Some(&p), &plain, true), None);
+    assert_eq!(upsert_rule(Some(&p), &a, false), Some(a_hist.clone()));
+    assert_eq!(upsert_rule(Some(&a_live), &a, true), None);
     assert_eq!(
-        upsert_rule(Some(&a), &plain),
+        upsert_rule(Some(&a_live), &plain, true),
         None,
         "a version without zkb never erases zkb"
     );
-    assert_eq!(upsert_rule(Some(&a), &b), Some(b.clone()));
+    assert_eq!(
+        upsert_rule(Some(&a_live), &b, true),
+        Some(applied(&b, true))
+    );
+    // A history topic replaying an older appraisal after the live one: the live one stays.
+    assert_eq!(upsert_rule(Some(&a_live), &b, false), None);
+    // The same appraisal read live after history: only its rank moves.
+    assert_eq!(upsert_rule(Some(&a_hist), &a, true), Some(a_live.clone()));
+    // R2Z2 sequences order versions whatever the topic.
+    let seq = |km: &Killmail, n| Killmail {
+        sequence: Some(n),
+        ..km.clone()
+    };
+    let b7 = applied(&seq(&b, 7), false);
+    assert_eq!(upsert_rule(Some(&b7), &seq(&a, 5), true), None);
+    assert_eq!(
+        upsert_rule(Some(&b7), &seq(&a, 9), false),
+        Some(applied(&seq(&a, 9), false))
+    );
 }

@@ -42,7 +42,7 @@ fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
         .set("topic.metadata.refresh.interval.ms", "10000");
-    for (k, v) in &cfg.options {
+    for (k, v) in cfg.options.iter() {
         c.set(k, v);
     }
     c

@@ -44,7 +44,7 @@ pub fn decode_derived(
 
 /// A solo field as the API serves it: null when some killmail's solo status is unknown.
 pub fn solo_field(value: i64, e: &kmflow_dataflows::Stats) -> Option<i64> {
-    (e.solo_unknown == 0).then_some(value)
+    (e.sums.solo_unknown == 0).then_some(value)
 }
 
 pub fn free_port() -> u16 {
@@ -365,16 +365,16 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// The writes that apply `deltas` to `store`, as one shard would plan them.
 pub fn writes_of(
     store: &dyn kmflow_dataflows::store::StateStore,
-    deltas: &kmflow_dataflows::commit::DeltaMap,
+    deltas: &kmflow_dataflows::checkpoint::DeltaMap,
 ) -> Vec<kmflow_dataflows::aggregate::Write> {
     let mut cache = kmflow_dataflows::shard::AllTimeCache::new(1 << 16);
     kmflow_dataflows::shard::plan_flush(store, &mut cache, deltas).expect("state reads")
 }
 
 /// The statistics deltas of `kms` at full statistics.
-pub fn deltas_of(kms: &[kmflow_dataflows::Killmail]) -> kmflow_dataflows::commit::DeltaMap {
+pub fn deltas_of(kms: &[kmflow_dataflows::Killmail]) -> kmflow_dataflows::checkpoint::DeltaMap {
     use kmflow_dataflows::contrib::contributions;
-    let mut deltas = kmflow_dataflows::commit::DeltaMap::default();
+    let mut deltas = kmflow_dataflows::checkpoint::DeltaMap::default();
     for km in kms {
         for (k, s) in contributions(km, kmflow_dataflows::contrib::StatsLevel::Full) {
             deltas.entry(k).or_default().merge(&s);
@@ -388,8 +388,8 @@ pub fn batch_of(
     store: &dyn kmflow_dataflows::store::StateStore,
     kms: &[kmflow_dataflows::Killmail],
     epoch: u64,
-) -> kmflow_dataflows::commit::EpochBatch<()> {
-    let mut b = kmflow_dataflows::commit::EpochBatch::<()> {
+) -> kmflow_dataflows::checkpoint::CheckpointBatch<()> {
+    let mut b = kmflow_dataflows::checkpoint::CheckpointBatch::<()> {
         last_epoch: epoch,
         writes: writes_of(store, &deltas_of(kms)),
         ..Default::default()

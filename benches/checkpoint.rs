@@ -3,21 +3,21 @@
 //! of every killmail, offsets and metadata, in one synced WriteBatch. The shards' planning
 //! (which reads the all-time rows they do not cache) happens in the setup, not in the timing.
 //!
-//! Run: `cargo bench --bench commit`.
+//! Run: `cargo bench --bench checkpoint`.
 
 use std::collections::BTreeMap;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use kmflow::state::RocksState;
-use kmflow_dataflows::commit::{DeltaMap, EpochBatch};
+use kmflow_dataflows::checkpoint::{CheckpointBatch, DeltaMap};
 use kmflow_dataflows::contrib::{contributions, StatsLevel};
 use kmflow_dataflows::decode::decode;
 use kmflow_dataflows::gen::{GenConfig, Generator};
 use kmflow_dataflows::shard::{plan_flush, AllTimeCache};
 use kmflow_dataflows::{SourcePos, StoredKillmail};
 
-fn batch(state: &RocksState, first: u64, n: u64, epoch: u64) -> EpochBatch<()> {
-    let mut b = EpochBatch::<()> {
+fn batch(state: &RocksState, first: u64, n: u64, epoch: u64) -> CheckpointBatch<()> {
+    let mut b = CheckpointBatch::<()> {
         last_epoch: epoch,
         ..Default::default()
     };
@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
         let state = RocksState::open(dir.path(), 64).unwrap();
         // Warm state: a history the commits update.
         state
-            .commit(
+            .write_checkpoint(
                 &batch(&state, 1, 50_000, 0),
                 &topics,
                 &offsets,
@@ -82,7 +82,7 @@ fn bench(c: &mut Criterion) {
                 },
                 |bt| {
                     state
-                        .commit(&bt, &topics, &offsets, &BTreeMap::new(), i64::MAX)
+                        .write_checkpoint(&bt, &topics, &offsets, &BTreeMap::new(), i64::MAX)
                         .unwrap()
                 },
                 BatchSize::LargeInput,

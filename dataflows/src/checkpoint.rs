@@ -1,6 +1,6 @@
-//! Gathers what every worker reports and hands out consistent checkpoints to commit.
+//! Gathers what every worker reports and hands out consistent checkpoints to write.
 //!
-//! Two kinds of reports reach the coordinator ([`ToCommitter`]):
+//! Two kinds of reports reach the coordinator ([`ToCoordinator`]):
 //! - each worker's sink reports, whenever its input frontier advances, the items of the epochs
 //!   that frontier has passed (upsert states, dead letters, the clock) and its source metadata
 //!   (for kmflow: partition offsets) as of each epoch it closed;
@@ -9,9 +9,9 @@
 //!
 //! The protocol (aligned checkpoints): when no checkpoint is being written, the coordinator
 //! raises the target to the least frontier every sink reported ([`Checkpoints::request`]).
-//! Once every shard flushed through it, [`CommitCoordinator::offer`] returns one
-//! [`EpochBatch`] covering every epoch below the target, which the host writes atomically and
-//! then acknowledges with [`CommitCoordinator::committed`], which raises the next target.
+//! Once every shard flushed through it, [`CheckpointCoordinator::offer`] returns one
+//! [`CheckpointBatch`] covering every epoch below the target, which the host writes atomically and
+//! then acknowledges with [`CheckpointCoordinator::committed`], which raises the next target.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,7 +27,7 @@ pub type DeltaMap = rustc_hash::FxHashMap<StatKey, Stats>;
 
 /// One item of committed output.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum CommitItem {
+pub enum SinkItem {
     /// The latest `killmail_time` of the killmails first applied in an epoch (moves the clock).
     Clock(i64),
     /// The new upsert state of a killmail.
@@ -43,21 +43,21 @@ pub struct SinkReport<M> {
     /// Every epoch below this is complete on all workers (`u64::MAX` once the input closed).
     pub frontier: u64,
     /// Items of epochs below `frontier` not reported before, with their epoch.
-    pub items: Vec<(u64, CommitItem)>,
+    pub items: Vec<(u64, SinkItem)>,
     /// Metadata of this worker's source as of the end of each epoch it closed.
     pub meta: Vec<(u64, M)>,
 }
 
-/// What workers send the committer.
+/// What workers send the checkpointer.
 #[derive(Debug)]
-pub enum ToCommitter<M> {
+pub enum ToCoordinator<M> {
     Sink(SinkReport<M>),
     Flush(ShardFlush),
 }
 
 /// Everything to write for a range of epochs, consolidated.
 #[derive(Debug, Default)]
-pub struct EpochBatch<M = ()> {
+pub struct CheckpointBatch<M = ()> {
     /// The last epoch included; the state after this batch is the state as of this epoch.
     pub last_epoch: u64,
     /// The shards' writes to the statistics (each statistic in at most one shard).
@@ -71,16 +71,16 @@ pub struct EpochBatch<M = ()> {
     pub meta: Vec<Option<M>>,
 }
 
-impl<M> EpochBatch<M> {
+impl<M> CheckpointBatch<M> {
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.upserts.is_empty() && self.dead_letters.is_empty()
     }
 }
 
 /// Collects the reports of `workers` workers and cuts checkpoints.
-pub struct CommitCoordinator<M> {
+pub struct CheckpointCoordinator<M> {
     frontiers: Vec<u64>,
-    items: BTreeMap<u64, Vec<CommitItem>>,
+    items: BTreeMap<u64, Vec<SinkItem>>,
     meta: Vec<BTreeMap<u64, M>>,
     /// Per shard, its writes for the current target once it flushed.
     flushes: Vec<Option<Vec<Write>>>,
@@ -93,11 +93,11 @@ pub struct CommitCoordinator<M> {
     max_seen: Option<u64>,
 }
 
-impl<M: Clone> CommitCoordinator<M> {
+impl<M: Clone> CheckpointCoordinator<M> {
     /// `start` is the first epoch this run produces (epochs below it were committed before);
     /// `checkpoints` is shared with the shards.
     pub fn new(workers: usize, start: u64, checkpoints: Arc<Checkpoints>) -> Self {
-        CommitCoordinator {
+        CheckpointCoordinator {
             frontiers: vec![start; workers],
             items: BTreeMap::new(),
             meta: (0..workers).map(|_| BTreeMap::new()).collect(),
@@ -115,11 +115,11 @@ impl<M: Clone> CommitCoordinator<M> {
     }
 
     /// Takes one report; returns a batch when a checkpoint is complete on every worker. The
-    /// caller writes it and then calls [`CommitCoordinator::committed`].
-    pub fn offer(&mut self, report: ToCommitter<M>) -> Option<EpochBatch<M>> {
+    /// caller writes it and then calls [`CheckpointCoordinator::committed`].
+    pub fn offer(&mut self, report: ToCoordinator<M>) -> Option<CheckpointBatch<M>> {
         match report {
-            ToCommitter::Sink(report) => self.take_sink(report),
-            ToCommitter::Flush(flush) => {
+            ToCoordinator::Sink(report) => self.take_sink(report),
+            ToCoordinator::Flush(flush) => {
                 debug_assert_eq!(flush.through, self.target, "a shard flushed another target");
                 if flush.through == self.target {
                     match &mut self.flushes[flush.worker] {
@@ -139,7 +139,7 @@ impl<M: Clone> CommitCoordinator<M> {
         self.request_next();
     }
 
-    /// Gives up after a failed commit: asks the shards to flush everything (their writes are
+    /// Gives up after a failed checkpoint: asks the shards to flush everything (their writes are
     /// dropped) so they release their epochs and the workers can stop.
     pub fn abandon(&mut self) {
         self.target = u64::MAX;
@@ -171,7 +171,7 @@ impl<M: Clone> CommitCoordinator<M> {
     }
 
     /// The batch of the current target, once every shard flushed it and every sink passed it.
-    fn cut(&mut self) -> Option<EpochBatch<M>> {
+    fn cut(&mut self) -> Option<CheckpointBatch<M>> {
         let target = self.target;
         if target == self.committed_frontier
             || self.frontier() < target
@@ -197,7 +197,7 @@ impl<M: Clone> CommitCoordinator<M> {
             self.committed_frontier = target;
             return None;
         }
-        let mut batch = EpochBatch {
+        let mut batch = CheckpointBatch {
             last_epoch,
             writes,
             max_time: None,
@@ -211,14 +211,14 @@ impl<M: Clone> CommitCoordinator<M> {
         for (_, items) in std::mem::replace(&mut self.items, rest) {
             for item in items {
                 match item {
-                    CommitItem::Upsert(id, s) => match upserts.get(&id) {
+                    SinkItem::Upsert(id, s) => match upserts.get(&id) {
                         Some(prev) if prev.epoch > s.epoch => {}
                         _ => {
                             upserts.insert(id, s);
                         }
                     },
-                    CommitItem::DeadLetter(d) => batch.dead_letters.push(d),
-                    CommitItem::Clock(t) => batch.max_time = batch.max_time.max(Some(t)),
+                    SinkItem::DeadLetter(d) => batch.dead_letters.push(d),
+                    SinkItem::Clock(t) => batch.max_time = batch.max_time.max(Some(t)),
                 }
             }
         }

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Hostile-client figures against a running kmflow (see benches/hostile.sh).
+
+  hostile.py --api http://127.0.0.1:PORT --corp ID [--connections N] [--clients 64] [--seconds 20]
+
+Prints, one per line:
+  idle: how many idle TCP connections the API held before it refused (closed) new ones, and
+        whether /healthz still answered while they were held;
+  slowloris: how many of 200 connections sending one header line per second were still open
+        after the header timeout (should be 0);
+  roster: /healthz latency p50/p99 while CLIENTS threads read pages of the corporation's roster
+        (all sort orders, so the cache is exercised) as fast as they can, and the roster rate.
+"""
+import argparse, http.client, socket, statistics, threading, time, urllib.parse
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--api", required=True)
+ap.add_argument("--corp", required=True)
+ap.add_argument("--connections", type=int, default=20000)
+ap.add_argument("--clients", type=int, default=64)
+ap.add_argument("--seconds", type=float, default=20)
+a = ap.parse_args()
+u = urllib.parse.urlparse(a.api)
+HOST, PORT = u.hostname, u.port
+
+
+def get(path, timeout=10):
+    c = http.client.HTTPConnection(HOST, PORT, timeout=timeout)
+    t0 = time.perf_counter()
+    c.request("GET", path)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status, time.perf_counter() - t0
+
+
+def idle_connections():
+    socks, refused = [], 0
+    for _ in range(a.connections):
+        try:
+            s = socket.create_connection((HOST, PORT), timeout=2)
+            socks.append(s)
+        except OSError:
+            refused += 1
+            break
+    time.sleep(1.0)
+    # The server closes what it refuses: count the ones still open.
+    alive = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            data = s.recv(1)
+            if data == b"":
+                continue  # closed by the server
+            alive += 1
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    try:
+        status, dt = get("/healthz")
+        health = f"/healthz {status} in {dt*1000:.1f} ms"
+    except OSError as e:
+        health = f"/healthz failed: {e}"
+    for s in socks:
+        s.close()
+    print(f"idle: opened {len(socks)} connections, {alive} held open by the API "
+          f"(the rest closed on accept), {health}")
+
+
+def slowloris():
+    socks = []
+    for _ in range(200):
+        s = socket.create_connection((HOST, PORT), timeout=2)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    deadline = time.time() + 8
+    while time.time() < deadline:
+        for s in socks:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                pass
+        time.sleep(1)
+    alive = 0
+    for s in socks:
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+            s.setblocking(False)
+            if s.recv(1) == b"":
+                continue
+            alive += 1
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+        s.close()
+    print(f"slowloris: {alive} of 200 one-header-per-second connections still open after 8 s")
+
+
+def roster_load():
+    stop = time.time() + a.seconds
+    count = [0]
+    lock = threading.Lock()
+    sorts = ["kills", "losses", "isk_destroyed", "damage_done", "involved", "character_id"]
+
+    def client(i):
+        c = http.client.HTTPConnection(HOST, PORT, timeout=30)
+        n = 0
+        while time.time() < stop:
+            q = f"/v1/corporations/{a.corp}/members?limit=100&sort={sorts[(i + n) % len(sorts)]}"
+            try:
+                c.request("GET", q)
+                c.getresponse().read()
+            except OSError:
+                c = http.client.HTTPConnection(HOST, PORT, timeout=30)
+            n += 1
+        with lock:
+            count[0] += n
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
+    for t in threads:
+        t.start()
+    lat = []
+    c = http.client.HTTPConnection(HOST, PORT, timeout=10)
+    while time.time() < stop:
+        t0 = time.perf_counter()
+        c.request("GET", "/healthz")
+        c.getresponse().read()
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    lat.sort()
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+    print(f"roster: {a.clients} clients reading corporation {a.corp}'s roster at "
+          f"{count[0] / a.seconds:,.0f} pages/s; /healthz p50 {p(0.5):.2f} ms, "
+          f"p99 {p(0.99):.2f} ms, max {lat[-1]*1000:.2f} ms ({len(lat)} probes)")
+
+
+idle_connections()
+slowloris()
+roster_load()

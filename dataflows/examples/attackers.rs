@@ -1,0 +1,46 @@
+//! The cost of the largest killmail kmflow accepts (`MAX_ATTACKERS` attackers, all distinct
+//! characters, corporations and alliances): decode, then every statistic it contributes at
+//! full statistics. Prints milliseconds for each step, for the hardening figures.
+//!
+//!   cargo run --release -p kmflow-dataflows --example attackers
+
+use std::time::Instant;
+
+use kmflow_dataflows::contrib::{contributions, StatsLevel};
+use kmflow_dataflows::decode::{decode, MAX_ATTACKERS};
+
+fn main() {
+    let attackers: Vec<String> = (0..MAX_ATTACKERS)
+        .map(|i| {
+            format!(
+                r#"{{"character_id":{},"corporation_id":{},"alliance_id":{},"damage_done":10,"ship_type_id":{}}}"#,
+                90_000_000 + i,
+                98_000_000 + i / 10,
+                99_000_000 + i / 100,
+                587 + i % 50
+            )
+        })
+        .collect();
+    let payload = format!(
+        r#"{{"killmail_id":9,"killmail_time":"2021-11-27T00:00:00Z","solar_system_id":1,"victim":{{"character_id":95000001,"damage_taken":5}},"attackers":[{}],"zkb":{{"totalValue":1e9,"points":10,"npc":false,"solo":false,"awox":false}}}}"#,
+        attackers.join(",")
+    );
+    let mut best = (f64::MAX, f64::MAX, 0);
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let km = decode(payload.as_bytes()).expect("decodes");
+        let t1 = Instant::now();
+        let c = contributions(&km, StatsLevel::Full);
+        let t2 = Instant::now();
+        best.0 = best.0.min((t1 - t0).as_secs_f64() * 1e3);
+        best.1 = best.1.min((t2 - t1).as_secs_f64() * 1e3);
+        best.2 = c.len();
+    }
+    println!(
+        "{MAX_ATTACKERS} attackers, {} bytes: decode {:.1} ms, contributions {:.1} ms ({} statistics)",
+        payload.len(),
+        best.0,
+        best.1,
+        best.2
+    );
+}

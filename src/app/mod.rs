@@ -1,0 +1,330 @@
+//! `kmflow run`, in the order a killmail meets it:
+//!
+//! 1. [`Restored::open`]: the RocksDB state, the epoch to start from, the static data;
+//! 2. [`ApiServer::start`]: the read API, serving the stored state at once;
+//! 3. [`SourcePlan::connect`]: which partitions to read, from which stored positions;
+//! 4. [`Workers::run`]: timely workers read, decode, upsert and shard the statistics;
+//! 5. [`Checkpointer::run`]: writes each checkpoint to RocksDB (a thread of its own);
+//! 6. [`monitor::monitor_loop`]: lag, outages and readiness (a thread of its own).
+
+mod api_server;
+mod checkpointer;
+mod monitor;
+mod source_plan;
+mod workers;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use kmflow_dataflows::checkpoint::{CheckpointCoordinator, ToCoordinator};
+use kmflow_dataflows::pipeline::UpsertCounters;
+use kmflow_dataflows::shard::Checkpoints;
+use kmflow_dataflows::static_data::StaticData;
+use kmflow_dataflows::store::StateStore;
+
+use crate::api::AppState;
+use crate::config::{Config, SourceKind};
+use crate::metrics::Metrics;
+use crate::source::generator::GENERATOR_TOPIC;
+use crate::source::{EpochControl, Position};
+use crate::state::{DeadLetterLimits, RocksState};
+
+use api_server::ApiServer;
+use checkpointer::Checkpointer;
+use monitor::{monitor_loop, MonitorCtx};
+use source_plan::SourcePlan;
+use workers::Workers;
+
+/// topic → partition → next offset to read.
+type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
+/// topic → partition → fingerprint of the message before the next offset.
+type Fingerprints = BTreeMap<String, BTreeMap<i32, u64>>;
+
+/// Messages the workers may queue for the checkpointer, per worker, before they wait for it.
+const CHANNEL_PER_WORKER: usize = 256;
+
+/// The state as found at start.
+struct Restored {
+    state: Arc<RocksState>,
+    start_epoch: u64,
+    static_data: Option<Arc<StaticData>>,
+}
+
+impl Restored {
+    fn open(config: &Config, metrics: &Metrics) -> anyhow::Result<Restored> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&config.state.dir)
+            .with_context(|| format!("creating state directory {}", config.state.dir.display()))?;
+        let state = RocksState::open(&config.state.dir, config.state.block_cache_mb)?;
+        state.set_dead_letter_limits(DeadLetterLimits {
+            count: config.state.dead_letters_max,
+            bytes: config.state.dead_letters_max_mb.saturating_mul(1024 * 1024),
+        });
+        let meta = state.checkpoint_meta();
+        let start_epoch = meta.as_ref().map_or(0, |m| m.epoch + 1);
+        // Gauges describing the stored state are right from the start, not from the next
+        // checkpoint.
+        if let Some(m) = &meta {
+            metrics.observe_stored(m);
+        }
+        let static_data = if config.stats.static_dir.as_os_str().is_empty() {
+            tracing::warn!(
+                "stats.static-dir is empty: solo without zkb and victim ship groups will be unknown"
+            );
+            None
+        } else {
+            let sd = StaticData::load(&config.stats.static_dir)?;
+            tracing::info!(dir = %config.stats.static_dir.display(), types = sd.type_group.len(),
+                groups = sd.group_category.len(), "static data loaded");
+            Some(Arc::new(sd))
+        };
+        tracing::info!(
+            dir = %config.state.dir.display(),
+            epoch = start_epoch,
+            killmails = state.estimated_killmails(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state restored"
+        );
+        Ok(Restored {
+            state,
+            start_epoch,
+            static_data,
+        })
+    }
+}
+
+/// Runs kmflow until SIGINT/SIGTERM, or until the state store fails.
+pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = Metrics::new();
+    let Restored {
+        state,
+        start_epoch,
+        static_data,
+    } = Restored::open(&config, &metrics)?;
+    let topics: Vec<String> = match config.source.kind {
+        SourceKind::Kafka => config.kafka.topics(),
+        SourceKind::Generator => vec![GENERATOR_TOPIC.to_string()],
+    };
+    let outage = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(UpsertCounters::default());
+    let store: Arc<dyn StateStore> = state.clone();
+    let ctl = Arc::new(EpochControl::new(
+        start_epoch,
+        store,
+        config.pipeline.epoch_max_records,
+        Duration::from_millis(config.pipeline.epoch_max_ms),
+        config.pipeline.max_inflight_epochs,
+    ));
+
+    // The API first: reads are served while the source connects or the broker is down.
+    let mut api_state = AppState::new(state.clone(), metrics.clone(), &config.api);
+    api_state.topics = Arc::new(topics.clone());
+    api_state.static_data = static_data.clone();
+    api_state.level = config.stats.level;
+    let ready = api_state.ready.clone();
+    let api = ApiServer::start(&config, api_state)?;
+    {
+        let (ctl, state) = (ctl.clone(), state.clone());
+        let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
+        api.rt.spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: finishing the current epoch");
+            ctl.shutdown.store(true, Ordering::Release);
+            // Past the grace, stop at the last checkpoint: it is whole (like after a crash),
+            // so nothing is lost; what was read since is read again at the next start.
+            tokio::time::sleep(grace).await;
+            let epoch = state.checkpoint_meta().map(|m| m.epoch);
+            tracing::warn!(
+                ?epoch,
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace expired: exiting at the last checkpoint"
+            );
+            std::process::exit(0);
+        });
+    }
+    let addr = api.addr;
+    println!(
+        "kmflow: API and metrics on http://{addr}  (state in {})",
+        config.state.dir.display()
+    );
+    println!("kmflow: try  curl http://{addr}/readyz   curl http://{addr}/metrics");
+
+    let meta = state.checkpoint_meta().unwrap_or_default();
+    let Some(plan) = SourcePlan::connect(
+        &config,
+        &topics,
+        meta.offsets,
+        meta.fingerprints,
+        &metrics,
+        &ctl,
+    ) else {
+        api.stop();
+        return Ok(());
+    };
+    let plan = Arc::new(plan);
+    ready.store(plan.blocked.is_empty(), Ordering::Release);
+    metrics.ready.set(plan.blocked.is_empty() as i64);
+    tracing::info!(
+        partitions = plan.partitions.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+
+    let workers = config.pipeline.workers;
+    let (tx, rx) =
+        crossbeam_channel::bounded::<ToCoordinator<Vec<Position>>>(CHANNEL_PER_WORKER * workers);
+    let checkpoints = Arc::new(Checkpoints::new(start_epoch));
+    let checkpointer = spawn_checkpointer(
+        &config,
+        Checkpointing {
+            state: state.clone(),
+            topics: topics.clone(),
+            metrics: metrics.clone(),
+            ctl: ctl.clone(),
+            api: format!("http://{addr}"),
+            offsets: plan.offsets.clone(),
+            coordinator: CheckpointCoordinator::new(workers, start_epoch, checkpoints.clone()),
+        },
+        rx,
+    )?;
+    let monitor_stop = Arc::new(AtomicBool::new(false));
+    let monitor = spawn_monitor(
+        MonitorCtx {
+            config: config.clone(),
+            state: state.clone(),
+            metrics: metrics.clone(),
+            counters: counters.clone(),
+        },
+        Monitored {
+            ready: ready.clone(),
+            outage: outage.clone(),
+            stop: monitor_stop.clone(),
+            plan: plan.clone(),
+        },
+    )?;
+    Workers {
+        config: config.clone(),
+        ctl,
+        metrics,
+        outage,
+        counters,
+        static_data,
+        checkpoints,
+        start_epoch,
+        plan,
+    }
+    .run(tx)?;
+    let written = checkpointer
+        .join()
+        .map_err(|_| anyhow::anyhow!("checkpointer panicked"))?;
+    monitor_stop.store(true, Ordering::Release);
+    let _ = monitor.join();
+    api.stop();
+    finish(&config, &state, written)
+}
+
+/// What the checkpointer thread owns.
+struct Checkpointing {
+    state: Arc<RocksState>,
+    topics: Vec<String>,
+    metrics: Metrics,
+    ctl: Arc<EpochControl>,
+    api: String,
+    offsets: Offsets,
+    coordinator: CheckpointCoordinator<Vec<Position>>,
+}
+
+fn spawn_checkpointer(
+    config: &Config,
+    c: Checkpointing,
+    rx: crossbeam_channel::Receiver<ToCoordinator<Vec<Position>>>,
+) -> anyhow::Result<std::thread::JoinHandle<Result<(), crate::state::StateError>>> {
+    let wall = config.stats.wall_clock()?;
+    Ok(std::thread::Builder::new()
+        .name("kmflow-checkpoint".into())
+        .spawn(move || {
+            let checkpointer = Checkpointer {
+                state: &c.state,
+                topics: &c.topics,
+                metrics: &c.metrics,
+                ctl: &c.ctl,
+                api: &c.api,
+                wall,
+            };
+            checkpointer.run(rx, c.coordinator, c.offsets)
+        })?)
+}
+
+/// What the monitor watches and sets.
+struct Monitored {
+    ready: Arc<AtomicBool>,
+    outage: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    plan: Arc<SourcePlan>,
+}
+
+fn spawn_monitor(ctx: MonitorCtx, m: Monitored) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    Ok(std::thread::Builder::new()
+        .name("kmflow-monitor".into())
+        .spawn(move || {
+            monitor_loop(
+                ctx,
+                &m.ready,
+                &m.outage,
+                &m.stop,
+                &m.plan.partitions,
+                &m.plan.blocked,
+            )
+        })?)
+}
+
+/// After the workers stopped: a clean stop flushes the memtables (the next start replays no
+/// WAL); a failed checkpoint is the run's error.
+fn finish(
+    config: &Config,
+    state: &RocksState,
+    written: Result<(), crate::state::StateError>,
+) -> anyhow::Result<()> {
+    match written {
+        Ok(()) => {
+            if let Err(e) = state.flush() {
+                tracing::warn!(error = %e, "flushing state on stop failed; the next start replays the WAL");
+            }
+            tracing::info!(epoch = ?state.checkpoint_meta().map(|m| m.epoch), "stopped cleanly");
+            Ok(())
+        }
+        Err(e) => {
+            let last = state
+                .checkpoint_meta()
+                .map_or_else(|| "none".to_string(), |m| m.epoch.to_string());
+            Err(anyhow::Error::new(e).context(format!(
+                "ingestion stopped: the state in {} is intact at its last committed epoch ({last})",
+                config.state.dir.display(),
+            )))
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,172 @@
+//! Writing a checkpoint: one atomic, synced `WriteBatch` with the shards' statistics, the
+//! upserts, the dead letters, the offsets and the checkpoint's metadata.
+
+use super::*;
+
+use super::codec::*;
+
+impl RocksState {
+    /// Writes one batch atomically with the new offsets and fingerprints, moving the stream
+    /// clock to what `wall` (Unix seconds) and the batch's killmails allow; returns what it
+    /// committed.
+    pub fn write_checkpoint<M>(
+        &self,
+        batch: &CheckpointBatch<M>,
+        topics: &[String],
+        offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
+        fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
+        wall: i64,
+    ) -> Result<CheckpointMeta, StateError> {
+        let mut wb = WriteBatch::default();
+        let before = self.checkpoint_meta().map(|m| m.clock).unwrap_or_default();
+        let clock = before.advance(batch.max_time, wall);
+        let t0 = std::time::Instant::now();
+        let n_writes = batch.writes.len();
+        let (stats_cf, days_cf, ranks_cf) =
+            (self.cf(CF_STATS), self.cf(CF_DAYS), self.cf(CF_RANKS));
+        let mut buf = Vec::with_capacity(64);
+        for w in &batch.writes {
+            match *w {
+                Write::Put(k, v) => {
+                    encode_stats_into(&v, &mut buf);
+                    match k.day_major_bytes() {
+                        Some(dk) => wb.put_cf(days_cf, dk, &buf),
+                        None => wb.put_cf(stats_cf, k.to_bytes(), &buf),
+                    }
+                }
+                Write::Merge(k, d) => {
+                    encode_stats_into(&d, &mut buf);
+                    match k.day_major_bytes() {
+                        Some(dk) => wb.merge_cf(days_cf, dk, &buf),
+                        None => wb.merge_cf(stats_cf, k.to_bytes(), &buf),
+                    }
+                }
+                Write::Delete(k) => match k.day_major_bytes() {
+                    Some(dk) => wb.delete_cf(days_cf, dk),
+                    None => wb.delete_cf(stats_cf, k.to_bytes()),
+                },
+                Write::RankPut(r) => wb.put_cf(ranks_cf, r.to_bytes(), []),
+                Write::RankDelete(r) => wb.delete_cf(ranks_cf, r.to_bytes()),
+            }
+        }
+        let km_cf = self.cf(CF_KILLMAILS);
+        for (id, stored) in &batch.upserts {
+            wb.put_cf(
+                km_cf,
+                id.to_be_bytes(),
+                bincode::serialize(stored).map_err(codec_err)?,
+            );
+        }
+        let dead = self.retain_dead_letters(&mut wb, batch, topics)?;
+        let off_cf = self.cf(CF_OFFSETS);
+        for (topic, parts) in offsets {
+            for (p, o) in parts {
+                wb.put_cf(off_cf, position_key(topic, *p, None), o.to_be_bytes());
+            }
+        }
+        let meta = CheckpointMeta {
+            epoch: batch.last_epoch,
+            committed_at: now_ms(),
+            offsets: offsets.clone(),
+            fingerprints: fingerprints.clone(),
+            clock,
+            dead_letters: dead,
+            format: STATE_FORMAT,
+        };
+        wb.put_cf(
+            self.cf(CF_META),
+            META_CHECKPOINT,
+            serde_json::to_vec(&meta).map_err(codec_err)?,
+        );
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let built = t0.elapsed();
+        self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+        tracing::debug!(
+            writes = n_writes,
+            upserts = batch.upserts.len(),
+            batch_ms = built.as_millis() as u64,
+            write_ms = (t0.elapsed() - built).as_millis() as u64,
+            "commit"
+        );
+        *self.meta.write() = Some(meta.clone());
+        self.committed_epoch
+            .store(batch.last_epoch, Ordering::Release);
+        Ok(meta)
+    }
+}
+
+impl RocksState {
+    /// Adds the batch's dead letters (keyed by epoch and index, so newest last) and drops the
+    /// oldest stored ones while the total exceeds the retention (`state.dead-letters-max`,
+    /// `state.dead-letters-max-mb`); returns the totals after this checkpoint.
+    fn retain_dead_letters<M>(
+        &self,
+        wb: &mut WriteBatch,
+        batch: &CheckpointBatch<M>,
+        topics: &[String],
+    ) -> Result<DeadLetterTotals, StateError> {
+        let limits = *self.dead_letter_limits.read();
+        let mut totals = self
+            .checkpoint_meta()
+            .map(|m| m.dead_letters)
+            .unwrap_or_default();
+        let dl_cf = self.cf(CF_DEAD_LETTERS);
+        let mut fresh: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(batch.dead_letters.len());
+        for (i, d) in batch.dead_letters.iter().enumerate() {
+            let key = dead_letter_key(batch.last_epoch, i as u32);
+            let value = serde_json::to_vec(&dead_letter_record(d, topics)).map_err(codec_err)?;
+            totals.count += 1;
+            totals.bytes += value.len() as u64;
+            fresh.push((key, value));
+        }
+        let over = |t: &DeadLetterTotals| t.count > limits.count || t.bytes > limits.bytes;
+        if over(&totals) {
+            for item in self.db.iterator_cf(dl_cf, IteratorMode::Start) {
+                if !over(&totals) {
+                    break;
+                }
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                wb.delete_cf(dl_cf, k);
+                totals.count = totals.count.saturating_sub(1);
+                totals.bytes = totals.bytes.saturating_sub(v.len() as u64);
+                totals.dropped += 1;
+            }
+        }
+        // A batch larger than the whole retention keeps its newest letters.
+        let mut skip = 0;
+        while over(&totals) && skip < fresh.len() {
+            totals.count = totals.count.saturating_sub(1);
+            totals.bytes = totals.bytes.saturating_sub(fresh[skip].1.len() as u64);
+            totals.dropped += 1;
+            skip += 1;
+        }
+        for (k, v) in &fresh[skip..] {
+            wb.put_cf(dl_cf, k, v);
+        }
+        Ok(totals)
+    }
+}
+
+/// Dead letters are keyed by the epoch that kept them and their index in it: oldest first.
+pub(crate) fn dead_letter_key(epoch: u64, index: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn dead_letter_record(d: &DeadLetter, topics: &[String]) -> DeadLetterRecord {
+    DeadLetterRecord {
+        topic: topics
+            .get(d.pos.topic as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", d.pos.topic)),
+        partition: d.pos.partition as i32,
+        offset: d.pos.offset,
+        reason: d.reason.clone(),
+        error: d.error.clone(),
+        payload_len: d.payload_len,
+        payload: String::from_utf8_lossy(&d.payload).into_owned(),
+    }
+}

@@ -1,0 +1,82 @@
+//! Whole-state scans for tests, consistency checks and exports.
+
+use super::*;
+
+use super::codec::*;
+
+impl RocksState {
+    /// Every entity's all-time statistics (for tests and exports; scans the column family).
+    pub fn all_stats(&self) -> Result<BTreeMap<EntityKey, Stats>, StateError> {
+        Ok(self
+            .all_stat_keys()?
+            .into_iter()
+            .filter(|(k, _)| k.dim == Dim::All)
+            .map(|(k, v)| (k.entity, v))
+            .collect())
+    }
+
+    /// Every statistic as served: the stored ones (day buckets included) and the windows at
+    /// the committed clock (for tests; scans two column families).
+    pub fn all_stat_keys(&self) -> Result<BTreeMap<StatKey, Stats>, StateError> {
+        let mut out = self.stored_stat_keys()?;
+        if let Some(clock) = self.checkpoint_meta().and_then(|m| m.clock.day()) {
+            let days: Vec<(StatKey, Stats)> = out
+                .iter()
+                .filter(|(k, _)| matches!(k.dim, Dim::Day(_)))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            out.extend(windows_from_days(clock, days));
+        }
+        Ok(out)
+    }
+
+    /// Every stored statistic, day buckets included.
+    fn stored_stat_keys(&self) -> Result<BTreeMap<StatKey, Stats>, StateError> {
+        let mut out = BTreeMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_STATS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
+            if let Some(s) = stored_stats(&v)? {
+                out.insert(key, s);
+            }
+        }
+        for item in self.db.iterator_cf(self.cf(CF_DAYS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let key = StatKey::from_day_major_bytes(&k).ok_or_else(|| codec_err("bad day key"))?;
+            if let Some(s) = stored_stats(&v)? {
+                out.insert(key, s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every leaderboard entry: the all-time index and the windows ranked from scratch (for
+    /// tests).
+    pub fn all_ranks(&self) -> Result<std::collections::BTreeSet<RankKey>, StateError> {
+        let all = self.all_stat_keys()?;
+        let windows: BTreeMap<StatKey, Stats> = all
+            .into_iter()
+            .filter(|(k, _)| matches!(k.dim, Dim::Window(_)))
+            .collect();
+        let mut out: std::collections::BTreeSet<RankKey> =
+            window_rank_entries(&windows).into_iter().collect();
+        for item in self.db.iterator_cf(self.cf(CF_RANKS), IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            out.insert(RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key"))?);
+        }
+        Ok(out)
+    }
+
+    /// Every killmail's upsert state (for consistency checks; scans the column family).
+    pub fn all_killmails(&self) -> Result<Vec<StoredKillmail>, StateError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_KILLMAILS), IteratorMode::Start)
+        {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            out.push(bincode::deserialize(&v).map_err(codec_err)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,382 @@
+//! The read models the API serves, each answered from one RocksDB snapshot.
+
+use super::*;
+
+use super::codec::*;
+
+/// A stored key and value.
+type KvPair = (Box<[u8]>, Box<[u8]>);
+
+/// A leaderboard entry with the entity's statistics in the leaderboard's window.
+pub type RankedEntry = (RankKey, Option<Stats>);
+
+/// An answer and the commit it reflects (read from one snapshot).
+pub type AsOf<T> = (T, Option<CheckpointMeta>);
+
+/// How many entries of a window leaderboard are kept between commits (the API's largest limit).
+pub const WINDOW_RANKING_DEPTH: usize = 1000;
+
+pub(super) type WindowBoards = std::collections::HashMap<
+    (EntityKind, u8, Metric),
+    (u64, Option<CheckpointMeta>, Vec<RankedEntry>),
+>;
+
+impl RocksState {
+    /// All-time statistics of `keys` and the commit they reflect, all read from one snapshot.
+    pub fn stats_many(
+        &self,
+        keys: &[EntityKey],
+    ) -> Result<(Vec<Option<Stats>>, Option<CheckpointMeta>), StateError> {
+        let snap = self.db.snapshot();
+        let keys: Vec<StatKey> = keys.iter().map(|k| StatKey::all(*k)).collect();
+        let out = self.get_stats(&snap, &keys)?;
+        Ok((out, self.meta_at(&snap)?))
+    }
+
+    /// The stored value of each key (day buckets from `days`, the rest from `stats`).
+    pub(super) fn get_stats(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        keys: &[StatKey],
+    ) -> Result<Vec<Option<Stats>>, StateError> {
+        let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
+        let bytes: Vec<(&rocksdb::ColumnFamily, Vec<u8>)> = keys
+            .iter()
+            .map(|k| match k.day_major_bytes() {
+                Some(b) => (days_cf, b),
+                None => (stats_cf, k.to_bytes()),
+            })
+            .collect();
+        let got = snap.multi_get_cf(bytes.iter().map(|(cf, b)| (*cf, &b[..])));
+        got.into_iter()
+            .map(|g| match g.map_err(|e| self.err(e))? {
+                Some(v) => stored_stats(&v),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    fn meta_at(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+    ) -> Result<Option<CheckpointMeta>, StateError> {
+        match snap
+            .get_cf(self.cf(CF_META), META_CHECKPOINT)
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(codec_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every `(key, value)` of `cf` whose key starts with `prefix`, in key order, at most `limit`.
+    fn scan(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        cf: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvPair>, StateError> {
+        let mut out = Vec::new();
+        let iter = snap.iterator_cf(
+            self.cf(cf),
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// Everything the API shows of one entity, from one snapshot. `None` when it has no
+    /// statistics.
+    pub fn entity_view(
+        &self,
+        entity: EntityKey,
+        parts: &ViewParts,
+    ) -> Result<(Option<EntityView>, Option<CheckpointMeta>), StateError> {
+        let snap = self.db.snapshot();
+        let meta = self.meta_at(&snap)?;
+        let Some(all) = self
+            .get_stats(&snap, &[StatKey::all(entity)])?
+            .pop()
+            .flatten()
+        else {
+            return Ok((None, meta));
+        };
+        let mut view = EntityView {
+            all,
+            ..Default::default()
+        };
+        let dims = |t: u8| -> Result<Vec<(Dim, Stats)>, StateError> {
+            let mut out = Vec::new();
+            for (k, v) in self.scan(&snap, CF_STATS, &StatKey::prefix(entity, t), usize::MAX)? {
+                let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
+                if let Some(s) = stored_stats(&v)? {
+                    out.push((key.dim, s));
+                }
+            }
+            Ok(out)
+        };
+        if let (true, Some(clock)) = (parts.windows, meta.as_ref().and_then(|m| m.clock.day())) {
+            // At most 90 day buckets, read in one multi_get.
+            let days: Vec<StatKey> = (clock - WINDOW_DAYS[WINDOW_DAYS.len() - 1] + 1..=clock)
+                .map(|d| StatKey::new(entity, Dim::Day(d)))
+                .collect();
+            let buckets = self.get_stats(&snap, &days)?;
+            let present = days
+                .into_iter()
+                .zip(buckets)
+                .filter_map(|(k, v)| v.map(|v| (k, v)));
+            for (key, v) in windows_from_days(clock, present) {
+                if let Dim::Window(w) = key.dim {
+                    if let Some(slot) = view.windows.get_mut(w as usize) {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+        let buckets = |wanted: bool, t: u8| -> Result<Vec<(u32, Stats)>, StateError> {
+            if !wanted {
+                return Ok(Vec::new());
+            }
+            Ok(dims(t)?
+                .into_iter()
+                .filter_map(|(d, s)| d.bucket().map(|b| (b, s)))
+                .collect())
+        };
+        view.months = buckets(parts.months, tag::MONTH)?;
+        view.groups = buckets(parts.groups, tag::GROUP)?;
+        view.ships = buckets(parts.ships, tag::SHIP)?;
+        view.systems = buckets(parts.systems, tag::SYSTEM)?;
+        view.hours = buckets(parts.activity, tag::HOUR)?;
+        Ok((Some(view), meta))
+    }
+
+    /// The members of corporation `corp` and their statistics under it: all time (`window`
+    /// `None`), or in a window (an index into `WINDOW_DAYS`), summed from the members' day
+    /// buckets of the window's days at the committed clock. One snapshot.
+    pub fn members(
+        &self,
+        corp: u64,
+        window: Option<u8>,
+    ) -> Result<AsOf<Vec<(u64, Stats)>>, StateError> {
+        let snap = self.db.snapshot();
+        let meta = self.meta_at(&snap)?;
+        let entity = EntityKey::new(EntityKind::Corporation, corp);
+        let bad = || codec_err("bad member key");
+        let Some(w) = window else {
+            let mut out = Vec::new();
+            for (k, v) in self.scan(
+                &snap,
+                CF_STATS,
+                &StatKey::prefix(entity, tag::MEMBER),
+                usize::MAX,
+            )? {
+                match StatKey::from_bytes(&k).map(|k| k.dim) {
+                    Some(Dim::Member(c)) => out.extend(stored_stats(&v)?.map(|s| (c, s))),
+                    _ => return Err(bad()),
+                }
+            }
+            return Ok((out, meta));
+        };
+        let Some(clock) = meta.as_ref().and_then(|m| m.clock.day()) else {
+            return Ok((Vec::new(), meta));
+        };
+        let from = clock - WINDOW_DAYS[w as usize] + 1;
+        let start = StatKey::member_day_prefix(entity, from);
+        let end = StatKey::member_day_prefix(entity, clock + 1);
+        let mut sums: BTreeMap<u64, Stats> = BTreeMap::new();
+        let iter = snap.iterator_cf(
+            self.cf(CF_STATS),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if k[..] >= end[..] {
+                break;
+            }
+            match StatKey::from_bytes(&k).map(|k| k.dim) {
+                Some(Dim::MemberDay(_, c)) => sums.entry(c).or_default().merge(&decode_stats(&v)?),
+                _ => return Err(bad()),
+            }
+        }
+        sums.retain(|_, s| !s.is_empty());
+        Ok((sums.into_iter().collect(), meta))
+    }
+
+    /// The first `limit` entries of a leaderboard (`window` 0 for all time, 1 + index
+    /// otherwise), each with the entity's statistics in that window, from one snapshot.
+    ///
+    /// All time reads the leaderboard index the shards maintain. A window is ranked from
+    /// scratch over the day buckets it covers (see [`RocksState::window_ranking`]).
+    pub fn leaderboard(
+        &self,
+        kind: EntityKind,
+        window: u8,
+        metric: Metric,
+        limit: usize,
+    ) -> Result<AsOf<Vec<RankedEntry>>, StateError> {
+        if window > 0 {
+            return self.window_ranking(kind, window, metric, limit);
+        }
+        let snap = self.db.snapshot();
+        let prefix = RankKey::prefix(kind, window, metric);
+        let ranks: Vec<RankKey> = self
+            .scan(&snap, CF_RANKS, &prefix, limit)?
+            .into_iter()
+            .map(|(k, _)| RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key")))
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<StatKey> = ranks
+            .iter()
+            .map(|r| StatKey::all(EntityKey::new(kind, r.id)))
+            .collect();
+        let stats = self.get_stats(&snap, &keys)?;
+        Ok((ranks.into_iter().zip(stats).collect(), self.meta_at(&snap)?))
+    }
+
+    /// A window leaderboard, ranked from scratch over the day buckets of the window's days of
+    /// entities of `kind`, from one snapshot: its cost is proportional to the entities active
+    /// in the window, so the ranking (up to [`WINDOW_RANKING_DEPTH`]) is kept per committed
+    /// epoch and reused until the next checkpoint; concurrent requests wait for one computation.
+    fn window_ranking(
+        &self,
+        kind: EntityKind,
+        window: u8,
+        metric: Metric,
+        limit: usize,
+    ) -> Result<AsOf<Vec<RankedEntry>>, StateError> {
+        let mut cache = self.window_boards.lock();
+        let epoch = self.committed_epoch.load(Ordering::Acquire);
+        if let Some((e, meta, ranked)) = cache.get(&(kind, window, metric)) {
+            if *e == epoch && limit <= WINDOW_RANKING_DEPTH {
+                let top = ranked.iter().take(limit).cloned().collect();
+                return Ok((top, meta.clone()));
+            }
+        }
+        let snap = self.db.snapshot();
+        let meta = self.meta_at(&snap)?;
+        let Some(clock) = meta.as_ref().and_then(|m| m.clock.day()) else {
+            return Ok((Vec::new(), meta));
+        };
+        let n = WINDOW_DAYS[(window - 1) as usize];
+        let mut sums: FxHashMap<StatKey, Stats> = FxHashMap::default();
+        for day in clock - n + 1..=clock {
+            let mut prefix = StatKey::day_prefix(day).to_vec();
+            prefix.push(kind as u8);
+            for item in snap.iterator_cf(
+                self.cf(CF_DAYS),
+                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            ) {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let key =
+                    StatKey::from_day_major_bytes(&k).ok_or_else(|| codec_err("bad day key"))?;
+                sums.entry(key).or_default().merge(&decode_stats(&v)?);
+            }
+        }
+        let windows = windows_from_days(clock, sums);
+        let depth = limit.max(WINDOW_RANKING_DEPTH);
+        let ranked: Vec<RankedEntry> = rank_windows(&windows, window, metric, depth)
+            .into_iter()
+            .map(|(r, s)| (r, Some(s)))
+            .collect();
+        let top = ranked.iter().take(limit).cloned().collect();
+        cache.insert((kind, window, metric), (epoch, meta.clone(), ranked));
+        Ok((top, meta))
+    }
+
+    /// The stored upsert state of one killmail.
+    pub fn killmail(&self, id: u64) -> Result<Option<StoredKillmail>, StateError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_KILLMAILS), id.to_be_bytes())
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(codec_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored dead letters, newest first: at most `limit` matching `filter`, starting after
+    /// `cursor` (the key of the last letter of the previous page). A page scans at most
+    /// [`DEAD_LETTER_SCAN`] letters, so a filter matching nothing costs a bounded read; the
+    /// returned cursor (when more may follow) continues where the scan stopped.
+    pub fn dead_letters(
+        &self,
+        limit: usize,
+        cursor: Option<&[u8]>,
+        filter: &DeadLetterFilter,
+    ) -> Result<(Vec<DeadLetterRecord>, Option<Vec<u8>>), StateError> {
+        let cf = self.cf(CF_DEAD_LETTERS);
+        let mode = match cursor {
+            Some(c) => IteratorMode::From(c, rocksdb::Direction::Reverse),
+            None => IteratorMode::End,
+        };
+        let (mut out, mut scanned, mut last) = (Vec::new(), 0usize, None);
+        for item in self.db.iterator_cf(cf, mode) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if cursor.is_some_and(|c| &k[..] >= c) {
+                continue;
+            }
+            if out.len() >= limit || scanned >= DEAD_LETTER_SCAN {
+                return Ok((out, last));
+            }
+            scanned += 1;
+            last = Some(k.to_vec());
+            let rec: DeadLetterRecord = serde_json::from_slice(&v).map_err(codec_err)?;
+            if filter.matches(&rec) {
+                out.push(rec);
+            }
+        }
+        Ok((out, None))
+    }
+}
+
+/// Most dead letters one page request reads (matching or not).
+pub const DEAD_LETTER_SCAN: usize = 10_000;
+
+/// Which dead letters a page shows.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterFilter {
+    pub reason: Option<String>,
+    pub topic: Option<String>,
+}
+
+impl DeadLetterFilter {
+    fn matches(&self, r: &DeadLetterRecord) -> bool {
+        self.reason.as_ref().is_none_or(|x| *x == r.reason)
+            && self.topic.as_ref().is_none_or(|x| *x == r.topic)
+    }
+}
+
+/// Which parts of an entity [`RocksState::entity_view`] reads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ViewParts {
+    pub windows: bool,
+    pub months: bool,
+    pub groups: bool,
+    pub ships: bool,
+    pub systems: bool,
+    pub activity: bool,
+}
+
+/// One entity's statistics as the API shows them.
+#[derive(Clone, Debug, Default)]
+pub struct EntityView {
+    pub all: Stats,
+    /// By window index (7d, 30d, 90d); `None` when empty.
+    pub windows: [Option<Stats>; 3],
+    pub months: Vec<(u32, Stats)>,
+    pub groups: Vec<(u32, Stats)>,
+    pub ships: Vec<(u32, Stats)>,
+    pub systems: Vec<(u32, Stats)>,
+    /// Heatmap cells (day of week × 24 + hour).
+    pub hours: Vec<(u32, Stats)>,
+}
