@@ -60,7 +60,9 @@ FLOOR_RATE=$("$FLOOR" --generate "$N" --static-dir "$STATIC" | awk '/killmails\/
 printf "kmflow replay, full statistics, %'d generated killmails, 4 partitions, %s cores\n" "$N" "$(nproc)"
 printf "  %-34s %-8s %-24s %-12s %-10s %-14s %s\n" binary workers "replay" "peak RSS" state "restart" "of the floor"
 printf "  %-34s %-8s %-24s\n" "floor (in-memory fold)" 1 "$(printf "%'d/s" "$FLOOR_RATE")"
-for BIN in "$BASELINE" "$CURRENT"; do
+BINS=("$BASELINE" "$CURRENT")
+[ -n "${SKIP_BASELINE:-}" ] && BINS=("$CURRENT")
+for BIN in "${BINS[@]}"; do
   for W in $WORKERS; do
     rm -rf "$WORK/state"
     T0=$(now); start "$BIN" "$W"

@@ -91,6 +91,7 @@ fn main() {
         };
         applied.insert(stored.killmail.killmail_id, stored);
     }
+    let folded = start.elapsed().as_secs_f64();
     // Windows at the clock (the latest killmail), then every leaderboard.
     let clock = day_of(latest);
     let windows = windows_from_days(
@@ -119,7 +120,7 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "floor_full: {} killmails, {} statistics, {} windows, {boards} leaderboards in {secs:.2} s",
+        "floor_full: {} killmails, {} statistics, {} windows, {boards} leaderboards in {secs:.2} s (fold {folded:.2} s)",
         payloads.len(),
         stats.len(),
         windows.len()

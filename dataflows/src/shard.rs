@@ -183,6 +183,9 @@ pub fn plan_flush(
         }
         cache.rows.insert(key, new);
     }
+    // In the order RocksDB keeps them: a memtable insert next to the previous one is cheap
+    // (its skip list starts from the last position), in hash order each insert searches.
+    writes.sort_unstable_by_key(write_order);
     // Keep the cache within its budget (after the flush: every old value above was needed):
     // drop the rows this flush did not touch first, then everything.
     if cache.rows.len() > cache.capacity {
@@ -197,6 +200,18 @@ pub fn plan_flush(
         }
     }
     Ok(writes)
+}
+
+/// The order of a write in the store: the `stats` table by key, the day-major `days` table,
+/// then the leaderboard index (the order of their encoded keys, see `keys`).
+fn write_order(w: &Write) -> (u8, i32, Option<StatKey>, [u8; 27]) {
+    match *w {
+        Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => match k.dim.day() {
+            None => (0, 0, Some(k), [0; 27]),
+            Some(d) => (1, d, Some(k), [0; 27]),
+        },
+        Write::RankPut(r) | Write::RankDelete(r) => (2, 0, None, r.to_bytes()),
+    }
 }
 
 /// How a shard reaches the store and the checkpointer.

@@ -1,0 +1,146 @@
+//! The hardening findings that need the real process: API clients cannot stop ingestion or
+//! hold connections forever, a stop is bounded by its grace, the importer fails fast without
+//! a broker, and the stored-state gauges are right from the start.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{get_text, metric_sum, wait_until, Kmflow};
+
+/// Whether the server has closed `s` (EOF or reset), waiting up to `within`.
+fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an answer (e.g. a 408 on a timed-out header); read on to EOF
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn generator_env(extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = vec![
+        ("KMFLOW__SOURCE__KIND", "generator".into()),
+        ("KMFLOW__GENERATOR__COUNT", "0".into()),
+        ("KMFLOW__GENERATOR__RATE_PER_SEC", "2000".into()),
+        ("KMFLOW__PIPELINE__WORKERS", "2".into()),
+    ];
+    for (k, v) in extra {
+        env.push((Box::leak(k.to_string().into_boxed_str()), v.to_string()));
+    }
+    env
+}
+
+fn committed(k: &Kmflow) -> f64 {
+    metric_sum(&get_text(&k.url("/metrics")).1, "kmflow_committed_epoch")
+}
+
+#[test]
+fn idle_and_slow_clients_cannot_hold_the_api_or_stop_ingestion() {
+    let state = tempfile::tempdir().unwrap();
+    let env = generator_env(&[
+        ("KMFLOW__API__MAX_CONNECTIONS", "50"),
+        ("KMFLOW__API__HEADER_TIMEOUT_MS", "500"),
+        ("KMFLOW__API__IDLE_TIMEOUT_MS", "1500"),
+        ("KMFLOW__API__REQUEST_TIMEOUT_MS", "1000"),
+    ]);
+    let k = Kmflow::start(state.path(), &env);
+    wait_until("a first checkpoint", Duration::from_secs(30), || {
+        committed(&k) > 0.0
+    });
+
+    let before = committed(&k);
+    // 200 idle connections: the API keeps at most 50 and closes the rest on accept.
+    let addr = format!("127.0.0.1:{}", k.port);
+    let mut idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = idle
+        .iter_mut()
+        .filter(|s| closed_by_server(s, Duration::from_millis(20)))
+        .count();
+    assert!(refused >= 150, "{refused} of 200 idle connections closed on accept");
+    // The idle timeout frees the slots: the API answers again.
+    for s in &mut idle {
+        assert!(closed_by_server(s, Duration::from_secs(5)), "idle connection closed");
+    }
+    let (status, _) = get_text(&k.url("/healthz"));
+    assert_eq!(status, 200);
+    assert!(committed(&k) > before, "ingestion went on while the API was saturated");
+
+    // Slowloris: one header line at a time never completes a request; the header timeout
+    // closes the connection.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = Instant::now();
+    let mut closed = false;
+    while t.elapsed() < Duration::from_secs(5) {
+        if slow.write_all(b"X-Slow: 1\r\n").is_err() || closed_by_server(&mut slow, Duration::from_millis(200)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a slowloris connection is closed by the header timeout");
+    let (_, metrics) = get_text(&k.url("/metrics"));
+    assert!(metric_sum(&metrics, "kmflow_http_connections_refused_total") >= 150.0);
+}
+
+#[test]
+fn a_stop_is_bounded_by_its_grace_and_gauges_are_set_at_start() {
+    let state = tempfile::tempdir().unwrap();
+    let env = generator_env(&[
+        ("KMFLOW__GENERATOR__RATE_PER_SEC", "0"),
+        ("KMFLOW__PIPELINE__SHUTDOWN_GRACE_MS", "3000"),
+    ]);
+    let mut k = Kmflow::start(state.path(), &env);
+    wait_until("checkpoints during an unthrottled replay", Duration::from_secs(60), || {
+        committed(&k) > 2.0
+    });
+    let t = Instant::now();
+    assert!(k.stop(), "SIGTERM during a replay exits successfully");
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "stopped in {took:?} with a 3 s grace");
+    let k = Kmflow::start(state.path(), &env);
+    // Before any new checkpoint, /metrics already shows the stored epoch.
+    let (_, metrics) = get_text(&k.url("/metrics"));
+    assert!(
+        metric_sum(&metrics, "kmflow_committed_epoch") > 0.0,
+        "kmflow_committed_epoch is the stored epoch at start"
+    );
+}
+
+#[test]
+fn import_fails_fast_without_a_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.json");
+    std::fs::write(
+        &file,
+        br#"{"killmail_id":1,"killmail_time":"2021-11-27T00:00:00Z","solar_system_id":1,"victim":{},"attackers":[]}"#,
+    )
+    .unwrap();
+    let port = common::free_port(); // nothing listens there
+    let t = Instant::now();
+    let out = Command::new(common::kmflow_bin())
+        .args(["import", "--topic", "killmails", "--connect-timeout", "2"])
+        .arg(&file)
+        .args(["--brokers", &format!("127.0.0.1:{port}")])
+        .env("KMFLOW_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no Kafka broker answered"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "gave up in {:?}", t.elapsed());
+}
