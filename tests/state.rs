@@ -161,7 +161,12 @@ fn dead_letters_page_newest_first_within_the_retention() {
             partition: 0,
             offset,
         },
-        reason: if offset % 2 == 0 { "malformed_json" } else { "schema" }.into(),
+        reason: if offset % 2 == 0 {
+            "malformed_json"
+        } else {
+            "schema"
+        }
+        .into(),
         error: "bad".into(),
         payload: b"{".to_vec(),
         payload_len: 1,
@@ -179,7 +184,11 @@ fn dead_letters_page_newest_first_within_the_retention() {
             .unwrap();
     }
     let totals = s.checkpoint_meta().unwrap().dead_letters;
-    assert_eq!((totals.count, totals.dropped), (25, 15), "the 15 oldest dropped");
+    assert_eq!(
+        (totals.count, totals.dropped),
+        (25, 15),
+        "the 15 oldest dropped"
+    );
     // Newest first, in pages of 10, until the cursor runs out.
     let all = DeadLetterFilter::default();
     let mut seen = Vec::new();
@@ -205,7 +214,9 @@ fn dead_letters_page_newest_first_within_the_retention() {
         topic: Some("history".into()),
     };
     let (page, _) = s.dead_letters(100, None, &history).unwrap();
-    assert!(page.iter().all(|r| r.topic == "history" && r.offset % 2 == 1));
+    assert!(page
+        .iter()
+        .all(|r| r.topic == "history" && r.offset % 2 == 1));
     // The retention survives a reopen: the totals are in the checkpoint.
     drop(s);
     let s = RocksState::open(dir.path(), 16).unwrap();

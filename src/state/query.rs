@@ -114,7 +114,12 @@ impl RocksState {
         };
         let dims = |t: u8| -> Result<Vec<(Dim, Stats)>, StateError> {
             let mut out = Vec::new();
-            for (k, v) in self.scan(&snap, CF_STATS, &StatKey::prefix(entity, t), usize::MAX)? {
+            for (k, v) in self.scan(
+                &snap,
+                CF_STATS,
+                &StatKey::prefix(entity, t),
+                MAX_BREAKDOWN_ROWS,
+            )? {
                 let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
                 if let Some(s) = stored_stats(&v)? {
                     out.push((key.dim, s));
@@ -338,6 +343,10 @@ impl RocksState {
         Ok((out, None))
     }
 }
+
+/// Most rows one breakdown of one entity reads (EVE has ~8,000 systems, ~500 ship types, a
+/// few hundred months and ship groups, 168 heatmap cells): a bound no real entity reaches.
+pub const MAX_BREAKDOWN_ROWS: usize = 10_000;
 
 /// Most dead letters one page request reads (matching or not).
 pub const DEAD_LETTER_SCAN: usize = 10_000;
