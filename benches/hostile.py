@@ -11,12 +11,13 @@ Prints, one per line:
   roster: /healthz latency p50/p99 while CLIENTS threads read pages of the corporation's roster
         (all sort orders, so the cache is exercised) as fast as they can, and the roster rate.
 """
-import argparse, http.client, socket, statistics, threading, time, urllib.parse
+import argparse, http.client, resource, socket, subprocess, sys, threading, time, urllib.parse
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--api", required=True)
 ap.add_argument("--corp", required=True)
-ap.add_argument("--connections", type=int, default=20000)
+ap.add_argument("--connections", type=int, default=6000)
+ap.add_argument("--probe", action="store_true", help="only probe /healthz for --seconds (internal)")
 ap.add_argument("--clients", type=int, default=64)
 ap.add_argument("--seconds", type=float, default=20)
 a = ap.parse_args()
@@ -35,6 +36,8 @@ def get(path, timeout=10):
 
 
 def idle_connections():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     socks, refused = [], 0
     for _ in range(a.connections):
         try:
@@ -59,13 +62,16 @@ def idle_connections():
             pass
     try:
         status, dt = get("/healthz")
-        health = f"/healthz {status} in {dt*1000:.1f} ms"
+        health = f"a new /healthz got {status} in {dt*1000:.1f} ms"
     except OSError as e:
-        health = f"/healthz failed: {e}"
+        health = f"a new connection was refused as designed ({e.__class__.__name__})"
     for s in socks:
         s.close()
+    time.sleep(0.5)
+    status, dt = get("/healthz")
     print(f"idle: opened {len(socks)} connections, {alive} held open by the API "
-          f"(the rest closed on accept), {health}")
+          f"(the rest closed on accept); while held, {health}; after closing them /healthz "
+          f"{status} in {dt*1000:.1f} ms")
 
 
 def slowloris():
@@ -99,29 +105,39 @@ def slowloris():
 
 
 def roster_load():
-    stop = time.time() + a.seconds
-    count = [0]
-    lock = threading.Lock()
+    """64 connections reading roster pages (every sort, so the cache holds many orderings) with
+    wrk, a load generator light enough to leave the API the CPU; /healthz probed meanwhile
+    from another process."""
+    import os, re, shutil, tempfile
     sorts = ["kills", "losses", "isk_destroyed", "damage_done", "involved", "character_id"]
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lua.write("local sorts = {" + ",".join(f'"{x}"' for x in sorts) + "}\n"
+              "local n = 0\n"
+              "request = function() n = n + 1\n"
+              f"  return wrk.format('GET', '/v1/corporations/{a.corp}/members?limit=100&sort=' .. sorts[n % #sorts + 1])\n"
+              "end\n")
+    lua.close()
+    if not shutil.which("wrk"):
+        sys.exit("hostile.py: wrk is needed (scripts/provision.sh --bench)")
+    wrk = subprocess.Popen(["wrk", "-t1", f"-c{a.clients}", f"-d{int(a.seconds)}s", "-s", lua.name, a.api],
+                           stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    probe = subprocess.run(
+        [sys.executable, __file__, "--api", a.api, "--corp", a.corp, "--probe",
+         "--seconds", str(a.seconds - 3)],
+        capture_output=True, text=True)
+    out = wrk.communicate()[0]
+    os.unlink(lua.name)
+    rate = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    print(f"roster: {a.clients} connections (wrk) reading corporation {a.corp}'s roster at "
+          f"{float(rate.group(1)) if rate else 0:,.0f} pages/s"
+          f"{', ' + errors.group(1) + ' non-2xx' if errors else ''}; {probe.stdout.strip()}")
 
-    def client(i):
-        c = http.client.HTTPConnection(HOST, PORT, timeout=30)
-        n = 0
-        while time.time() < stop:
-            q = f"/v1/corporations/{a.corp}/members?limit=100&sort={sorts[(i + n) % len(sorts)]}"
-            try:
-                c.request("GET", q)
-                c.getresponse().read()
-            except OSError:
-                c = http.client.HTTPConnection(HOST, PORT, timeout=30)
-            n += 1
-        with lock:
-            count[0] += n
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
-    for t in threads:
-        t.start()
+def probe_healthz():
     lat = []
+    stop = time.time() + a.seconds
     c = http.client.HTTPConnection(HOST, PORT, timeout=10)
     while time.time() < stop:
         t0 = time.perf_counter()
@@ -129,15 +145,15 @@ def roster_load():
         c.getresponse().read()
         lat.append(time.perf_counter() - t0)
         time.sleep(0.01)
-    for t in threads:
-        t.join()
     lat.sort()
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
-    print(f"roster: {a.clients} clients reading corporation {a.corp}'s roster at "
-          f"{count[0] / a.seconds:,.0f} pages/s; /healthz p50 {p(0.5):.2f} ms, "
-          f"p99 {p(0.99):.2f} ms, max {lat[-1]*1000:.2f} ms ({len(lat)} probes)")
+    print(f"/healthz p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {lat[-1]*1000:.2f} ms "
+          f"({len(lat)} probes)")
 
 
-idle_connections()
-slowloris()
-roster_load()
+if a.probe:
+    probe_healthz()
+else:
+    idle_connections()
+    slowloris()
+    roster_load()

@@ -152,6 +152,19 @@ impl Serialize for KafkaOptions {
     }
 }
 
+impl ApiConfig {
+    /// The read pool's size: `read-threads`, or with 0 the available cores minus one (at
+    /// least one), so reads can never take every core from the threads answering probes.
+    pub fn read_threads(&self) -> usize {
+        match self.read_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+            n => n,
+        }
+    }
+}
+
 impl KafkaConfig {
     /// The live topic first, then the history topics: a topic's index here is its id in
     /// [`kmflow_dataflows::SourcePos::topic`].
@@ -209,7 +222,8 @@ pub struct ApiConfig {
     pub idle_timeout_ms: u64,
     /// A request not answered within this time gets a 503.
     pub request_timeout_ms: u64,
-    /// Threads that run RocksDB reads for the API (off the async runtime).
+    /// Threads that run RocksDB reads for the API (off the async runtime); 0: the available
+    /// cores minus one, at least one ([`ApiConfig::read_threads`]).
     pub read_threads: usize,
 }
 
@@ -267,10 +281,8 @@ impl Config {
         }
         self.stats.wall_clock()?;
         let a = &self.api;
-        if a.max_connections == 0 || a.max_in_flight == 0 || a.read_threads == 0 {
-            return bad(
-                "api.max-connections, api.max-in-flight and api.read-threads must be positive",
-            );
+        if a.max_connections == 0 || a.max_in_flight == 0 {
+            return bad("api.max-connections and api.max-in-flight must be positive");
         }
         if a.header_timeout_ms == 0 || a.idle_timeout_ms == 0 || a.request_timeout_ms == 0 {
             return bad("api timeouts must be positive");

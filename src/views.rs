@@ -499,19 +499,43 @@ pub async fn members(
         desc: order == "desc",
     };
     let cache = s.rosters.clone();
-    let roster = s
-        .read(move |st| {
-            let epoch = st.committed_epoch();
-            if let Some(hit) = cache.get(&key, epoch) {
-                return Ok(hit);
+    let sort: &'static str = SORT_FIELDS[key.sort];
+    let order: &'static str = if key.desc { "desc" } else { "asc" };
+    // The page is cut and rendered on the read pool too, never on the threads that answer
+    // probes.
+    s.read(move |st| {
+        let epoch = st.committed_epoch();
+        let roster = match cache.get(&key, epoch) {
+            Some(hit) => hit,
+            None => {
+                let (rows, meta) = st.members(corp, window)?;
+                let sorted = Arc::new(SortedRoster::new(rows, meta, &key));
+                cache.put(key, sorted.clone());
+                sorted
             }
-            let (rows, meta) = st.members(corp, window)?;
-            let sorted = Arc::new(SortedRoster::new(rows, meta, &key));
-            cache.put(key, sorted.clone());
-            Ok(sorted)
-        })
-        .await?;
-    let (rows, meta) = (&roster.rows, &roster.meta);
+        };
+        Ok(roster_page(
+            &roster,
+            &key,
+            after,
+            limit,
+            &fields,
+            (window_name, sort, order),
+        ))
+    })
+    .await?
+}
+
+/// One page of a sorted roster, after the cursor's row.
+fn roster_page(
+    roster: &SortedRoster,
+    key: &RosterKey,
+    after: Option<(i128, u64)>,
+    limit: usize,
+    fields: &Option<BTreeSet<String>>,
+    (window_name, sort, order): (&str, &str, &str),
+) -> Result<Value, ApiError> {
+    let (rows, meta, window, corp) = (&roster.rows, &roster.meta, key.window, key.corp);
     if rows.is_empty() && window.is_none() {
         return Err(ApiError::not_found(format!(
             "no corporation with id {corp} (or no members seen)"
@@ -535,7 +559,7 @@ pub async fn members(
         .flatten();
     let members: Vec<Value> = page
         .iter()
-        .map(|(_, c, st)| json!({"character_id": c, "stats": select(stats_json(st, window.is_none()), &fields)}))
+        .map(|(_, c, st)| json!({"character_id": c, "stats": select(stats_json(st, window.is_none()), fields)}))
         .collect();
     let mut out = json!({
         "corporation_id": corp,

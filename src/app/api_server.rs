@@ -32,7 +32,7 @@ impl ApiServer {
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .max_blocking_threads(config.api.read_threads)
+            .max_blocking_threads(config.api.read_threads())
             .thread_name("kmflow-api")
             .enable_all()
             .build()?;
