@@ -594,3 +594,52 @@ async fn metrics(State(s): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn boom() -> &'static str {
+        panic!("a handler bug")
+    }
+
+    /// A handler that panics is answered 500 with the JSON error and counted, never an empty
+    /// reply; a slow one gets a 503 at the request timeout.
+    #[tokio::test]
+    async fn panics_and_timeouts_are_answered_with_the_json_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = RocksState::open(dir.path(), 8).unwrap();
+        let mut api = crate::config::Config::defaults().api;
+        api.request_timeout_ms = 200;
+        let s = AppState::new(state, Metrics::new(), &api);
+        let router: Router = Router::new()
+            .route("/panic", get(boom))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .layer(middleware::from_fn_with_state(s.clone(), limits))
+            .with_state(s.clone());
+        for (uri, status, reason) in [
+            ("/panic", StatusCode::INTERNAL_SERVER_ERROR, "panic"),
+            ("/slow", StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        ] {
+            let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+            let resp = router.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), status, "{uri}");
+            let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["status"], status.as_u16());
+            assert_eq!(
+                s.metrics.http_rejected.with_label_values(&[reason]).get(),
+                1,
+                "{reason} counted"
+            );
+        }
+    }
+}
