@@ -266,9 +266,7 @@ pub async fn entity(
         systems: has("top_systems"),
         activity: has("activity"),
     };
-    let (view, meta) = s
-        .read(move |st| st.entity_view(EntityKey::new(kind, id), &parts))
-        .await?;
+    let (view, meta) = s.read_point(|st| st.entity_view(EntityKey::new(kind, id), &parts))?;
     let Some(view) = view else {
         return Err(ApiError::not_found(format!(
             "no {} with id {id}",
