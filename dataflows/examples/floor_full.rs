@@ -57,6 +57,7 @@ fn main() {
     let mut applied: rustc_hash::FxHashMap<u64, StoredKillmail> = Default::default();
     let mut stats = DeltaMap::default();
     let mut latest = i64::MIN;
+    let mut touched = 0usize;
     let pos = SourcePos::default();
     for payload in &payloads {
         let Ok(mut km) = kmflow_dataflows::decode::decode(payload) else {
@@ -78,7 +79,9 @@ fn main() {
             }
         };
         if current.is_none_or(|c| c.killmail.zkb != next.zkb) {
-            for (k, s) in contributions(&next, StatsLevel::Full) {
+            let c = contributions(&next, StatsLevel::Full);
+            touched += c.len();
+            for (k, s) in c {
                 stats.entry(k).or_default().merge(&s);
             }
         }
@@ -120,8 +123,9 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "floor_full: {} killmails, {} statistics, {} windows, {boards} leaderboards in {secs:.2} s (fold {folded:.2} s)",
+        "floor_full: {} killmails touching {:.0} statistics each, {} statistics, {} windows, {boards} leaderboards in {secs:.2} s (fold {folded:.2} s)",
         payloads.len(),
+        touched as f64 / payloads.len().max(1) as f64,
         stats.len(),
         windows.len()
     );

@@ -19,7 +19,7 @@
 //!   Every other statistic is written as a merge operand (a delta), never read.
 //!
 //! Why the combiner and the shard are hand-written operators rather than differential's
-//! `consolidate` and `arrange`: a killmail fans out into ~300 statistics whose difference type
+//! `consolidate` and `arrange`: a killmail fans out into ~160 statistics whose difference type
 //! is a 160-byte `Stats`; a per-epoch hash combiner keeps that fan-out out of differential's
 //! sorted update batches (issue 4 replaced `explode` + `consolidate` with it, commit c9e3d1b,
 //! when the profile showed the sort and memmove of the exploded updates on top), and the
