@@ -65,7 +65,7 @@ fn idle_and_slow_clients_cannot_hold_the_api_or_stop_ingestion() {
     let env = generator_env(&[
         ("KMFLOW__API__MAX_CONNECTIONS", "50"),
         ("KMFLOW__API__HEADER_TIMEOUT_MS", "500"),
-        ("KMFLOW__API__IDLE_TIMEOUT_MS", "1500"),
+        ("KMFLOW__API__IDLE_TIMEOUT_MS", "4000"),
         ("KMFLOW__API__REQUEST_TIMEOUT_MS", "1000"),
     ]);
     let k = Kmflow::start(state.path(), &env);
@@ -79,15 +79,23 @@ fn idle_and_slow_clients_cannot_hold_the_api_or_stop_ingestion() {
     let mut idle: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(&addr).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let refused = idle
-        .iter_mut()
-        .map(|s| closed_by_server(s, Duration::from_millis(20)))
-        .filter(|closed| *closed)
-        .count();
+    // Refused ones are closed at once; the held ones only at the idle timeout (4 s).
+    let t = Instant::now();
+    let mut refused = 0;
+    while t.elapsed() < Duration::from_secs(3) {
+        refused = idle
+            .iter_mut()
+            .map(|s| closed_by_server(s, Duration::from_millis(1)))
+            .filter(|closed| *closed)
+            .count();
+        if refused >= 150 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        refused >= 150,
-        "{refused} of 200 idle connections closed on accept"
+        (150..=160).contains(&refused),
+        "{refused} of 200 idle connections closed on accept (limit 50: the rest stay open)"
     );
     // The idle timeout frees the slots: the API answers again.
     for s in &mut idle {
