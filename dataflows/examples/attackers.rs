@@ -12,25 +12,11 @@ use kmflow_dataflows::harness::{run, HarnessConfig};
 use kmflow_dataflows::{RawRecord, SourcePos};
 
 fn main() {
-    let attackers: Vec<String> = (0..MAX_ATTACKERS)
-        .map(|i| {
-            format!(
-                r#"{{"character_id":{},"corporation_id":{},"alliance_id":{},"damage_done":10,"ship_type_id":{}}}"#,
-                90_000_000 + i,
-                98_000_000 + i / 10,
-                99_000_000 + i / 100,
-                587 + i % 50
-            )
-        })
-        .collect();
-    let payload = format!(
-        r#"{{"killmail_id":9,"killmail_time":"2021-11-27T00:00:00Z","solar_system_id":1,"victim":{{"character_id":95000001,"damage_taken":5}},"attackers":[{}],"zkb":{{"totalValue":1e9,"points":10,"npc":false,"solo":false,"awox":false}}}}"#,
-        attackers.join(",")
-    );
+    let payload = kmflow_dataflows::gen::largest_killmail();
     let mut best = (f64::MAX, f64::MAX, 0);
     for _ in 0..5 {
         let t0 = Instant::now();
-        let km = decode(payload.as_bytes()).expect("decodes");
+        let km = decode(&payload).expect("decodes");
         let t1 = Instant::now();
         let c = contributions(&km, StatsLevel::Full);
         let t2 = Instant::now();
@@ -43,7 +29,7 @@ fn main() {
     for _ in 0..3 {
         let msgs = vec![RawRecord {
             pos: SourcePos::default(),
-            payload: payload.clone().into_bytes(),
+            payload: payload.clone(),
         }];
         let mut config = HarnessConfig::new(1, 10);
         config.spec.level = StatsLevel::Full;

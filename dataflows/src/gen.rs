@@ -274,6 +274,28 @@ impl Iterator for Generator {
     }
 }
 
+/// The largest killmail kmflow accepts, for hardening tests and figures: `MAX_ATTACKERS`
+/// distinct attacking characters (ten per corporation, a hundred per alliance, 50 ship
+/// types) on one appraised killmail, as JSON.
+pub fn largest_killmail() -> Vec<u8> {
+    let attackers: Vec<String> = (0..crate::decode::MAX_ATTACKERS)
+        .map(|i| {
+            format!(
+                r#"{{"character_id":{},"corporation_id":{},"alliance_id":{},"damage_done":10,"ship_type_id":{}}}"#,
+                90_000_000 + i,
+                98_000_000 + i / 10,
+                99_000_000 + i / 100,
+                587 + i % 50
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"killmail_id":9,"killmail_time":"2021-11-27T00:00:00Z","solar_system_id":1,"victim":{{"character_id":95000001,"damage_taken":5}},"attackers":[{}],"zkb":{{"totalValue":1e9,"points":10,"npc":false,"solo":false,"awox":false}}}}"#,
+        attackers.join(",")
+    )
+    .into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

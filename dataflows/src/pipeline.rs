@@ -247,6 +247,22 @@ fn combine<'s>(
     })
 }
 
+/// Forgets the overlay's entries of epochs up to `committed`: the store has them now.
+fn forget_committed(
+    overlay: &mut HashMap<u64, StoredKillmail>,
+    overlay_by_epoch: &mut BTreeMap<u64, Vec<u64>>,
+    committed: u64,
+) {
+    let rest = overlay_by_epoch.split_off(&(committed + 1));
+    for (epoch, ids) in std::mem::replace(overlay_by_epoch, rest) {
+        for id in ids {
+            if overlay.get(&id).is_some_and(|s| s.epoch == epoch) {
+                overlay.remove(&id);
+            }
+        }
+    }
+}
+
 /// Buffers sink items per epoch and reports them when the frontier passes their epoch.
 fn epoch_sink<'s, R>(stream: StreamVec<'s, u64, SinkItem>, worker: usize, mut report: R)
 where
@@ -312,16 +328,8 @@ fn upsert<'s>(
                     entry.1.append(batch);
                 }
             });
-            // Forget overlay entries the store now has.
             if let Some(committed) = store.committed_epoch() {
-                let rest = overlay_by_epoch.split_off(&(committed + 1));
-                for (epoch, ids) in std::mem::replace(&mut overlay_by_epoch, rest) {
-                    for id in ids {
-                        if overlay.get(&id).is_some_and(|s| s.epoch == epoch) {
-                            overlay.remove(&id);
-                        }
-                    }
-                }
+                forget_committed(&mut overlay, &mut overlay_by_epoch, committed);
             }
             while let Some((&epoch, _)) = stash.first_key_value() {
                 if frontier.less_equal(&epoch) {

@@ -175,24 +175,10 @@ fn overflowing_damage_is_out_of_range() {
 /// A 20,000-attacker killmail decodes and folds in time linear in its attackers.
 #[test]
 fn a_killmail_with_the_most_attackers_is_linear() {
-    let attackers: Vec<String> = (0..MAX_ATTACKERS)
-        .map(|i| {
-            format!(
-                r#"{{"character_id":{},"corporation_id":{},"alliance_id":{},"damage_done":10,"ship_type_id":{}}}"#,
-                90_000_000 + i,
-                98_000_000 + i / 10,
-                99_000_000 + i / 100,
-                587 + i % 50
-            )
-        })
-        .collect();
-    let payload = format!(
-        r#"{{"killmail_id":9,"killmail_time":"2021-11-27T00:00:00Z","solar_system_id":1,"victim":{{"character_id":95000001,"damage_taken":5}},"attackers":[{}]}}"#,
-        attackers.join(",")
-    );
+    let payload = kmflow_dataflows::gen::largest_killmail();
     let msgs = vec![RawRecord {
         pos: SourcePos::default(),
-        payload: payload.into_bytes(),
+        payload,
     }];
     let mut config = HarnessConfig::new(1, 10);
     config.spec.level = kmflow_dataflows::contrib::StatsLevel::Full;

@@ -128,25 +128,9 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     api_state.level = config.stats.level;
     let ready = api_state.ready.clone();
     let api = ApiServer::start(&config, api_state)?;
-    {
-        let (ctl, state) = (ctl.clone(), state.clone());
-        let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
-        api.rt.spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested: finishing the current epoch");
-            ctl.shutdown.store(true, Ordering::Release);
-            // Past the grace, stop at the last checkpoint: it is whole (like after a crash),
-            // so nothing is lost; what was read since is read again at the next start.
-            tokio::time::sleep(grace).await;
-            let epoch = state.checkpoint_meta().map(|m| m.epoch);
-            tracing::warn!(
-                ?epoch,
-                grace_ms = grace.as_millis() as u64,
-                "shutdown grace expired: exiting at the last checkpoint"
-            );
-            std::process::exit(0);
-        });
-    }
+    let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
+    api.rt
+        .spawn(stop_on_signal(ctl.clone(), state.clone(), grace));
     let addr = api.addr;
     println!(
         "kmflow: API and metrics on http://{addr}  (state in {})",
@@ -167,6 +151,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         return Ok(());
     };
     let plan = Arc::new(plan);
+    // Ready unless a partition is left unread (its stored position is gone).
     ready.store(plan.blocked.is_empty(), Ordering::Release);
     metrics.ready.set(plan.blocked.is_empty() as i64);
     tracing::info!(
@@ -179,19 +164,17 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let (tx, rx) =
         crossbeam_channel::bounded::<ToCoordinator<Vec<Position>>>(CHANNEL_PER_WORKER * workers);
     let checkpoints = Arc::new(Checkpoints::new(start_epoch));
-    let checkpointer = spawn_checkpointer(
-        &config,
-        Checkpointing {
-            state: state.clone(),
-            topics: topics.clone(),
-            metrics: metrics.clone(),
-            ctl: ctl.clone(),
-            api: format!("http://{addr}"),
-            offsets: plan.offsets.clone(),
-            coordinator: CheckpointCoordinator::new(workers, start_epoch, checkpoints.clone()),
-        },
-        rx,
-    )?;
+    let coordinator = CheckpointCoordinator::new(workers, start_epoch, checkpoints.clone());
+    let checkpointing = Checkpointing {
+        state: state.clone(),
+        topics: topics.clone(),
+        metrics: metrics.clone(),
+        ctl: ctl.clone(),
+        api: format!("http://{addr}"),
+        offsets: plan.offsets.clone(),
+        coordinator,
+    };
+    let checkpointer = spawn_checkpointer(&config, checkpointing, rx)?;
     let monitor_stop = Arc::new(AtomicBool::new(false));
     let monitor = spawn_monitor(
         MonitorCtx {
@@ -226,6 +209,23 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let _ = monitor.join();
     api.stop();
     finish(&config, &state, written)
+}
+
+/// On SIGTERM/SIGINT: stop reading and let the workers finish the current epoch. Past the
+/// grace, exit at the last checkpoint: it is whole (like after a crash), so nothing is lost;
+/// what was read since is read again at the next start.
+async fn stop_on_signal(ctl: Arc<EpochControl>, state: Arc<RocksState>, grace: Duration) {
+    wait_for_signal().await;
+    tracing::info!("shutdown requested: finishing the current epoch");
+    ctl.shutdown.store(true, Ordering::Release);
+    tokio::time::sleep(grace).await;
+    let epoch = state.checkpoint_meta().map(|m| m.epoch);
+    tracing::warn!(
+        ?epoch,
+        grace_ms = grace.as_millis() as u64,
+        "shutdown grace expired: exiting at the last checkpoint"
+    );
+    std::process::exit(0);
 }
 
 /// What the checkpointer thread owns.
