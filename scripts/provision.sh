@@ -4,6 +4,8 @@
 #   - tansu 0.6.0 with the `dynostore` feature (cargo install): the Kafka-protocol broker the
 #     tests run against. The feature provides its in-memory storage (`memory://`); a default
 #     build has no storage engine and refuses to start.
+#   - prometheus (apt) and a Python venv with schemathesis, sseclient-py and requests
+#     (~/.cache/kmflow/venv, or $KMFLOW_VENV): the ecosystem tests' real clients;
 #   - with --bench: wrk (the HTTP load tool) and PostgreSQL (the incumbent baseline of
 #     benches/e2e.sh), from Debian packages.
 # Usage: scripts/provision.sh [--no-tansu] [--tansu-background] [--bench]
@@ -60,6 +62,17 @@ case "${1:-}" in
 esac
 
 install_apt libclang-dev
+# The ecosystem tests' real clients: Prometheus and promtool (Debian), schemathesis and an SSE
+# client (PyPI, into a venv of their own).
+install_apt prometheus python3-venv
+VENV="${KMFLOW_VENV:-${STAMP_DIR}/venv}"
+VENV_STAMP="${VENV}/.kmflow-1"
+if [ ! -f "$VENV_STAMP" ]; then
+  echo "provision: pip install schemathesis sseclient-py requests into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "schemathesis==4.*" "sseclient-py==1.*" "requests==2.*"
+  touch "$VENV_STAMP"
+fi
 if [ "${1:-}" = "--bench" ]; then
   install_apt wrk postgresql
 fi

@@ -24,6 +24,21 @@ pub struct Config {
     pub state: StateConfig,
     pub api: ApiConfig,
     pub stats: StatsConfig,
+    pub stream: StreamConfig,
+}
+
+/// The live feed, `GET /v1/stream`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Open subscribers at most; more are answered 503.
+    pub max_subscribers: usize,
+    /// Checkpoints kept for resuming with `Last-Event-ID`, at most.
+    pub retain_checkpoints: usize,
+    /// ... and at most this much memory (MiB, estimated).
+    pub retain_mb: usize,
+    /// Entity ids one subscription may filter on, at most.
+    pub max_filter_ids: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -267,6 +282,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.stream.retain_checkpoints == 0 || self.stream.retain_mb == 0 {
+            return bad("stream.retain-checkpoints and stream.retain-mb must be positive");
+        }
         if self.pipeline.workers == 0 || self.pipeline.workers > 256 {
             return bad("pipeline.workers must be between 1 and 256");
         }

@@ -6,10 +6,10 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod feed;
 pub mod files;
 pub mod import;
 pub mod metrics;
 pub mod serve;
 pub mod source;
 pub mod state;
-pub mod views;

@@ -74,16 +74,15 @@ enum Command {
     },
     /// Generate realistic killmails to JSON Lines (stdout or --out) or to a Kafka topic.
     Gen(GenArgs),
+    /// Print the API's OpenAPI 3.1 document (as served at /openapi.json).
+    Openapi,
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KMFLOW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = init_logs() {
+        eprintln!("kmflow: error: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = real_main() {
         eprintln!("kmflow: error: {e}");
         for cause in e.chain().skip(1) {
@@ -93,11 +92,35 @@ fn main() {
     }
 }
 
+/// Logs go to stderr: plain text by default (coloured only on a terminal), one JSON object
+/// per line with `KMFLOW_LOG_FORMAT=json`; `KMFLOW_LOG` filters (e.g. `info,kmflow=debug`).
+fn init_logs() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("KMFLOW_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().with_current_span(false).init(),
+        Ok("text") | Err(std::env::VarError::NotPresent) => {
+            logs.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        Ok(other) => anyhow::bail!("KMFLOW_LOG_FORMAT must be text or json, got {other:?}"),
+        Err(e) => anyhow::bail!("KMFLOW_LOG_FORMAT: {e}"),
+    }
+    Ok(())
+}
+
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Arc::new(Config::load(cli.config.as_deref())?);
     match cli.command {
         Command::Run => kmflow::app::run(config),
+        Command::Openapi => {
+            print!("{}", kmflow::api::openapi_document());
+            Ok(())
+        }
         Command::Import {
             paths,
             topic,

@@ -55,6 +55,14 @@ pub struct Metrics {
     pub http_connections_refused: IntCounter,
     /// Labels: reason (overloaded, timeout, panic). Requests answered by a limit, not a handler.
     pub http_rejected: IntCounterVec,
+    /// Seconds from a message's produce timestamp to the checkpoint that made it visible.
+    pub freshness: Histogram,
+    /// Open `GET /v1/stream` subscribers.
+    pub stream_subscribers: IntGauge,
+    /// Labels: type (killmail, stats, resync, dropped). Events sent to subscribers.
+    pub stream_events: IntCounterVec,
+    /// Labels: reason (slow, limit). Subscribers dropped or refused.
+    pub stream_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -191,8 +199,46 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            freshness: Histogram::with_opts(
+                HistogramOpts::new(
+                    "kmflow_freshness_seconds",
+                    "Seconds from a message's produce timestamp to the checkpoint that makes it visible in the API (observed per partition and checkpoint)",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    3600.0, 86400.0,
+                ]),
+            )
+            .expect("valid metric"),
+            stream_subscribers: IntGauge::new(
+                "kmflow_stream_subscribers",
+                "Open GET /v1/stream (server-sent events) subscribers",
+            )
+            .expect("valid metric"),
+            stream_events: IntCounterVec::new(
+                Opts::new(
+                    "kmflow_stream_events_total",
+                    "Events sent to GET /v1/stream subscribers, by type",
+                ),
+                &["type"],
+            )
+            .expect("valid metric"),
+            stream_dropped: IntCounterVec::new(
+                Opts::new(
+                    "kmflow_stream_dropped_total",
+                    "Stream subscribers dropped (slow: fell behind the retained checkpoints) or refused (limit: stream.max-subscribers)",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
         };
         let r = &m.registry;
+        for c in [&m.stream_events, &m.stream_dropped] {
+            r.register(Box::new(c.clone())).expect("register");
+        }
+        r.register(Box::new(m.freshness.clone())).expect("register");
+        r.register(Box::new(m.stream_subscribers.clone()))
+            .expect("register");
         r.register(Box::new(m.source_records.clone()))
             .expect("register");
         r.register(Box::new(m.source_errors.clone()))
@@ -245,6 +291,12 @@ impl Metrics {
         }
         for reason in ["overloaded", "timeout", "panic"] {
             m.http_rejected.with_label_values(&[reason]);
+        }
+        for kind in ["killmail", "stats", "resync", "dropped"] {
+            m.stream_events.with_label_values(&[kind]);
+        }
+        for reason in ["slow", "limit"] {
+            m.stream_dropped.with_label_values(&[reason]);
         }
         for outcome in ["inserted", "replaced", "unchanged"] {
             m.upserts.with_label_values(&[outcome]);

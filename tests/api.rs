@@ -107,12 +107,12 @@ async fn entity_lookups() {
     assert_eq!(st["isk_lost"], 1234.56);
     assert_eq!(st["isk_destroyed"], 0.0);
     assert_eq!(st["first_seen"], "2021-11-27T12:00:00Z");
-    for field in kmflow::views::STAT_FIELDS {
+    for field in kmflow::api::stat_fields() {
         assert!(st.get(field).is_some(), "missing {field}");
     }
     assert_eq!(
         st.as_object().unwrap().len(),
-        kmflow::views::STAT_FIELDS.len()
+        kmflow::api::stat_fields().len()
     );
     assert_eq!(v["as_of"]["epoch"], 3);
     assert_eq!(v["as_of"]["offsets"]["killmails"]["1"], 8);
@@ -127,6 +127,49 @@ async fn entity_lookups() {
     let (s, v, _) = call(&f, "GET", "/v1/alliances/99000002", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["stats"]["isk_destroyed"], 1234.56);
+}
+
+/// The OpenAPI document is served, documents every route, and is the one kept in the
+/// repository (`openapi.json`, for clients and code generators).
+#[tokio::test]
+async fn openapi_document_is_served_and_kept_in_the_repository() {
+    let f = fixture();
+    let (s, v, _) = call(&f, "GET", "/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["openapi"], "3.1.0");
+    let kept = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
+        .expect("openapi.json in the repository");
+    assert_eq!(
+        v,
+        serde_json::from_str::<Value>(&kept).unwrap(),
+        "openapi.json is stale: regenerate it with `cargo run --release -- openapi > openapi.json`"
+    );
+    for path in [
+        "/v1/characters/{id}",
+        "/v1/corporations/{id}",
+        "/v1/alliances/{id}",
+        "/v1/characters:batch",
+        "/v1/corporations:batch",
+        "/v1/alliances:batch",
+        "/v1/corporations/{id}/members",
+        "/v1/leaderboards/{kind}",
+        "/v1/killmails/{id}",
+        "/v1/dead-letters",
+        "/v1/stream",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(v["paths"].get(path).is_some(), "{path} undocumented");
+    }
+    let stats = &v["components"]["schemas"]["StatsBody"]["properties"];
+    for field in kmflow::api::stat_fields() {
+        assert!(
+            stats.get(field).is_some(),
+            "{field} missing from the StatsBody schema"
+        );
+    }
 }
 
 #[tokio::test]

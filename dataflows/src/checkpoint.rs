@@ -30,8 +30,9 @@ pub type DeltaMap = rustc_hash::FxHashMap<StatKey, Stats>;
 pub enum SinkItem {
     /// The latest `killmail_time` of the killmails first applied in an epoch (moves the clock).
     Clock(i64),
-    /// The new upsert state of a killmail.
-    Upsert(u64, StoredKillmail),
+    /// The new upsert state of a killmail; true when a version was applied (inserted or
+    /// replaced) rather than only advanced.
+    Upsert(u64, StoredKillmail, bool),
     /// A message that could not be decoded.
     DeadLetter(DeadLetter),
 }
@@ -66,6 +67,9 @@ pub struct CheckpointBatch<M = ()> {
     pub max_time: Option<i64>,
     /// The last upsert state of each killmail changed in these epochs.
     pub upserts: Vec<(u64, StoredKillmail)>,
+    /// The killmails (sorted ids) a version of which was applied in these epochs: new ones
+    /// and re-appraisals, not those whose version only advanced.
+    pub applied: Vec<u64>,
     pub dead_letters: Vec<DeadLetter>,
     /// Per worker, the latest metadata as of `last_epoch`, when it reported any.
     pub meta: Vec<Option<M>>,
@@ -202,21 +206,28 @@ impl<M: Clone> CheckpointCoordinator<M> {
             writes,
             max_time: None,
             upserts: Vec::new(),
+            applied: Vec::new(),
             dead_letters: Vec::new(),
             meta: Vec::with_capacity(self.meta.len()),
         };
         let mut upserts: HashMap<u64, StoredKillmail> = HashMap::new();
+        let mut applied = Vec::new();
         let rest = self.items.split_off(&target);
         // Epoch order, so a later upsert of the same killmail wins.
         for (_, items) in std::mem::replace(&mut self.items, rest) {
             for item in items {
                 match item {
-                    SinkItem::Upsert(id, s) => match upserts.get(&id) {
-                        Some(prev) if prev.epoch > s.epoch => {}
-                        _ => {
-                            upserts.insert(id, s);
+                    SinkItem::Upsert(id, s, was_applied) => {
+                        if was_applied {
+                            applied.push(id);
                         }
-                    },
+                        match upserts.get(&id) {
+                            Some(prev) if prev.epoch > s.epoch => {}
+                            _ => {
+                                upserts.insert(id, s);
+                            }
+                        }
+                    }
                     SinkItem::DeadLetter(d) => batch.dead_letters.push(d),
                     SinkItem::Clock(t) => batch.max_time = batch.max_time.max(Some(t)),
                 }
@@ -224,6 +235,9 @@ impl<M: Clone> CheckpointCoordinator<M> {
         }
         batch.upserts = upserts.into_iter().collect();
         batch.upserts.sort_unstable_by_key(|(id, _)| *id);
+        applied.sort_unstable();
+        applied.dedup();
+        batch.applied = applied;
         batch.dead_letters.sort_unstable_by_key(|d| d.pos);
         for m in &mut self.meta {
             let rest = m.split_off(&target);

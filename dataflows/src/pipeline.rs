@@ -14,7 +14,7 @@
 //! not depend on the number of workers or on how messages are cut into epochs, only on the
 //! order of the versions of each killmail (see [`upsert`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,7 +90,9 @@ enum Decoded {
 enum UpsertOut {
     /// A killmail version entering (+1) or leaving (-1) the applied set, with its epoch.
     Fact(Killmail, u64, isize),
-    State(u64, StoredKillmail),
+    /// A killmail's new upsert state; true when a version was applied (inserted or
+    /// replaced), false when only its version advanced.
+    State(u64, StoredKillmail, bool),
     /// The latest `killmail_time` first applied in the epoch.
     Clock(i64),
 }
@@ -171,7 +173,7 @@ where
             UpsertOut::State(..) | UpsertOut::Clock(..) => (1, o),
         });
     let states = upserted.pop().expect("two parts").flat_map(|o| match o {
-        UpsertOut::State(id, s) => Some(SinkItem::Upsert(id, s)),
+        UpsertOut::State(id, s, applied) => Some(SinkItem::Upsert(id, s, applied)),
         UpsertOut::Clock(t) => Some(SinkItem::Clock(t)),
         UpsertOut::Fact(..) => None,
     });
@@ -359,6 +361,7 @@ fn upsert<'s>(
                     .filter_map(|(id, s)| s.map(|s| (id, s)))
                     .collect();
                 let mut changed: Vec<u64> = Vec::new();
+                let mut applied: HashSet<u64> = HashSet::new();
                 let mut session = output.session(&cap);
                 let (mut inserted, mut replaced, mut unchanged) = (0, 0, 0);
                 let mut max_time: Option<i64> = None;
@@ -374,6 +377,7 @@ fn upsert<'s>(
                             inserted += 1;
                             max_time = max_time.max(Some(next.time));
                             session.give(UpsertOut::Fact(next.clone(), epoch, 1));
+                            applied.insert(id);
                             (next, 0)
                         }
                         Upsert::Replace(next) => {
@@ -381,6 +385,7 @@ fn upsert<'s>(
                             session.give(UpsertOut::Fact(old.killmail.clone(), epoch, -1));
                             session.give(UpsertOut::Fact(next.clone(), epoch, 1));
                             replaced += 1;
+                            applied.insert(id);
                             (next, old.zkb_version + 1)
                         }
                         Upsert::Advance(next) => {
@@ -404,7 +409,7 @@ fn upsert<'s>(
                 }
                 for id in &changed {
                     let state = known.remove(id).expect("changed ids are known");
-                    session.give(UpsertOut::State(*id, state.clone()));
+                    session.give(UpsertOut::State(*id, state.clone(), applied.contains(id)));
                     overlay.insert(*id, state);
                 }
                 overlay_by_epoch.entry(epoch).or_default().extend(changed);

@@ -26,6 +26,8 @@ pub struct Checkpointer<'a> {
     pub ctl: &'a EpochControl,
     /// The API's base URL, for the first-checkpoint hint.
     pub api: &'a str,
+    /// The live feed each written checkpoint is published to.
+    pub feed: &'a crate::feed::Feed,
     pub wall: WallClock,
 }
 
@@ -49,11 +51,18 @@ impl Checkpointer<'_> {
             if failure.is_some() {
                 continue; // drain until the workers stop
             }
-            let Some(batch) = coordinator.offer(report) else {
+            let Some(mut batch) = coordinator.offer(report) else {
                 continue;
             };
+            let now_ms = crate::source::unix_ms_now();
             for pos in batch.meta.iter().flatten().flatten() {
                 let topic = &self.topics[pos.topic as usize];
+                let before = offsets.get(topic).and_then(|p| p.get(&pos.partition));
+                if pos.produced_ms > 0 && before.is_none_or(|&b| b < pos.next) {
+                    // Read since the last checkpoint: visible once this one is written.
+                    let age = (now_ms - pos.produced_ms).max(0) as f64 / 1000.0;
+                    self.metrics.freshness.observe(age);
+                }
                 offsets
                     .entry(topic.clone())
                     .or_default()
@@ -76,6 +85,7 @@ impl Checkpointer<'_> {
                     coordinator.committed();
                     self.observe(&batch, &meta, t0);
                     hinted = hinted || self.hint(&batch);
+                    self.feed.publish(&mut batch);
                 }
                 Err(e) => {
                     self.metrics.checkpoint_errors.inc();

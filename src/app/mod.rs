@@ -28,6 +28,7 @@ use kmflow_dataflows::store::StateStore;
 
 use crate::api::AppState;
 use crate::config::{Config, SourceKind};
+use crate::feed::Feed;
 use crate::metrics::Metrics;
 use crate::source::generator::GENERATOR_TOPIC;
 use crate::source::{EpochControl, Position};
@@ -126,6 +127,9 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     api_state.topics = Arc::new(topics.clone());
     api_state.static_data = static_data.clone();
     api_state.level = config.stats.level;
+    let feed = Arc::new(Feed::new(&config.stream, state.committed_epoch()));
+    api_state.feed = feed.clone();
+    api_state.stream = config.stream.clone();
     let ready = api_state.ready.clone();
     let api = ApiServer::start(&config, api_state)?;
     let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
@@ -171,6 +175,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ctl: ctl.clone(),
         api: format!("http://{addr}"),
+        feed: feed.clone(),
         offsets: plan.offsets.clone(),
         coordinator,
     };
@@ -235,6 +240,7 @@ struct Checkpointing {
     metrics: Metrics,
     ctl: Arc<EpochControl>,
     api: String,
+    feed: Arc<Feed>,
     offsets: Offsets,
     coordinator: CheckpointCoordinator<Vec<Position>>,
 }
@@ -254,6 +260,7 @@ fn spawn_checkpointer(
                 metrics: &c.metrics,
                 ctl: &c.ctl,
                 api: &c.api,
+                feed: &c.feed,
                 wall,
             };
             checkpointer.run(rx, c.coordinator, c.offsets)

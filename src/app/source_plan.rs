@@ -83,6 +83,7 @@ impl SourcePlan {
                     partition: p,
                     next,
                     fingerprint,
+                    produced_ms: 0,
                 })
             })
             .collect()

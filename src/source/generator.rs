@@ -19,6 +19,8 @@ struct Part {
     partition: i32,
     gen: std::iter::Peekable<Generator>,
     next_offset: i64,
+    /// When its last record was generated (Unix ms; 0: none yet).
+    produced_ms: i64,
 }
 
 pub struct GeneratorReader {
@@ -55,6 +57,7 @@ impl GeneratorReader {
                     partition: p,
                     gen,
                     next_offset: skip,
+                    produced_ms: 0,
                 }
             })
             .collect::<Vec<_>>();
@@ -103,8 +106,10 @@ impl PartitionReader for GeneratorReader {
             }
         }
         self.emitted += n as u64;
-        for (part, count) in self.parts.iter().zip(per_part) {
+        let now = super::unix_ms_now();
+        for (part, count) in self.parts.iter_mut().zip(per_part) {
             if count > 0 {
+                part.produced_ms = now;
                 self.metrics
                     .source_records
                     .with_label_values(&[GENERATOR_TOPIC, &part.partition.to_string()])
@@ -122,6 +127,7 @@ impl PartitionReader for GeneratorReader {
                 partition: p.partition,
                 next: p.next_offset,
                 fingerprint: 0,
+                produced_ms: p.produced_ms,
             })
             .collect()
     }

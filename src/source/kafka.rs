@@ -112,6 +112,8 @@ pub struct KafkaReader {
     topics: Vec<String>,
     /// (topic, partition) → (next offset, fingerprint of the message before it).
     positions: BTreeMap<(u16, i32), (i64, u64)>,
+    /// Per partition, when its last message read was produced (Unix ms).
+    produced: BTreeMap<(u16, i32), i64>,
     metrics: Metrics,
     outage: Arc<AtomicBool>,
     /// Records read since the last metrics flush, by (topic, partition).
@@ -168,6 +170,7 @@ impl KafkaReader {
             topic_index,
             topics,
             positions,
+            produced: BTreeMap::new(),
             metrics,
             outage,
             counts: BTreeMap::new(),
@@ -229,6 +232,9 @@ impl PartitionReader for KafkaReader {
                         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     });
                     self.positions.insert((t, p), (o + 1, 0));
+                    if let Some(ms) = m.timestamp().to_millis() {
+                        self.produced.insert((t, p), ms);
+                    }
                     last.insert((t, p), out.len() - 1);
                     *self.counts.entry((t, p)).or_default() += 1;
                     n += 1;
@@ -263,6 +269,7 @@ impl PartitionReader for KafkaReader {
                 partition,
                 next,
                 fingerprint,
+                produced_ms: self.produced.get(&(topic, partition)).copied().unwrap_or(0),
             })
             .collect()
     }

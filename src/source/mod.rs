@@ -30,6 +30,9 @@ pub struct Position {
     pub partition: i32,
     pub next: i64,
     pub fingerprint: u64,
+    /// When the last message read before `next` was produced (Unix ms; 0: unknown), for
+    /// `kmflow_freshness_seconds`.
+    pub produced_ms: i64,
 }
 
 /// FNV-1a of a payload: stable across versions and platforms, stored with the offsets.
@@ -148,4 +151,11 @@ pub fn epoch_source<'s>(
             }
         },
     )
+}
+
+/// The wall clock in Unix milliseconds.
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -123,7 +123,7 @@ impl Default for DeadLetterLimits {
 }
 
 /// A dead letter as stored, with its topic's name.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetterRecord {
     pub topic: String,
     pub partition: i32,
