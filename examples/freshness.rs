@@ -9,6 +9,9 @@
 //! The killmails are dated from `--start-time` (default: today, UTC): the bench passes the day
 //! after its history ends, so the trickle continues the history instead of jumping years ahead.
 //!
+//! With `--stream`, the moment is instead the arrival of its `killmail` event on the live feed
+//! (`GET /v1/stream`, server-sent events, read here line by line as any SSE client does).
+//!
 //! Prints `freshness: N killmails at R/s: p50 .. ms, p99 .. ms, max .. ms (M never seen)`.
 
 use std::collections::HashMap;
@@ -24,6 +27,7 @@ fn main() {
     let (mut brokers, mut topic, mut api) = (String::new(), String::new(), String::new());
     let (mut rate, mut seconds, mut first_id) = (50u64, 20u64, 900_000_000_000u64);
     let mut start_time = None;
+    let mut stream = false;
     while let Some(a) = args.next() {
         let mut value = || args.next().expect("a value after the flag");
         match a.as_str() {
@@ -34,6 +38,7 @@ fn main() {
             "--seconds" => seconds = value().parse().expect("--seconds: a number"),
             "--first-id" => first_id = value().parse().expect("--first-id: a number"),
             "--start-time" => start_time = Some(value().parse().expect("--start-time: a number")),
+            "--stream" => stream = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -67,8 +72,11 @@ fn main() {
     let pending: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let poller = {
+    let poller = if stream {
+        subscribe(&api, pending.clone(), latencies.clone(), done.clone())
+    } else {
         let (pending, latencies, done) = (pending.clone(), latencies.clone(), done.clone());
+        let api = api.clone();
         std::thread::spawn(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -140,11 +148,62 @@ fn main() {
         l.get(((l.len() as f64 * q).ceil() as usize).saturating_sub(1))
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     };
+    let what = if stream {
+        "event on /v1/stream"
+    } else {
+        "visible in the API"
+    };
     println!(
-        "freshness: {} killmails at {rate}/s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({unseen} never seen)",
+        "freshness ({what}): {} killmails at {rate}/s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({unseen} never seen)",
         l.len(),
         ms(0.5),
         ms(0.99),
         ms(1.0)
     );
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Instant>>>;
+
+/// Follows `GET /v1/stream` and records, for each produced killmail, when its event arrives.
+fn subscribe(
+    api: &str,
+    pending: Pending,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::BufRead;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(true)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&format!("{api}/v1/stream"))
+        .call()
+        .expect("subscribe to /v1/stream");
+    std::thread::spawn(move || {
+        let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+        let mut event = String::new();
+        let mut give_up = None;
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                if event == "killmail" {
+                    let v: serde_json::Value = serde_json::from_str(data).expect("event data");
+                    let id = v["killmail_id"].as_u64().expect("killmail_id");
+                    if let Some(sent) = pending.lock().unwrap().remove(&id) {
+                        latencies.lock().unwrap().push(sent.elapsed());
+                    }
+                }
+            }
+            if done.load(std::sync::atomic::Ordering::Relaxed) {
+                // Keep-alives arrive every 10 s, so this is looked at even when quiet.
+                let deadline = *give_up.get_or_insert(Instant::now() + Duration::from_secs(30));
+                if pending.lock().unwrap().is_empty() || Instant::now() > deadline {
+                    break;
+                }
+            }
+        }
+    })
 }

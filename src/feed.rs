@@ -244,10 +244,7 @@ mod tests {
         feed.publish(&mut b);
     }
 
-    fn read(
-        feed: &Feed,
-        mut cursor: Cursor,
-    ) -> Result<Vec<(u64, usize)>, Gone> {
+    fn read(feed: &Feed, mut cursor: Cursor) -> Result<Vec<(u64, usize)>, Gone> {
         let mut got = Vec::new();
         loop {
             match feed.next(cursor) {
