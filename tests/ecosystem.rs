@@ -370,3 +370,50 @@ fn live_feed_delivers_every_killmail_once_across_a_reconnect() {
     let (_, api) = get_json(&k.url(&format!("/v1/characters/{character}")));
     assert_eq!(last["data"]["stats"], api["stats"], "stats event vs API");
 }
+
+/// `KMFLOW_LOG_FORMAT=json` writes one JSON object per line (for log shippers); the default
+/// text has no ANSI colours when stderr is not a terminal; an unknown format is refused.
+#[test]
+fn logs_are_json_lines_on_request_and_plain_off_a_terminal() {
+    for format in ["json", "text"] {
+        let state = tempfile::tempdir().unwrap();
+        let log = state.path().join("stderr.log");
+        let mut k = Kmflow::new(
+            &state.path().join("state"),
+            &[
+                ("KMFLOW_LOG_FORMAT", format.to_string()),
+                ("KMFLOW_LOG", "info".to_string()),
+                ("KMFLOW__GENERATOR__COUNT", "100".to_string()),
+            ],
+        );
+        k.stderr_file = Some(log.clone());
+        k.spawn();
+        wait_until("a checkpoint logged", Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready"))
+        });
+        assert!(k.stop(), "clean stop");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains('\u{1b}'),
+            "ANSI escapes in {format} logs:\n{text}"
+        );
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() >= 2, "{text}");
+        for line in lines {
+            let parsed = serde_json::from_str::<Value>(line);
+            if format == "json" {
+                let v = parsed.unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            } else {
+                assert!(parsed.is_err(), "text logs are not JSON: {line}");
+            }
+        }
+    }
+    let out = Command::new(common::kmflow_bin())
+        .arg("run")
+        .env("KMFLOW_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KMFLOW_LOG_FORMAT must be text or json"));
+}

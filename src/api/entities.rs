@@ -151,13 +151,7 @@ pub(crate) fn parse_fields(raw: Option<&str>) -> Result<Fields, ApiError> {
 macro_rules! entity_route {
     ($name:ident, $kind:expr, $path:literal, $what:literal) => {
         #[doc = concat!("The statistics of one ", $what, ".")]
-        #[utoipa::path(get, path = $path, tag = "statistics",
-                            params(("id" = u64, Path, minimum = 1), EntityQuery),
-                            responses(
-                                (status = 200, body = EntityBody),
-                                (status = 400, body = super::error::ErrorBody),
-                                (status = 404, body = super::error::ErrorBody),
-                            ))]
+        #[utoipa::path(get, path = $path, tag = "statistics", params(("id" = u64, Path, minimum = 1), EntityQuery), responses((status = 200, body = EntityBody), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)))]
         pub async fn $name(
             State(s): State<AppState>,
             PathParam(id): PathParam<Id>,
@@ -461,13 +455,7 @@ async fn batch(s: &AppState, kind: EntityKind, body: &Bytes) -> Result<Json<Batc
 macro_rules! batch_route {
     ($name:ident, $kind:expr, $path:literal, $what:literal) => {
         #[doc = concat!("The all-time statistics of up to 1,000 ", $what, " at once.")]
-        #[utoipa::path(post, path = $path, tag = "statistics",
-                            request_body = BatchRequest,
-                            responses(
-                                (status = 200, body = BatchBody),
-                                (status = 400, body = super::error::ErrorBody),
-                                (status = 413, body = super::error::ErrorBody),
-                            ))]
+        #[utoipa::path(post, path = $path, tag = "statistics", request_body = BatchRequest, responses((status = 200, body = BatchBody), (status = 400, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody)))]
         pub async fn $name(
             State(s): State<AppState>,
             body: Bytes,
