@@ -62,9 +62,10 @@ case "${1:-}" in
 esac
 
 install_apt libclang-dev
-# The ecosystem tests' real clients: Prometheus and promtool (Debian), schemathesis and an SSE
+# The ecosystem tests' real clients: Prometheus and promtool, docker-compose (to validate the
+# compose file; no Docker engine needed) from Debian; schemathesis and an SSE
 # client (PyPI, into a venv of their own).
-install_apt prometheus python3-venv
+install_apt prometheus python3-venv docker-compose
 VENV="${KMFLOW_VENV:-${STAMP_DIR}/venv}"
 VENV_STAMP="${VENV}/.kmflow-1"
 if [ ! -f "$VENV_STAMP" ]; then

@@ -417,3 +417,35 @@ fn logs_are_json_lines_on_request_and_plain_off_a_terminal() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KMFLOW_LOG_FORMAT must be text or json"));
 }
+
+/// `docker-compose.yml` (Kafka, kmflow, Prometheus with the alerts, Grafana with the dashboard)
+/// is valid for Docker Compose, and what it mounts exists. No Docker engine runs here:
+/// `docker-compose config` validates without one.
+#[test]
+fn compose_file_is_valid_and_mounts_what_exists() {
+    run(Command::new("docker-compose")
+        .arg("-f")
+        .arg(repo("docker-compose.yml"))
+        .args(["config", "-q"]));
+    let services = run(Command::new("docker-compose")
+        .arg("-f")
+        .arg(repo("docker-compose.yml"))
+        .args(["config", "--services"]));
+    for s in ["kafka", "kmflow", "prometheus", "grafana"] {
+        assert!(
+            services.lines().any(|l| l.trim() == s),
+            "no {s} service:\n{services}"
+        );
+    }
+    let compose = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
+    for line in compose.lines().map(str::trim) {
+        // Bind mounts: "- ./path:/in/container[:ro]".
+        if let Some(local) = line.strip_prefix("- ./") {
+            let path = local.split(':').next().unwrap();
+            assert!(
+                repo(path).exists(),
+                "docker-compose.yml mounts missing {path}"
+            );
+        }
+    }
+}
