@@ -51,9 +51,24 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// Parses a `Last-Event-ID`: `<epoch>:<index>` (an event) or `<epoch>` (a whole
-    /// checkpoint).
+    /// The event id that resumes here.
+    pub fn id(&self) -> String {
+        match (self.epoch, self.index) {
+            (None, _) => "start".into(),
+            (Some(e), None) => e.to_string(),
+            (Some(e), Some(i)) => format!("{e}:{i}"),
+        }
+    }
+
+    /// Parses a `Last-Event-ID`: `<epoch>:<index>` (an event), `<epoch>` (a whole
+    /// checkpoint) or `start` (before the first checkpoint of the state).
     pub fn parse(raw: &str) -> Option<Cursor> {
+        if raw == "start" {
+            return Some(Cursor {
+                epoch: None,
+                index: None,
+            });
+        }
         let digits = |s: &str| crate::api::params::parse_decimal(s);
         match raw.split_once(':') {
             Some((e, i)) => Some(Cursor {
@@ -144,11 +159,9 @@ impl Feed {
         {
             let mut ring = self.ring.write();
             ring.head = Some(epoch);
-            if killmails.is_empty() && stats.is_empty() {
-                if ring.checkpoints.is_empty() {
-                    ring.kept_after = Some(epoch);
-                }
-            } else {
+            // An empty checkpoint is not kept: a cursor before it misses nothing by that, so
+            // only evictions move `kept_after`.
+            if !(killmails.is_empty() && stats.is_empty()) {
                 ring.bytes += bytes;
                 ring.checkpoints.push_back(Arc::new(FeedCheckpoint {
                     epoch,
@@ -190,12 +203,16 @@ impl Feed {
         }
         if let Some(index) = cursor.index {
             // Part of checkpoint `epoch` was received: it must still be kept.
-            return match ring
+            let at = ring
                 .checkpoints
-                .iter()
-                .find(|c| Some(c.epoch) == cursor.epoch)
-            {
-                Some(c) if index + 1 < c.len() => Next::Read(c.clone(), index + 1),
+                .partition_point(|c| Some(c.epoch) < cursor.epoch);
+            let kept = ring
+                .checkpoints
+                .get(at)
+                .filter(|c| Some(c.epoch) == cursor.epoch);
+            return match kept {
+                // (An index past the end, even u64::MAX, is the checkpoint consumed.)
+                Some(c) if index < c.len().saturating_sub(1) => Next::Read(c.clone(), index + 1),
                 Some(_) => self.after(&ring, cursor.epoch),
                 None => gone,
             };
@@ -207,7 +224,8 @@ impl Feed {
     }
 
     fn after(&self, ring: &Ring, epoch: Option<u64>) -> Next {
-        match ring.checkpoints.iter().find(|c| Some(c.epoch) > epoch) {
+        let at = ring.checkpoints.partition_point(|c| Some(c.epoch) <= epoch);
+        match ring.checkpoints.get(at) {
             Some(c) => Next::Read(c.clone(), 0),
             None => Next::Wait,
         }
@@ -294,6 +312,19 @@ mod tests {
         );
         assert_eq!(read(&feed, Cursor::parse("11").unwrap()).unwrap().len(), 5);
         assert_eq!(Cursor::parse("+1"), None);
+        // An index past any checkpoint's end is that checkpoint consumed, never a panic.
+        let huge = Cursor::parse("13:18446744073709551615").unwrap();
+        assert_eq!(read(&feed, huge).unwrap(), vec![(14, 0), (15, 0)]);
+        // Empty checkpoints on an empty ring drop no one: nothing was missed.
+        let quiet = Feed::new(&cfg(3), Some(10));
+        let waiting = Cursor::parse("10").unwrap();
+        publish(&quiet, 11, 0);
+        publish(&quiet, 12, 0);
+        assert_eq!(read(&quiet, waiting).unwrap(), vec![]);
+        publish(&quiet, 13, 1);
+        assert_eq!(read(&quiet, waiting).unwrap(), vec![(13, 0)]);
+        assert_eq!(Cursor::parse("start").unwrap().id(), "start");
+        assert_eq!(Cursor::parse("7:2").unwrap().id(), "7:2");
         // A state with no checkpoint yet: the first one (epoch 0) is read in full.
         let fresh = Feed::new(&cfg(3), None);
         let start = Cursor {

@@ -59,7 +59,7 @@ pub struct Metrics {
     pub freshness: Histogram,
     /// Open `GET /v1/stream` subscribers.
     pub stream_subscribers: IntGauge,
-    /// Labels: type (killmail, stats, resync, dropped). Events sent to subscribers.
+    /// Labels: type (subscribed, killmail, stats, checkpoint, resync, dropped). Events sent.
     pub stream_events: IntCounterVec,
     /// Labels: reason (slow, limit). Subscribers dropped or refused.
     pub stream_dropped: IntCounterVec,
@@ -292,7 +292,14 @@ impl Metrics {
         for reason in ["overloaded", "timeout", "panic"] {
             m.http_rejected.with_label_values(&[reason]);
         }
-        for kind in ["killmail", "stats", "resync", "dropped"] {
+        for kind in [
+            "subscribed",
+            "killmail",
+            "stats",
+            "checkpoint",
+            "resync",
+            "dropped",
+        ] {
             m.stream_events.with_label_values(&[kind]);
         }
         for reason in ["slow", "limit"] {

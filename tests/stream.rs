@@ -89,9 +89,20 @@ struct Event {
     data: Value,
 }
 
+/// The next event that carries data for the client (`subscribed` and `checkpoint`, which move
+/// its position only, skipped).
+async fn next_event(body: &mut Body, buf: &mut String) -> Option<Event> {
+    loop {
+        let e = next_any(body, buf).await?;
+        if e.event != "subscribed" && e.event != "checkpoint" {
+            return Some(e);
+        }
+    }
+}
+
 /// Reads the next event (keep-alive comments skipped); `None` when the stream ended or nothing
 /// came within a second.
-async fn next_event(body: &mut Body, buf: &mut String) -> Option<Event> {
+async fn next_any(body: &mut Body, buf: &mut String) -> Option<Event> {
     loop {
         if let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();
@@ -170,6 +181,16 @@ async fn events_follow_checkpoints_and_filters_apply() {
         next_event(&mut mine, &mut b3).await.unwrap().data["killmail_id"],
         10
     );
+    // A subscriber the filters skip entirely still learns its position: where it started,
+    // then each checkpoint it has seen in full.
+    for (event, id) in [
+        ("subscribed", "start"),
+        ("checkpoint", "0"),
+        ("checkpoint", "1"),
+    ] {
+        let e = next_any(&mut other, &mut b4).await.unwrap();
+        assert_eq!((e.event.as_str(), e.id.as_deref()), (event, Some(id)));
+    }
     assert!(
         next_event(&mut other, &mut b4).await.is_none(),
         "no killmail of alliance 1"

@@ -62,6 +62,8 @@ pub struct AppState {
     /// The live feed `GET /v1/stream` reads (published by the checkpointer).
     pub feed: Arc<crate::feed::Feed>,
     pub stream: crate::config::StreamConfig,
+    /// `api.idle-timeout-ms` (the live feed's keep-alives come more often).
+    pub idle_timeout: Duration,
     /// Open stream subscribers.
     pub subscribers: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -84,6 +86,7 @@ impl AppState {
             rosters: Default::default(),
             feed: Arc::new(crate::feed::Feed::new(&stream, committed)),
             stream,
+            idle_timeout: Duration::from_millis(api.idle_timeout_ms),
             subscribers: Default::default(),
         }
     }

@@ -177,6 +177,8 @@ struct Subscriber {
     /// Whether the first read of the feed happened (a cursor gone then is a resync; later,
     /// a subscriber too slow).
     started: bool,
+    /// Whether the `subscribed` event was sent.
+    greeted: bool,
     done: bool,
     _slot: Slot,
 }
@@ -184,6 +186,22 @@ struct Subscriber {
 impl Subscriber {
     /// The next event to send; `None` ends the stream.
     async fn next_event(&mut self) -> Option<Event> {
+        if !self.greeted {
+            // First, where this subscription starts, as an id: a client that reconnects
+            // before any other event still resumes without a gap.
+            self.greeted = true;
+            self.metrics
+                .stream_events
+                .with_label_values(&["subscribed"])
+                .inc();
+            let data = json!({"after": self.cursor.id(), "head": self.feed.head()});
+            return Some(
+                Event::default()
+                    .event("subscribed")
+                    .id(self.cursor.id())
+                    .data(data.to_string()),
+            );
+        }
         loop {
             if self.done {
                 return None;
@@ -204,10 +222,13 @@ impl Subscriber {
         }
     }
 
-    /// The next event of the current checkpoint the filter wants, if any.
+    /// The next event of the current checkpoint the filter wants; past its last one, a
+    /// `checkpoint` event (id: the epoch) when the filter skipped the checkpoint's tail, so
+    /// the client's last id always moves to the latest checkpoint it has seen in full.
     fn next_of_current(&mut self) -> Option<Event> {
         let (cp, mut i) = self.current.take()?;
         self.started = true;
+        let skipped_tail = i < cp.len();
         let k = cp.killmails.len();
         while i < cp.len() {
             let index = i;
@@ -249,7 +270,16 @@ impl Subscriber {
             epoch: Some(cp.epoch),
             index: None,
         };
-        None
+        skipped_tail.then(|| {
+            self.metrics
+                .stream_events
+                .with_label_values(&["checkpoint"])
+                .inc();
+            Event::default()
+                .event("checkpoint")
+                .id(cp.epoch.to_string())
+                .data(json!({"epoch": cp.epoch}).to_string())
+        })
     }
 
     /// The cursor is no longer covered by the feed.
@@ -296,10 +326,12 @@ impl Subscriber {
 
 /// The live feed as server-sent events (`curl -N`).
 ///
-/// Events: `killmail` (data: a killmail as `GET /v1/killmails/{id}` answers it), `stats`
-/// (data: `StatsEvent`), `resync` (the requested `Last-Event-ID` is not kept: re-read, then
-/// follow) and `dropped` (the subscriber was too slow; last event). Ids are
-/// `<epoch>:<index>`.
+/// Events: `subscribed` (first; its id is where the subscription starts), `killmail` (data: a
+/// killmail as `GET /v1/killmails/{id}` answers it), `stats` (data: `StatsEvent`),
+/// `checkpoint` (a checkpoint whose last events the filters skipped: its id moves the client's
+/// position), `resync` (the requested `Last-Event-ID` is not kept: re-read, then follow) and
+/// `dropped` (the subscriber was too slow; last event). Ids are `<epoch>:<index>`, `<epoch>`
+/// or `start`.
 #[utoipa::path(get, path = "/v1/stream", tag = "killmails",
     params(StreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
@@ -346,6 +378,7 @@ pub async fn get_stream(
         topics: s.topics.clone(),
         metrics: s.metrics.clone(),
         started: false,
+        greeted: false,
         done: false,
         _slot: slot,
     };
@@ -353,5 +386,7 @@ pub async fn get_stream(
         let ev = sub.next_event().await?;
         Some((Ok(ev), sub))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+    // A comment line often enough that idle connections outlive `api.idle-timeout-ms`.
+    let every = Duration::from_secs(10).min(s.idle_timeout / 3);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(every)))
 }

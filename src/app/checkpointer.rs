@@ -54,14 +54,14 @@ impl Checkpointer<'_> {
             let Some(mut batch) = coordinator.offer(report) else {
                 continue;
             };
-            let now_ms = crate::source::unix_ms_now();
+            // When the newest message of each partition read since the last checkpoint was
+            // produced: visible once this checkpoint is written.
+            let mut produced = Vec::new();
             for pos in batch.meta.iter().flatten().flatten() {
                 let topic = &self.topics[pos.topic as usize];
                 let before = offsets.get(topic).and_then(|p| p.get(&pos.partition));
                 if pos.produced_ms > 0 && before.is_none_or(|&b| b < pos.next) {
-                    // Read since the last checkpoint: visible once this one is written.
-                    let age = (now_ms - pos.produced_ms).max(0) as f64 / 1000.0;
-                    self.metrics.freshness.observe(age);
+                    produced.push(pos.produced_ms);
                 }
                 offsets
                     .entry(topic.clone())
@@ -83,6 +83,11 @@ impl Checkpointer<'_> {
             match written {
                 Ok(meta) => {
                     coordinator.committed();
+                    let now_ms = crate::source::unix_ms_now();
+                    for ms in produced {
+                        let age = (now_ms - ms).max(0) as f64 / 1000.0;
+                        self.metrics.freshness.observe(age);
+                    }
                     self.observe(&batch, &meta, t0);
                     hinted = hinted || self.hint(&batch);
                     self.feed.publish(&mut batch);
