@@ -420,14 +420,15 @@ async fn batch(s: &AppState, kind: EntityKind, body: &Bytes) -> Result<Json<Batc
     for x in &req.ids {
         match x.as_u64() {
             // Each id is answered once, in the order first asked.
-            Some(id) if id > 0 => {
+            Some(id) if id > 0 && id <= i64::MAX as u64 => {
                 if seen.insert(id) {
                     ids.push(id)
                 }
             }
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "ids must be positive integers, got {x}"
+                    "ids must be positive integers up to {}, got {x}",
+                    i64::MAX
                 )))
             }
         }

@@ -104,11 +104,15 @@ pub(crate) fn parse_decimal(raw: &str) -> Option<u64> {
     raw.parse().ok()
 }
 
-/// Parses an entity or killmail id: a positive integer in plain decimal (no sign, no spaces).
+/// Parses an entity or killmail id: a positive integer in plain decimal (no sign, no spaces)
+/// that fits the contract's `int64` (EVE's ids do).
 pub(crate) fn parse_id(raw: &str, what: &str) -> Result<u64, String> {
     match parse_decimal(raw) {
-        Some(id) if id > 0 => Ok(id),
-        _ => Err(format!("{what} id must be a positive integer, got {raw:?}")),
+        Some(id) if id > 0 && id <= i64::MAX as u64 => Ok(id),
+        _ => Err(format!(
+            "{what} id must be a positive integer up to {}, got {raw:?}",
+            i64::MAX
+        )),
     }
 }
 

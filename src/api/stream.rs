@@ -348,7 +348,7 @@ pub async fn get_stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filter = Filter::parse(&q, s.stream.max_filter_ids)?;
     let resume = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().unwrap_or("").to_string()),
+        Some(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
         None => q.last_event_id.clone(),
     };
     let cursor = match resume {
