@@ -210,6 +210,21 @@ async fn events_follow_checkpoints_and_filters_apply() {
             "{uri}: {v}"
         );
     }
+    // A catch-up read: what is kept after the position, then the end of the stream.
+    let (s, mut catch_up) = get(&f, "/v1/stream?follow=false&last_event_id=start", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut buf = String::new();
+    for id in ["0:0", "1:0"] {
+        assert_eq!(
+            next_event(&mut catch_up, &mut buf)
+                .await
+                .unwrap()
+                .id
+                .as_deref(),
+            Some(id)
+        );
+    }
+    assert!(catch_up.frame().await.is_none(), "the catch-up read ended");
     let (s, _) = get(&f, "/v1/stream", Some("yesterday")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }

@@ -45,6 +45,9 @@ pub struct StreamQuery {
     pub min_isk: Option<String>,
     /// Resume after this event id, for clients that cannot send `Last-Event-ID`.
     pub last_event_id: Option<String>,
+    /// `false`: send what is kept after the position, then end the stream (a catch-up read);
+    /// default `true`: follow the feed until the client leaves.
+    pub follow: Option<bool>,
 }
 
 /// The `stats` event's data.
@@ -56,6 +59,20 @@ pub struct StatsEvent {
     /// The checkpoint that made them visible.
     pub epoch: u64,
     pub stats: StatsBody,
+}
+
+/// One server-sent event as a client reads it (the schema of the stream's items).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the wire format; events are written by axum's `Event`
+pub struct SseEvent {
+    /// `subscribed`, `killmail`, `stats`, `checkpoint`, `resync` or `dropped`.
+    #[schema(pattern = "^(subscribed|killmail|stats|checkpoint|resync|dropped)$")]
+    pub event: String,
+    /// `<epoch>:<index>`, `<epoch>` or `start`: where a reconnect resumes. Absent on `dropped`.
+    pub id: Option<String>,
+    /// A JSON object: a killmail (`killmail`), a `StatsEvent` (`stats`), or the details of
+    /// the other events.
+    pub data: String,
 }
 
 /// What a subscription asks for.
@@ -179,6 +196,8 @@ struct Subscriber {
     started: bool,
     /// Whether the `subscribed` event was sent.
     greeted: bool,
+    /// Whether to wait for new checkpoints once the kept ones are sent (`follow`).
+    follow: bool,
     done: bool,
     _slot: Slot,
 }
@@ -213,6 +232,9 @@ impl Subscriber {
                 Next::Read(cp, from) => self.current = Some((cp, from)),
                 Next::Wait => {
                     self.started = true;
+                    if !self.follow {
+                        return None; // caught up: a catch-up read ends here
+                    }
                     if self.watch.changed().await.is_err() {
                         return None;
                     }
@@ -336,8 +358,8 @@ impl Subscriber {
     params(StreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String,
-            description = "Server-sent events: killmail, stats, resync, dropped"),
+        (status = 200, content_type = "text/event-stream", body = SseEvent,
+            description = "Server-sent events, one item per event: subscribed, killmail, stats, checkpoint, resync, dropped"),
         (status = 400, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ))]
@@ -379,6 +401,7 @@ pub async fn get_stream(
         metrics: s.metrics.clone(),
         started: false,
         greeted: false,
+        follow: q.follow.unwrap_or(true),
         done: false,
         _slot: slot,
     };
