@@ -67,11 +67,14 @@ install_apt libclang-dev
 # client (PyPI, into a venv of their own).
 install_apt prometheus python3-venv docker-compose
 VENV="${KMFLOW_VENV:-${STAMP_DIR}/venv}"
-VENV_STAMP="${VENV}/.kmflow-1"
+# Pinned: the versions the tests were written against (a new pin reinstalls).
+PY_PACKAGES="schemathesis==4.32.5 sseclient-py==1.9.0 requests==2.34.2"
+VENV_STAMP="${VENV}/.kmflow-$(echo "$PY_PACKAGES" | cksum | cut -d' ' -f1)"
 if [ ! -f "$VENV_STAMP" ]; then
-  echo "provision: pip install schemathesis sseclient-py requests into $VENV"
+  echo "provision: pip install $PY_PACKAGES into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "schemathesis==4.*" "sseclient-py==1.*" "requests==2.*"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q $PY_PACKAGES
   touch "$VENV_STAMP"
 fi
 if [ "${1:-}" = "--bench" ]; then
