@@ -229,34 +229,8 @@ fn entity_body(
         .and_then(|w| w.as_ref().map(|_| Clock::of(meta)));
     let months = sec.section(parts.months, "months", || Some(months_body(v, fields)));
     let groups = sec.section(parts.groups, "groups", || groups_body(s, v));
-    let top_ships = sec.section(parts.ships, "top_ships", || {
-        Some(
-            top(v.ships.clone(), |s| s.sums.kills, TOP_N)
-                .into_iter()
-                .map(|(t, st)| ShipRow {
-                    ship_type_id: t,
-                    kills: st.sums.kills,
-                })
-                .collect(),
-        )
-    });
-    let top_systems = sec.section(parts.systems, "top_systems", || {
-        Some(
-            top(
-                v.systems.clone(),
-                |s| (s.sums.kills, s.sums.involved),
-                TOP_N,
-            )
-            .into_iter()
-            .map(|(sys, st)| SystemRow {
-                solar_system_id: sys,
-                kills: st.sums.kills,
-                losses: st.sums.losses,
-                involved: st.sums.involved,
-            })
-            .collect(),
-        )
-    });
+    let top_ships = sec.section(parts.ships, "top_ships", || Some(top_ships(v)));
+    let top_systems = sec.section(parts.systems, "top_systems", || Some(top_systems(v)));
     let activity = sec.section(parts.activity, "activity", || Some(activity_body(v)));
     EntityBody {
         id,
@@ -357,6 +331,34 @@ fn groups_body(s: &AppState, v: &EntityView) -> Option<Vec<GroupRow>> {
             })
             .collect(),
     )
+}
+
+/// The ships the entity destroyed most, by kills.
+fn top_ships(v: &EntityView) -> Vec<ShipRow> {
+    top(v.ships.clone(), |s| s.sums.kills, TOP_N)
+        .into_iter()
+        .map(|(t, st)| ShipRow {
+            ship_type_id: t,
+            kills: st.sums.kills,
+        })
+        .collect()
+}
+
+/// The systems the entity was most active in, by kills then involvement.
+fn top_systems(v: &EntityView) -> Vec<SystemRow> {
+    top(
+        v.systems.clone(),
+        |s| (s.sums.kills, s.sums.involved),
+        TOP_N,
+    )
+    .into_iter()
+    .map(|(sys, st)| SystemRow {
+        solar_system_id: sys,
+        kills: st.sums.kills,
+        losses: st.sums.losses,
+        involved: st.sums.involved,
+    })
+    .collect()
 }
 
 fn activity_body(v: &EntityView) -> Activity {
