@@ -178,6 +178,8 @@ fn contract_dashboard_and_alerts_hold_against_real_clients() {
         .args(["--request-timeout", "10", "--no-color"])
         .arg("--report-dir")
         .arg(report.path())
+        // Its cache (.schemathesis/) goes there too, not into the repository.
+        .current_dir(report.path())
         // /v1/stream is fuzzed as a catch-up read (follow=false), which ends.
         .env(
             "SCHEMATHESIS_HOOKS",
