@@ -75,43 +75,7 @@ fn main() {
     let poller = if stream {
         subscribe(&api, pending.clone(), latencies.clone(), done.clone())
     } else {
-        let (pending, latencies, done) = (pending.clone(), latencies.clone(), done.clone());
-        let api = api.clone();
-        std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(10)))
-                .build()
-                .into();
-            let mut give_up = None;
-            loop {
-                let ids: Vec<(u64, Instant)> = pending
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (*k, *v))
-                    .collect();
-                if ids.is_empty() && done.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                if done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let deadline = *give_up.get_or_insert(Instant::now() + Duration::from_secs(30));
-                    if Instant::now() > deadline {
-                        break;
-                    }
-                }
-                for (id, sent) in ids {
-                    let url = format!("{api}/v1/killmails/{id}");
-                    if let Ok(r) = agent.get(&url).call() {
-                        if r.status() == 200 {
-                            latencies.lock().unwrap().push(sent.elapsed());
-                            pending.lock().unwrap().remove(&id);
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
+        poll(&api, pending.clone(), latencies.clone(), done.clone())
     };
 
     let start = Instant::now();
@@ -163,6 +127,51 @@ fn main() {
 }
 
 type Pending = Arc<Mutex<HashMap<u64, Instant>>>;
+
+/// Polls `GET /v1/killmails/{id}` for every produced killmail until it answers 200.
+fn poll(
+    api: &str,
+    pending: Pending,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let api = api.to_string();
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut give_up = None;
+        loop {
+            let ids: Vec<(u64, Instant)> = pending
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            if ids.is_empty() && done.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            if done.load(std::sync::atomic::Ordering::Relaxed) {
+                let deadline = *give_up.get_or_insert(Instant::now() + Duration::from_secs(30));
+                if Instant::now() > deadline {
+                    break;
+                }
+            }
+            for (id, sent) in ids {
+                let url = format!("{api}/v1/killmails/{id}");
+                if let Ok(r) = agent.get(&url).call() {
+                    if r.status() == 200 {
+                        latencies.lock().unwrap().push(sent.elapsed());
+                        pending.lock().unwrap().remove(&id);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+}
 
 /// Follows `GET /v1/stream` and records, for each produced killmail, when its event arrives.
 fn subscribe(

@@ -65,250 +65,190 @@ pub struct Metrics {
     pub stream_dropped: IntCounterVec,
 }
 
+/// Creates each metric and registers it in one step; a labelled counter can be given the
+/// label values that always exist (created at 0, so dashboards have series from the start).
+struct Builder {
+    registry: Registry,
+}
+
+impl Builder {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+    /// `known`: the values of the (single) label created at 0.
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        known: &[&str],
+    ) -> IntCounterVec {
+        let c = self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"));
+        for v in known {
+            c.with_label_values(&[v]);
+        }
+        c
+    }
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.add(Histogram::with_opts(opts).expect("valid metric"))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let m = Metrics {
-            source_records: IntCounterVec::new(
-                Opts::new("kmflow_source_records_total", "Messages read, by topic and partition"),
-                &["topic", "partition"],
-            )
-            .expect("valid metric"),
-            source_errors: IntCounter::new(
+        let b = Builder {
+            registry: Registry::new(),
+        };
+        #[cfg(target_os = "linux")]
+        b.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("register");
+        let topic_partition = ["topic", "partition"];
+        Metrics {
+            source_records: b.counter_vec(
+                "kmflow_source_records_total",
+                "Messages read, by topic and partition",
+                &topic_partition,
+                &[],
+            ),
+            source_errors: b.counter(
                 "kmflow_source_errors_total",
                 "Errors reported by the Kafka client (broker unreachable, fetch failures)",
-            )
-            .expect("valid metric"),
-            source_outage: IntGauge::new(
+            ),
+            source_outage: b.gauge(
                 "kmflow_source_outage",
                 "1 while the source cannot reach the broker",
-            )
-            .expect("valid metric"),
-            decode_failures: IntCounterVec::new(
-                Opts::new(
-                    "kmflow_decode_failures_total",
-                    "Messages that could not be decoded (kept as dead letters), by reason",
-                ),
+            ),
+            decode_failures: b.counter_vec(
+                "kmflow_decode_failures_total",
+                "Messages that could not be decoded (kept as dead letters), by reason",
                 &["reason"],
-            )
-            .expect("valid metric"),
-            consumer_lag: IntGaugeVec::new(
-                Opts::new(
-                    "kmflow_source_consumer_lag_messages",
-                    "High watermark minus the committed next offset, by topic and partition",
-                ),
-                &["topic", "partition"],
-            )
-            .expect("valid metric"),
-                        offset_gaps: IntCounterVec::new(
-                Opts::new(
-                    "kmflow_source_offset_gaps_total",
-                    "Offsets the broker skipped right after kmflow resumed a partition (records not read)",
-                ),
-                &["topic", "partition"],
-            )
-            .expect("valid metric"),
-            partition_reset: IntGaugeVec::new(
-                Opts::new(
-                    "kmflow_source_partition_reset",
-                    "1 when the stored offset is past the end of the partition (topic deleted and recreated?)",
-                ),
-                &["topic", "partition"],
-            )
-            .expect("valid metric"),
-            upserts: IntCounterVec::new(
-                Opts::new(
-                    "kmflow_upsert_total",
-                    "Upsert decisions: inserted (new killmail), replaced (new zkb), unchanged (re-delivery)",
-                ),
+                &DecodeError::REASONS,
+            ),
+            consumer_lag: b.gauge_vec(
+                "kmflow_source_consumer_lag_messages",
+                "High watermark minus the committed next offset, by topic and partition",
+                &topic_partition,
+            ),
+            offset_gaps: b.counter_vec(
+                "kmflow_source_offset_gaps_total",
+                "Offsets the broker skipped right after kmflow resumed a partition (records not read)",
+                &topic_partition,
+                &[],
+            ),
+            partition_reset: b.gauge_vec(
+                "kmflow_source_partition_reset",
+                "1 when the stored offset is past the end of the partition (topic deleted and recreated?)",
+                &topic_partition,
+            ),
+            upserts: b.counter_vec(
+                "kmflow_upsert_total",
+                "Upsert decisions: inserted (new killmail), replaced (new zkb), unchanged (re-delivery)",
                 &["outcome"],
-            )
-            .expect("valid metric"),
-            checkpoint_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "kmflow_checkpoint_seconds",
-                    "Time to write one checkpoint (one synced WriteBatch) to RocksDB",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            checkpoint_size: Histogram::with_opts(
-                HistogramOpts::new(
-                    "kmflow_checkpoint_records",
-                    "Records written per checkpoint (every epoch complete when it is taken)",
-                )
-                .buckets(prometheus::exponential_buckets(1.0, 4.0, 12).expect("valid buckets")),
-            )
-            .expect("valid metric"),
-            committed_epoch: IntGauge::new("kmflow_committed_epoch", "The last committed epoch")
-                .expect("valid metric"),
-            stream_clock: IntGauge::new(
+                &["inserted", "replaced", "unchanged"],
+            ),
+            checkpoint_latency: b.histogram(
+                "kmflow_checkpoint_seconds",
+                "Time to write one checkpoint (one synced WriteBatch) to RocksDB",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            checkpoint_size: b.histogram(
+                "kmflow_checkpoint_records",
+                "Records written per checkpoint (every epoch complete when it is taken)",
+                prometheus::exponential_buckets(1.0, 4.0, 12).expect("valid buckets"),
+            ),
+            committed_epoch: b.gauge("kmflow_committed_epoch", "The last committed epoch"),
+            stream_clock: b.gauge(
                 "kmflow_stream_clock_seconds",
                 "The stream clock rolling windows end at: min(wall clock, latest killmail_time), Unix seconds",
-            )
-            .expect("valid metric"),
-                        state_read_errors: IntCounter::new(
+            ),
+            state_read_errors: b.counter(
                 "kmflow_state_read_errors_total",
                 "Upsert-state reads that failed; the operator retries them",
-            )
-            .expect("valid metric"),
-            checkpoint_errors: IntCounter::new(
+            ),
+            checkpoint_errors: b.counter(
                 "kmflow_checkpoint_errors_total",
                 "Checkpoints that failed to write (ingestion stops on the first)",
-            )
-            .expect("valid metric"),
-            state_size: IntGauge::new(
+            ),
+            state_size: b.gauge(
                 "kmflow_state_rocksdb_size_bytes",
                 "RocksDB SST files and memtables, all column families",
-            )
-            .expect("valid metric"),
-            ready: IntGauge::new("kmflow_ready", "1 when state is restored and the source connected")
-                .expect("valid metric"),
-            http_latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "kmflow_http_request_duration_seconds",
-                    "HTTP request latency, by route pattern and status",
+            ),
+            ready: b.gauge(
+                "kmflow_ready",
+                "1 when state is restored and the source connected",
+            ),
+            http_latency: b.add(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "kmflow_http_request_duration_seconds",
+                        "HTTP request latency, by route pattern and status",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["route", "status"],
                 )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["route", "status"],
-            )
-            .expect("valid metric"),
-            dead_letters_stored: IntGauge::new(
+                .expect("valid metric"),
+            ),
+            dead_letters_stored: b.gauge(
                 "kmflow_dead_letters_stored",
                 "Dead letters kept for GET /v1/dead-letters",
-            )
-            .expect("valid metric"),
-            dead_letters_dropped: IntCounter::new(
+            ),
+            dead_letters_dropped: b.counter(
                 "kmflow_dead_letters_dropped_total",
                 "Dead letters dropped by the retention (state.dead-letters-max, state.dead-letters-max-mb), oldest first",
-            )
-            .expect("valid metric"),
-            http_connections: IntGauge::new("kmflow_http_connections", "Open API connections")
-                .expect("valid metric"),
-            http_connections_refused: IntCounter::new(
+            ),
+            http_connections: b.gauge("kmflow_http_connections", "Open API connections"),
+            http_connections_refused: b.counter(
                 "kmflow_http_connections_refused_total",
                 "API connections closed on accept because api.max-connections were open",
-            )
-            .expect("valid metric"),
-            http_rejected: IntCounterVec::new(
-                Opts::new(
-                    "kmflow_http_rejected_total",
-                    "API requests answered by a limit instead of a handler: overloaded (api.max-in-flight), timeout (api.request-timeout-ms), panic (a handler bug, answered 500)",
-                ),
+            ),
+            http_rejected: b.counter_vec(
+                "kmflow_http_rejected_total",
+                "API requests answered by a limit instead of a handler: overloaded (api.max-in-flight), timeout (api.request-timeout-ms), panic (a handler bug, answered 500)",
                 &["reason"],
-            )
-            .expect("valid metric"),
-            registry,
-            freshness: Histogram::with_opts(
-                HistogramOpts::new(
-                    "kmflow_freshness_seconds",
-                    "Seconds from a message's produce timestamp to the checkpoint that makes it visible in the API (observed per partition and checkpoint)",
-                )
-                .buckets(vec![
+                &["overloaded", "timeout", "panic"],
+            ),
+            freshness: b.histogram(
+                "kmflow_freshness_seconds",
+                "Seconds from a message's produce timestamp to the checkpoint that makes it visible in the API (observed per partition and checkpoint)",
+                vec![
                     0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                     3600.0, 86400.0,
-                ]),
-            )
-            .expect("valid metric"),
-            stream_subscribers: IntGauge::new(
+                ],
+            ),
+            stream_subscribers: b.gauge(
                 "kmflow_stream_subscribers",
                 "Open GET /v1/stream (server-sent events) subscribers",
-            )
-            .expect("valid metric"),
-            stream_events: IntCounterVec::new(
-                Opts::new(
-                    "kmflow_stream_events_total",
-                    "Events sent to GET /v1/stream subscribers, by type",
-                ),
+            ),
+            stream_events: b.counter_vec(
+                "kmflow_stream_events_total",
+                "Events sent to GET /v1/stream subscribers, by type",
                 &["type"],
-            )
-            .expect("valid metric"),
-            stream_dropped: IntCounterVec::new(
-                Opts::new(
-                    "kmflow_stream_dropped_total",
-                    "Stream subscribers dropped (slow: fell behind the retained checkpoints) or refused (limit: stream.max-subscribers)",
-                ),
+                &["subscribed", "killmail", "stats", "checkpoint", "resync", "dropped"],
+            ),
+            stream_dropped: b.counter_vec(
+                "kmflow_stream_dropped_total",
+                "Stream subscribers dropped (slow: fell behind the retained checkpoints) or refused (limit: stream.max-subscribers)",
                 &["reason"],
-            )
-            .expect("valid metric"),
-        };
-        let r = &m.registry;
-        for c in [&m.stream_events, &m.stream_dropped] {
-            r.register(Box::new(c.clone())).expect("register");
+                &["slow", "limit"],
+            ),
+            registry: b.registry,
         }
-        r.register(Box::new(m.freshness.clone())).expect("register");
-        r.register(Box::new(m.stream_subscribers.clone()))
-            .expect("register");
-        r.register(Box::new(m.source_records.clone()))
-            .expect("register");
-        r.register(Box::new(m.source_errors.clone()))
-            .expect("register");
-        r.register(Box::new(m.source_outage.clone()))
-            .expect("register");
-        r.register(Box::new(m.decode_failures.clone()))
-            .expect("register");
-        r.register(Box::new(m.consumer_lag.clone()))
-            .expect("register");
-        r.register(Box::new(m.upserts.clone())).expect("register");
-        r.register(Box::new(m.partition_reset.clone()))
-            .expect("register");
-        r.register(Box::new(m.offset_gaps.clone()))
-            .expect("register");
-        r.register(Box::new(m.checkpoint_latency.clone()))
-            .expect("register");
-        r.register(Box::new(m.checkpoint_size.clone()))
-            .expect("register");
-        r.register(Box::new(m.stream_clock.clone()))
-            .expect("unique metric");
-        r.register(Box::new(m.committed_epoch.clone()))
-            .expect("register");
-        r.register(Box::new(m.state_read_errors.clone()))
-            .expect("register");
-        r.register(Box::new(m.checkpoint_errors.clone()))
-            .expect("register");
-        r.register(Box::new(m.state_size.clone()))
-            .expect("register");
-        r.register(Box::new(m.ready.clone())).expect("register");
-        r.register(Box::new(m.http_latency.clone()))
-            .expect("register");
-        r.register(Box::new(m.dead_letters_stored.clone()))
-            .expect("register");
-        r.register(Box::new(m.dead_letters_dropped.clone()))
-            .expect("register");
-        r.register(Box::new(m.http_connections.clone()))
-            .expect("register");
-        r.register(Box::new(m.http_connections_refused.clone()))
-            .expect("register");
-        r.register(Box::new(m.http_rejected.clone()))
-            .expect("register");
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("register");
-        for reason in DecodeError::REASONS {
-            m.decode_failures.with_label_values(&[reason]);
-        }
-        for reason in ["overloaded", "timeout", "panic"] {
-            m.http_rejected.with_label_values(&[reason]);
-        }
-        for kind in [
-            "subscribed",
-            "killmail",
-            "stats",
-            "checkpoint",
-            "resync",
-            "dropped",
-        ] {
-            m.stream_events.with_label_values(&[kind]);
-        }
-        for reason in ["slow", "limit"] {
-            m.stream_dropped.with_label_values(&[reason]);
-        }
-        for outcome in ["inserted", "replaced", "unchanged"] {
-            m.upserts.with_label_values(&[outcome]);
-        }
-        m
     }
 
     /// Sets the gauges that describe the stored state to `meta` (at start and after each

@@ -63,7 +63,7 @@ fn fixture() -> Fixture {
         i64::MAX,
     )
     .unwrap();
-    let mut state = AppState::new(s, Metrics::new(), &kmflow::config::Config::defaults().api);
+    let mut state = AppState::new(s, Metrics::new(), &kmflow::config::Config::defaults());
     state
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
@@ -394,7 +394,12 @@ async fn windows_sections_and_fields() {
         .as_str()
         .unwrap()
         .contains("static-dir"));
+}
 
+/// A parameter mistake is a 400 whose message names the parameter and the values allowed.
+#[tokio::test]
+async fn parameter_mistakes_name_the_parameter_and_the_values_allowed() {
+    let f = fixture();
     for (uri, names) in [
         (
             "/v1/characters/90000001?fields=kils",

@@ -30,7 +30,7 @@ struct Fixture {
 fn fixture(max_subscribers: usize, retain_checkpoints: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let s = RocksState::open(dir.path(), 16).unwrap();
-    let mut state = AppState::new(s, Metrics::new(), &Config::defaults().api);
+    let mut state = AppState::new(s, Metrics::new(), &Config::defaults());
     state.stream = StreamConfig {
         max_subscribers,
         retain_checkpoints,

@@ -69,9 +69,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The handlers' state for `state`, with `api`'s limits.
-    pub fn new(state: Arc<RocksState>, metrics: Metrics, api: &crate::config::ApiConfig) -> Self {
-        let stream = crate::config::Config::defaults().stream;
+    /// The handlers' state for `state`, with the API's limits and a live feed starting at
+    /// the state's committed epoch, as `config` sets them.
+    pub fn new(state: Arc<RocksState>, metrics: Metrics, config: &crate::config::Config) -> Self {
+        let (api, stream) = (&config.api, config.stream.clone());
         let committed = state.committed_epoch();
         AppState {
             state,
@@ -350,9 +351,9 @@ mod tests {
     async fn panics_and_timeouts_are_answered_with_the_json_error() {
         let dir = tempfile::tempdir().unwrap();
         let state = RocksState::open(dir.path(), 8).unwrap();
-        let mut api = crate::config::Config::defaults().api;
-        api.request_timeout_ms = 200;
-        let s = AppState::new(state, Metrics::new(), &api);
+        let mut config = crate::config::Config::defaults();
+        config.api.request_timeout_ms = 200;
+        let s = AppState::new(state, Metrics::new(), &config);
         let router: Router = Router::new()
             .route("/panic", get(boom))
             .route(

@@ -123,13 +123,11 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     ));
 
     // The API first: reads are served while the source connects or the broker is down.
-    let mut api_state = AppState::new(state.clone(), metrics.clone(), &config.api);
+    let mut api_state = AppState::new(state.clone(), metrics.clone(), &config);
     api_state.topics = Arc::new(topics.clone());
     api_state.static_data = static_data.clone();
     api_state.level = config.stats.level;
-    let feed = Arc::new(Feed::new(&config.stream, state.committed_epoch()));
-    api_state.feed = feed.clone();
-    api_state.stream = config.stream.clone();
+    let feed = api_state.feed.clone();
     let ready = api_state.ready.clone();
     let api = ApiServer::start(&config, api_state)?;
     let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
