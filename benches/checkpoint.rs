@@ -31,7 +31,7 @@ fn batch(state: &RocksState, first: u64, n: u64, epoch: u64) -> CheckpointBatch<
     for (i, (_, payload)) in kms.enumerate() {
         let km = decode(&payload).unwrap();
         for (k, s) in contributions(&km, StatsLevel::Full) {
-            deltas.entry(k).or_default().merge(&s);
+            deltas.merge(k, &s);
         }
         b.max_time = b.max_time.max(Some(km.time));
         let applied_from = SourcePos {

@@ -107,10 +107,10 @@ fn retraction_zeroes_counts_and_keeps_times() {
         i64::MAX,
     )
     .unwrap();
-    let mut deltas = common::deltas_of(&[a]);
-    for d in deltas.values_mut() {
-        *d = d.retraction();
-    }
+    let deltas: kmflow_dataflows::checkpoint::DeltaMap = common::deltas_of(&[a])
+        .into_iter()
+        .map(|(k, d)| (k, d.retraction()))
+        .collect();
     batch.writes = common::writes_of(&*s, &deltas);
     batch.upserts.clear();
     batch.last_epoch = 1;

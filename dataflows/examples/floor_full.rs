@@ -73,7 +73,7 @@ fn main() {
             Upsert::Replace(next) => {
                 let old = &current.expect("replaces a known version").killmail;
                 for (k, s) in contributions(old, StatsLevel::Full) {
-                    stats.entry(k).or_default().merge(&s.retraction());
+                    stats.merge(k, &s.retraction());
                 }
                 next
             }
@@ -82,7 +82,7 @@ fn main() {
             let c = contributions(&next, StatsLevel::Full);
             touched += c.len();
             for (k, s) in c {
-                stats.entry(k).or_default().merge(&s);
+                stats.merge(k, &s);
             }
         }
         latest = latest.max(next.time);

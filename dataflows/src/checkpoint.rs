@@ -16,14 +16,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::aggregate::Write;
-use crate::keys::StatKey;
 use crate::model::{DeadLetter, StoredKillmail};
 use crate::shard::{Checkpoints, ShardFlush};
-use crate::stats::Stats;
 use std::sync::Arc;
 
-/// Deltas by statistic (Fx hashing: the keys are small and not attacker-controlled).
-pub type DeltaMap = rustc_hash::FxHashMap<StatKey, Stats>;
+pub use crate::deltas::DeltaMap;
 
 /// One item of committed output.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -183,11 +180,19 @@ impl<M: Clone> CheckpointCoordinator<M> {
         {
             return None;
         }
-        let writes: Vec<Write> = self
+        // The largest shard's writes take in the others: one copy fewer of the largest part
+        // (collecting them all into a new vector was 5% of a 1M replay's CPU).
+        let mut parts: Vec<Vec<Write>> = self
             .flushes
             .iter_mut()
-            .flat_map(|f| f.take().unwrap_or_default())
+            .map(|f| f.take().unwrap_or_default())
             .collect();
+        parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        let mut parts = parts.into_iter();
+        let mut writes = parts.next().unwrap_or_default();
+        for part in parts {
+            writes.extend(part);
+        }
         // When the input closed (target u64::MAX) the batch ends at the last epoch used.
         let last_epoch = match self.max_seen {
             Some(seen) => (target - 1).min(seen.max(self.committed_frontier.saturating_sub(1))),

@@ -123,8 +123,16 @@ fn shares<K: Copy + Eq + std::hash::Hash>(
 
 /// The contribution of `km` to every statistic it touches, one entry per key.
 pub fn contributions(km: &Killmail, level: StatsLevel) -> Vec<(StatKey, Stats)> {
+    let mut out = Vec::new();
+    contributions_into(km, level, &mut out);
+    out
+}
+
+/// [`contributions`] appended to `out`, a buffer the caller reuses across killmails (the
+/// combiner: one allocation per worker rather than one per killmail).
+pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatKey, Stats)>) {
     let per_kind = 1 + km.attackers.len().min(64);
-    let mut out: Vec<(StatKey, Stats)> = Vec::with_capacity(match level {
+    out.reserve(match level {
         StatsLevel::AllTime => 3 * per_kind,
         StatsLevel::Full => 24 * per_kind,
     });
@@ -204,5 +212,4 @@ pub fn contributions(km: &Killmail, level: StatsLevel) -> Vec<(StatKey, Stats)> 
             ));
         }
     }
-    out
 }

@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod contrib;
 pub mod decode;
+pub mod deltas;
 pub mod gen;
 pub mod harness;
 pub mod keys;

@@ -26,7 +26,7 @@ use timely::dataflow::operators::{Capability, Concat, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use crate::checkpoint::{SinkItem, SinkReport};
-use crate::contrib::{contributions, StatsLevel};
+use crate::contrib::{contributions_into, StatsLevel};
 use crate::decode::decode;
 use crate::keys::StatKey;
 use crate::model::{
@@ -215,20 +215,24 @@ fn combine<'s>(
 ) -> StreamVec<'s, u64, (StatKey, Stats)> {
     facts.unary_frontier(Pipeline, "Combine", move |_cap, _info| {
         let mut pending: BTreeMap<u64, EpochDeltas> = BTreeMap::new();
+        // Each epoch's map starts with the size of the last one: no growth on the way.
+        let mut capacity = 0;
+        let mut buf = Vec::new();
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {
                 let t = epoch_of(&cap);
                 let entry = pending.entry(t).or_insert_with(|| {
                     (
                         cap.retain_least(0).expect("input capability for output 0"),
-                        Default::default(),
+                        crate::checkpoint::DeltaMap::with_capacity(capacity),
                     )
                 });
                 for batch in data {
                     for (km, _epoch, diff) in batch.drain(..) {
-                        for (key, s) in contributions(&km, level) {
+                        contributions_into(&km, level, &mut buf);
+                        for (key, s) in buf.drain(..) {
                             let d = if diff < 0 { s.retraction() } else { s };
-                            entry.1.entry(key).or_default().merge(&d);
+                            entry.1.merge(key, &d);
                         }
                     }
                 }
@@ -238,6 +242,7 @@ fn combine<'s>(
                     break;
                 }
                 let (cap, deltas) = pending.remove(&epoch).expect("first key");
+                capacity = deltas.len();
                 let mut session = output.session(&cap);
                 for (key, d) in deltas {
                     if !d.is_empty() {

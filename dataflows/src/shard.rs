@@ -192,7 +192,7 @@ pub fn plan_flush(
     }
     // In the order RocksDB keeps them: a memtable insert next to the previous one is cheap
     // (its skip list starts from the last position), in hash order each insert searches.
-    writes.sort_unstable_by_key(write_order);
+    writes.sort_by_cached_key(write_order);
     // Keep the cache within its budget (after the flush: every old value above was needed):
     // drop the rows this flush did not touch first, then everything.
     if cache.rows.len() > cache.capacity {
@@ -283,22 +283,22 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
                         let epoch = *cap.least().expect("a message stamp has a time");
                         let map = pending.entry(epoch).or_default();
                         for (key, delta) in data.drain(..) {
-                            map.entry(key).or_default().merge(&delta);
+                            map.merge(key, &delta);
                         }
                     });
                     let Some(cap) = held.as_mut() else { return };
                     let target = checkpoints.target();
                     if target > flushed && !frontier.less_than(&target) {
                         let rest = pending.split_off(&target);
-                        let mut dirty = DeltaMap::default();
-                        for (_, map) in std::mem::replace(&mut pending, rest) {
-                            if dirty.is_empty() {
-                                dirty = map;
-                            } else {
-                                for (k, d) in map {
-                                    dirty.entry(k).or_default().merge(&d);
-                                }
-                            }
+                        // The largest epoch's map takes in the others.
+                        let mut maps: Vec<DeltaMap> = std::mem::replace(&mut pending, rest)
+                            .into_values()
+                            .collect();
+                        maps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+                        let mut maps = maps.into_iter();
+                        let mut dirty = maps.next().unwrap_or_default();
+                        for map in maps {
+                            dirty.absorb(map);
                         }
                         match plan_flush(&*store, &mut cache, &dirty) {
                             Ok(writes) => {

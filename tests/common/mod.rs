@@ -377,7 +377,7 @@ pub fn deltas_of(kms: &[kmflow_dataflows::Killmail]) -> kmflow_dataflows::checkp
     let mut deltas = kmflow_dataflows::checkpoint::DeltaMap::default();
     for km in kms {
         for (k, s) in contributions(km, kmflow_dataflows::contrib::StatsLevel::Full) {
-            deltas.entry(k).or_default().merge(&s);
+            deltas.merge(k, &s);
         }
     }
     deltas
