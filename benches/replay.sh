@@ -78,6 +78,7 @@ for BIN in "${BINS[@]}"; do
       C=$(committed)
       while [ "$NEXT" -le 10 ] && [ "$C" -ge $((N * NEXT / 10)) ]; do
         TRACE="$TRACE $((NEXT * 10))%:$(now):$(rss)"; NEXT=$((NEXT + 1))
+        echo "replay: $(basename "$BIN") W=$W $TRACE" >&2
       done
       [ "$C" -ge "$N" ] && break
       kill -0 $KPID 2>/dev/null || { echo "replay: kmflow exited; log:" >&2; tail "$WORK/log" >&2; exit 1; }

@@ -42,6 +42,7 @@ pub struct Metrics {
     /// State reads by the upsert operator that failed (retried).
     pub state_read_errors: IntCounter,
     pub state_size: IntGauge,
+    pub state_memory: IntGaugeVec,
     pub ready: IntGauge,
     /// Labels: route (the matched pattern, bounded), status.
     pub http_latency: HistogramVec,
@@ -188,6 +189,13 @@ impl Metrics {
             state_size: b.gauge(
                 "kmflow_state_rocksdb_size_bytes",
                 "RocksDB SST files and memtables, all column families",
+            ),
+            state_memory: b.gauge_vec(
+                "kmflow_state_rocksdb_memory_bytes",
+                "RocksDB memory by part: block_cache (bounded by state.block-cache-mb), pinned \
+                 (the part of the cache in use and not evictable), memtables, table_readers \
+                 (indexes and filters held outside the cache)",
+                &["part"],
             ),
             ready: b.gauge(
                 "kmflow_ready",

@@ -322,6 +322,24 @@ async fn health_readiness_and_metrics() {
         .find(|l| l.starts_with("kmflow_state_rocksdb_size_bytes "))
         .unwrap();
     assert!(size.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 0.0);
+    // RocksDB's memory by part; the fixture's writes are still in the memtables.
+    let part = |p: &str| -> f64 {
+        let prefix = format!("kmflow_state_rocksdb_memory_bytes{{part=\"{p}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&prefix));
+        line.unwrap_or_else(|| panic!("no {prefix}:\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(part("memtables") > 0.0);
+    assert!(
+        part("block_cache") <= 16.0 * 1024.0 * 1024.0,
+        "the fixture opens a 16 MiB cache"
+    );
+    part("pinned");
+    part("table_readers");
 }
 
 #[tokio::test]

@@ -303,8 +303,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<AppState>) -> Response {
-    if let Ok(size) = s.read(|st| Ok(st.size_bytes())).await {
+    if let Ok((size, memory)) = s.read(|st| Ok((st.size_bytes(), st.memory_bytes()))).await {
         s.metrics.state_size.set(size as i64);
+        for (part, bytes) in memory {
+            s.metrics
+                .state_memory
+                .with_label_values(&[part])
+                .set(bytes as i64);
+        }
     }
     (
         [(
