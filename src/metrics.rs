@@ -14,14 +14,26 @@ const LATENCY_BUCKETS: [f64; 18] = [
     2.5, 10.0, 30.0, 120.0,
 ];
 
+/// Every metric of one process, by concern.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    pub source: SourceMetrics,
+    pub state: StateMetrics,
+    pub http: HttpMetrics,
+    pub stream: StreamMetrics,
+    /// 1 when state is restored and the source connected.
+    pub ready: IntGauge,
+}
+
+/// Reading and decoding messages.
+#[derive(Clone)]
+pub struct SourceMetrics {
     /// Labels: topic, partition (bounded by the configured topics' partitions).
-    pub source_records: IntCounterVec,
-    pub source_errors: IntCounter,
+    pub records: IntCounterVec,
+    pub errors: IntCounter,
     /// 1 while the source cannot reach the broker.
-    pub source_outage: IntGauge,
+    pub outage: IntGauge,
     /// Labels: reason (bounded: [`DecodeError::REASONS`]). Counted at commit: exactly once.
     pub decode_failures: IntCounterVec,
     /// Labels: topic, partition.
@@ -30,40 +42,55 @@ pub struct Metrics {
     pub partition_reset: IntGaugeVec,
     /// Labels: topic, partition. Offsets the broker skipped after a resume.
     pub offset_gaps: IntCounterVec,
+}
+
+/// The upsert state, checkpoints and what they store.
+#[derive(Clone)]
+pub struct StateMetrics {
     /// Labels: outcome (inserted, replaced, unchanged).
     pub upserts: IntCounterVec,
     pub checkpoint_latency: Histogram,
     /// Records (killmail upserts, deltas and dead letters) written per checkpoint.
     pub checkpoint_size: Histogram,
+    pub checkpoint_errors: IntCounter,
     pub committed_epoch: IntGauge,
     /// The stream clock (Unix seconds) the rolling windows end at.
-    pub stream_clock: IntGauge,
-    pub checkpoint_errors: IntCounter,
+    pub clock: IntGauge,
     /// State reads by the upsert operator that failed (retried).
-    pub state_read_errors: IntCounter,
-    pub state_size: IntGauge,
-    pub state_memory: IntGaugeVec,
-    pub ready: IntGauge,
-    /// Labels: route (the matched pattern, bounded), status.
-    pub http_latency: HistogramVec,
+    pub read_errors: IntCounter,
+    pub size: IntGauge,
+    /// Labels: part (block_cache, pinned, memtables, table_readers).
+    pub memory: IntGaugeVec,
     /// Dead letters stored.
     pub dead_letters_stored: IntGauge,
     /// Dead letters the retention dropped (oldest first), over the state's life.
     pub dead_letters_dropped: IntCounter,
-    /// Open API connections.
-    pub http_connections: IntGauge,
-    /// Connections closed on accept because `api.max-connections` were open.
-    pub http_connections_refused: IntCounter,
-    /// Labels: reason (overloaded, timeout, panic). Requests answered by a limit, not a handler.
-    pub http_rejected: IntCounterVec,
     /// Seconds from a message's produce timestamp to the checkpoint that made it visible.
     pub freshness: Histogram,
-    /// Open `GET /v1/stream` subscribers.
-    pub stream_subscribers: IntGauge,
+}
+
+/// The API's connections and requests.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// Labels: route (the matched pattern, bounded), status.
+    pub latency: HistogramVec,
+    /// Open API connections.
+    pub connections: IntGauge,
+    /// Connections closed on accept because `api.max-connections` were open.
+    pub connections_refused: IntCounter,
+    /// Labels: reason (overloaded, timeout, panic). Requests answered by a limit, not a handler.
+    pub rejected: IntCounterVec,
+}
+
+/// The live feed, `GET /v1/stream`.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    /// Open subscribers.
+    pub subscribers: IntGauge,
     /// Labels: type (subscribed, killmail, stats, checkpoint, resync, dropped). Events sent.
-    pub stream_events: IntCounterVec,
+    pub events: IntCounterVec,
     /// Labels: reason (slow, limit). Subscribers dropped or refused.
-    pub stream_dropped: IntCounterVec,
+    pub dropped: IntCounterVec,
 }
 
 /// Creates each metric and registers it in one step; a labelled counter can be given the
@@ -119,141 +146,14 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("register");
-        let topic_partition = ["topic", "partition"];
         Metrics {
-            source_records: b.counter_vec(
-                "kmflow_source_records_total",
-                "Messages read, by topic and partition",
-                &topic_partition,
-                &[],
-            ),
-            source_errors: b.counter(
-                "kmflow_source_errors_total",
-                "Errors reported by the Kafka client (broker unreachable, fetch failures)",
-            ),
-            source_outage: b.gauge(
-                "kmflow_source_outage",
-                "1 while the source cannot reach the broker",
-            ),
-            decode_failures: b.counter_vec(
-                "kmflow_decode_failures_total",
-                "Messages that could not be decoded (kept as dead letters), by reason",
-                &["reason"],
-                &DecodeError::REASONS,
-            ),
-            consumer_lag: b.gauge_vec(
-                "kmflow_source_consumer_lag_messages",
-                "High watermark minus the committed next offset, by topic and partition",
-                &topic_partition,
-            ),
-            offset_gaps: b.counter_vec(
-                "kmflow_source_offset_gaps_total",
-                "Offsets the broker skipped right after kmflow resumed a partition (records not read)",
-                &topic_partition,
-                &[],
-            ),
-            partition_reset: b.gauge_vec(
-                "kmflow_source_partition_reset",
-                "1 when the stored offset is past the end of the partition (topic deleted and recreated?)",
-                &topic_partition,
-            ),
-            upserts: b.counter_vec(
-                "kmflow_upsert_total",
-                "Upsert decisions: inserted (new killmail), replaced (new zkb), unchanged (re-delivery)",
-                &["outcome"],
-                &["inserted", "replaced", "unchanged"],
-            ),
-            checkpoint_latency: b.histogram(
-                "kmflow_checkpoint_seconds",
-                "Time to write one checkpoint (one synced WriteBatch) to RocksDB",
-                LATENCY_BUCKETS.to_vec(),
-            ),
-            checkpoint_size: b.histogram(
-                "kmflow_checkpoint_records",
-                "Records written per checkpoint (every epoch complete when it is taken)",
-                prometheus::exponential_buckets(1.0, 4.0, 12).expect("valid buckets"),
-            ),
-            committed_epoch: b.gauge("kmflow_committed_epoch", "The last committed epoch"),
-            stream_clock: b.gauge(
-                "kmflow_stream_clock_seconds",
-                "The stream clock rolling windows end at: min(wall clock, latest killmail_time), Unix seconds",
-            ),
-            state_read_errors: b.counter(
-                "kmflow_state_read_errors_total",
-                "Upsert-state reads that failed; the operator retries them",
-            ),
-            checkpoint_errors: b.counter(
-                "kmflow_checkpoint_errors_total",
-                "Checkpoints that failed to write (ingestion stops on the first)",
-            ),
-            state_size: b.gauge(
-                "kmflow_state_rocksdb_size_bytes",
-                "RocksDB SST files and memtables, all column families",
-            ),
-            state_memory: b.gauge_vec(
-                "kmflow_state_rocksdb_memory_bytes",
-                "RocksDB memory by part: block_cache (bounded by state.block-cache-mb), pinned \
-                 (the part of the cache in use and not evictable), memtables, table_readers \
-                 (indexes and filters held outside the cache)",
-                &["part"],
-            ),
+            source: SourceMetrics::new(&b),
+            state: StateMetrics::new(&b),
+            http: HttpMetrics::new(&b),
+            stream: StreamMetrics::new(&b),
             ready: b.gauge(
                 "kmflow_ready",
                 "1 when state is restored and the source connected",
-            ),
-            http_latency: b.add(
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "kmflow_http_request_duration_seconds",
-                        "HTTP request latency, by route pattern and status",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["route", "status"],
-                )
-                .expect("valid metric"),
-            ),
-            dead_letters_stored: b.gauge(
-                "kmflow_dead_letters_stored",
-                "Dead letters kept for GET /v1/dead-letters",
-            ),
-            dead_letters_dropped: b.counter(
-                "kmflow_dead_letters_dropped_total",
-                "Dead letters dropped by the retention (state.dead-letters-max, state.dead-letters-max-mb), oldest first",
-            ),
-            http_connections: b.gauge("kmflow_http_connections", "Open API connections"),
-            http_connections_refused: b.counter(
-                "kmflow_http_connections_refused_total",
-                "API connections closed on accept because api.max-connections were open",
-            ),
-            http_rejected: b.counter_vec(
-                "kmflow_http_rejected_total",
-                "API requests answered by a limit instead of a handler: overloaded (api.max-in-flight), timeout (api.request-timeout-ms), panic (a handler bug, answered 500)",
-                &["reason"],
-                &["overloaded", "timeout", "panic"],
-            ),
-            freshness: b.histogram(
-                "kmflow_freshness_seconds",
-                "Seconds from a message's produce timestamp to the checkpoint that makes it visible in the API (observed per partition and checkpoint)",
-                vec![
-                    0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-                    3600.0, 86400.0,
-                ],
-            ),
-            stream_subscribers: b.gauge(
-                "kmflow_stream_subscribers",
-                "Open GET /v1/stream (server-sent events) subscribers",
-            ),
-            stream_events: b.counter_vec(
-                "kmflow_stream_events_total",
-                "Events sent to GET /v1/stream subscribers, by type",
-                &["type"],
-                &["subscribed", "killmail", "stats", "checkpoint", "resync", "dropped"],
-            ),
-            stream_dropped: b.counter_vec(
-                "kmflow_stream_dropped_total",
-                "Stream subscribers dropped (slow: fell behind the retained checkpoints) or refused (limit: stream.max-subscribers)",
-                &["reason"],
-                &["slow", "limit"],
             ),
             registry: b.registry,
         }
@@ -262,14 +162,15 @@ impl Metrics {
     /// Sets the gauges that describe the stored state to `meta` (at start and after each
     /// checkpoint).
     pub fn observe_stored(&self, meta: &crate::state::CheckpointMeta) {
-        self.committed_epoch.set(meta.epoch as i64);
+        let s = &self.state;
+        s.committed_epoch.set(meta.epoch as i64);
         if let Some(now) = meta.clock.now {
-            self.stream_clock.set(now);
+            s.clock.set(now);
         }
-        self.dead_letters_stored.set(meta.dead_letters.count as i64);
+        s.dead_letters_stored.set(meta.dead_letters.count as i64);
         let dropped = meta.dead_letters.dropped;
-        self.dead_letters_dropped
-            .inc_by(dropped.saturating_sub(self.dead_letters_dropped.get()));
+        s.dead_letters_dropped
+            .inc_by(dropped.saturating_sub(s.dead_letters_dropped.get()));
     }
 
     /// The Prometheus text exposition of every metric.
@@ -279,6 +180,165 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl SourceMetrics {
+    fn new(b: &Builder) -> Self {
+        let topic_partition = ["topic", "partition"];
+        SourceMetrics {
+        records: b.counter_vec(
+            "kmflow_source_records_total",
+            "Messages read, by topic and partition",
+            &topic_partition,
+            &[],
+        ),
+        errors: b.counter(
+            "kmflow_source_errors_total",
+            "Errors reported by the Kafka client (broker unreachable, fetch failures)",
+        ),
+        outage: b.gauge(
+            "kmflow_source_outage",
+            "1 while the source cannot reach the broker",
+        ),
+        decode_failures: b.counter_vec(
+            "kmflow_decode_failures_total",
+            "Messages that could not be decoded (kept as dead letters), by reason",
+            &["reason"],
+            &DecodeError::REASONS,
+        ),
+        consumer_lag: b.gauge_vec(
+            "kmflow_source_consumer_lag_messages",
+            "High watermark minus the committed next offset, by topic and partition",
+            &topic_partition,
+        ),
+        partition_reset: b.gauge_vec(
+            "kmflow_source_partition_reset",
+            "1 when the stored offset is past the end of the partition (topic deleted and recreated?)",
+            &topic_partition,
+        ),
+        offset_gaps: b.counter_vec(
+            "kmflow_source_offset_gaps_total",
+            "Offsets the broker skipped right after kmflow resumed a partition (records not read)",
+            &topic_partition,
+            &[],
+        ),
+        }
+    }
+}
+
+impl StateMetrics {
+    fn new(b: &Builder) -> Self {
+        StateMetrics {
+        upserts: b.counter_vec(
+            "kmflow_upsert_total",
+            "Upsert decisions: inserted (new killmail), replaced (new zkb), unchanged (re-delivery)",
+            &["outcome"],
+            &["inserted", "replaced", "unchanged"],
+        ),
+        checkpoint_latency: b.histogram(
+            "kmflow_checkpoint_seconds",
+            "Time to write one checkpoint (one synced WriteBatch) to RocksDB",
+            LATENCY_BUCKETS.to_vec(),
+        ),
+        checkpoint_size: b.histogram(
+            "kmflow_checkpoint_records",
+            "Records written per checkpoint (every epoch complete when it is taken)",
+            prometheus::exponential_buckets(1.0, 4.0, 12).expect("valid buckets"),
+        ),
+        checkpoint_errors: b.counter(
+            "kmflow_checkpoint_errors_total",
+            "Checkpoints that failed to write (ingestion stops on the first)",
+        ),
+        committed_epoch: b.gauge("kmflow_committed_epoch", "The last committed epoch"),
+        clock: b.gauge(
+            "kmflow_stream_clock_seconds",
+            "The stream clock rolling windows end at: min(wall clock, latest killmail_time), Unix seconds",
+        ),
+        read_errors: b.counter(
+            "kmflow_state_read_errors_total",
+            "Upsert-state reads that failed; the operator retries them",
+        ),
+        size: b.gauge(
+            "kmflow_state_rocksdb_size_bytes",
+            "RocksDB SST files and memtables, all column families",
+        ),
+        memory: b.gauge_vec(
+            "kmflow_state_rocksdb_memory_bytes",
+            "RocksDB memory by part: block_cache (bounded by state.block-cache-mb), pinned \
+             (the part of the cache in use and not evictable), memtables, table_readers \
+             (indexes and filters held outside the cache)",
+            &["part"],
+        ),
+        dead_letters_stored: b.gauge(
+            "kmflow_dead_letters_stored",
+            "Dead letters kept for GET /v1/dead-letters",
+        ),
+        dead_letters_dropped: b.counter(
+            "kmflow_dead_letters_dropped_total",
+            "Dead letters dropped by the retention (state.dead-letters-max, state.dead-letters-max-mb), oldest first",
+        ),
+        freshness: b.histogram(
+            "kmflow_freshness_seconds",
+            "Seconds from a message's produce timestamp to the checkpoint that makes it visible in the API (observed per partition and checkpoint)",
+            vec![
+                0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                3600.0, 86400.0,
+            ],
+        ),
+        }
+    }
+}
+
+impl HttpMetrics {
+    fn new(b: &Builder) -> Self {
+        HttpMetrics {
+        latency: b.add(
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "kmflow_http_request_duration_seconds",
+                    "HTTP request latency, by route pattern and status",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+        ),
+        connections: b.gauge("kmflow_http_connections", "Open API connections"),
+        connections_refused: b.counter(
+            "kmflow_http_connections_refused_total",
+            "API connections closed on accept because api.max-connections were open",
+        ),
+        rejected: b.counter_vec(
+            "kmflow_http_rejected_total",
+            "API requests answered by a limit instead of a handler: overloaded (api.max-in-flight), timeout (api.request-timeout-ms), panic (a handler bug, answered 500)",
+            &["reason"],
+            &["overloaded", "timeout", "panic"],
+        ),
+        }
+    }
+}
+
+impl StreamMetrics {
+    fn new(b: &Builder) -> Self {
+        StreamMetrics {
+        subscribers: b.gauge(
+            "kmflow_stream_subscribers",
+            "Open GET /v1/stream (server-sent events) subscribers",
+        ),
+        events: b.counter_vec(
+            "kmflow_stream_events_total",
+            "Events sent to GET /v1/stream subscribers, by type",
+            &["type"],
+            &["subscribed", "killmail", "stats", "checkpoint", "resync", "dropped"],
+        ),
+        dropped: b.counter_vec(
+            "kmflow_stream_dropped_total",
+            "Stream subscribers dropped (slow: fell behind the retained checkpoints) or refused (limit: stream.max-subscribers)",
+            &["reason"],
+            &["slow", "limit"],
+        ),
+        }
     }
 }
 

@@ -97,18 +97,18 @@ pub async fn serve(
             _ = stop.notified() => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.http_connections_refused.inc();
+            metrics.http.connections_refused.inc();
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        metrics.http_connections.inc();
+        metrics.http.connections.inc();
         // Registered before the task runs, so a stop right after accept still reaches it.
         let stop = stopped.clone().notified_owned();
         let (builder, router, metrics) = (builder.clone(), router.clone(), metrics.clone());
         tokio::spawn(async move {
             serve_connection(stream, builder, router, idle, stop).await;
-            metrics.http_connections.dec();
+            metrics.http.connections.dec();
             drop(slot);
         });
     }

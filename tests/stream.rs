@@ -146,10 +146,10 @@ async fn subscribers_are_bounded_and_counted() {
         .unwrap()
         .contains("stream.max-subscribers"));
     let m = &f.state.metrics;
-    assert_eq!(m.stream_dropped.with_label_values(&["limit"]).get(), 1);
-    assert_eq!(m.stream_subscribers.get(), 1);
+    assert_eq!(m.stream.dropped.with_label_values(&["limit"]).get(), 1);
+    assert_eq!(m.stream.subscribers.get(), 1);
     drop(first); // the client leaves: its slot is free again
-    assert_eq!(m.stream_subscribers.get(), 0);
+    assert_eq!(m.stream.subscribers.get(), 0);
     let (s3, _third) = get(&f, "/v1/stream", None).await;
     assert_eq!(s3, StatusCode::OK);
 }
@@ -249,7 +249,7 @@ async fn a_slow_subscriber_is_dropped_and_an_old_cursor_resyncs() {
         "dropped means closed"
     );
     let m = &f.state.metrics;
-    assert_eq!(m.stream_dropped.with_label_values(&["slow"]).get(), 1);
+    assert_eq!(m.stream.dropped.with_label_values(&["slow"]).get(), 1);
 
     // Resuming after 0:0: checkpoint 1 is gone, so the client is told to resync, then
     // follows live from the head.
@@ -269,5 +269,5 @@ async fn a_slow_subscriber_is_dropped_and_an_old_cursor_resyncs() {
         (Some("4:0"), &Value::from(14))
     );
     assert!(next_event(&mut resumed, &mut buf).await.is_none());
-    assert_eq!(m.stream_events.with_label_values(&["resync"]).get(), 1);
+    assert_eq!(m.stream.events.with_label_values(&["resync"]).get(), 1);
 }

@@ -114,7 +114,8 @@ impl AppState {
     {
         let Ok(permit) = self.reads.clone().try_acquire_owned() else {
             self.metrics
-                .http_rejected
+                .http
+                .rejected
                 .with_label_values(&["overloaded"])
                 .inc();
             return Err(ApiError::Overloaded(
@@ -201,7 +202,7 @@ pub fn app(state: AppState) -> Router {
 /// `kmflow_http_rejected_total`.
 async fn limits(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let reject = |reason: &str, err: ApiError| {
-        s.metrics.http_rejected.with_label_values(&[reason]).inc();
+        s.metrics.http.rejected.with_label_values(&[reason]).inc();
         err.into_response()
     };
     // Probes and scrapes are never refused: an overloaded API is still alive.
@@ -238,7 +239,8 @@ async fn track_latency(State(s): State<AppState>, req: Request, next: Next) -> R
         .unwrap_or_else(|| "unmatched".to_owned());
     let resp = next.run(req).await;
     s.metrics
-        .http_latency
+        .http
+        .latency
         .with_label_values(&[route.as_str(), resp.status().as_str()])
         .observe(start.elapsed().as_secs_f64());
     resp
@@ -304,10 +306,11 @@ async fn readyz(State(s): State<AppState>) -> Response {
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<AppState>) -> Response {
     if let Ok((size, memory)) = s.read(|st| Ok((st.size_bytes(), st.memory_bytes()))).await {
-        s.metrics.state_size.set(size as i64);
+        s.metrics.state.size.set(size as i64);
         for (part, bytes) in memory {
             s.metrics
-                .state_memory
+                .state
+                .memory
                 .with_label_values(&[part])
                 .set(bytes as i64);
         }
@@ -382,7 +385,7 @@ mod tests {
             let v: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["error"]["status"], status.as_u16());
             assert_eq!(
-                s.metrics.http_rejected.with_label_values(&[reason]).get(),
+                s.metrics.http.rejected.with_label_values(&[reason]).get(),
                 1,
                 "{reason} counted"
             );

@@ -165,7 +165,7 @@ impl Slot {
             (n < max).then_some(n + 1)
         })
         .ok()?;
-        metrics.stream_subscribers.inc();
+        metrics.stream.subscribers.inc();
         Some(Slot {
             open: open.clone(),
             metrics: metrics.clone(),
@@ -176,7 +176,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.stream_subscribers.dec();
+        self.metrics.stream.subscribers.dec();
     }
 }
 
@@ -210,7 +210,8 @@ impl Subscriber {
             // before any other event still resumes without a gap.
             self.greeted = true;
             self.metrics
-                .stream_events
+                .stream
+                .events
                 .with_label_values(&["subscribed"])
                 .inc();
             let data = json!({"after": self.cursor.id(), "head": self.feed.head()});
@@ -279,7 +280,7 @@ impl Subscriber {
             };
             if let Some((kind, Ok(data))) = event {
                 self.current = Some((cp.clone(), i));
-                self.metrics.stream_events.with_label_values(&[kind]).inc();
+                self.metrics.stream.events.with_label_values(&[kind]).inc();
                 return Some(
                     Event::default()
                         .event(kind)
@@ -294,7 +295,8 @@ impl Subscriber {
         };
         skipped_tail.then(|| {
             self.metrics
-                .stream_events
+                .stream
+                .events
                 .with_label_values(&["checkpoint"])
                 .inc();
             Event::default()
@@ -310,11 +312,13 @@ impl Subscriber {
             // It fell behind while connected: drop it rather than hold the feed.
             self.done = true;
             self.metrics
-                .stream_dropped
+                .stream
+                .dropped
                 .with_label_values(&["slow"])
                 .inc();
             self.metrics
-                .stream_events
+                .stream
+                .events
                 .with_label_values(&["dropped"])
                 .inc();
             let data = json!({
@@ -330,7 +334,8 @@ impl Subscriber {
             index: None,
         };
         self.metrics
-            .stream_events
+            .stream
+            .events
             .with_label_values(&["resync"])
             .inc();
         let data = json!({
@@ -385,7 +390,7 @@ pub async fn get_stream(
         })?,
     };
     let Some(slot) = Slot::take(&s.subscribers, s.stream.max_subscribers, &s.metrics) else {
-        s.metrics.stream_dropped.with_label_values(&["limit"]).inc();
+        s.metrics.stream.dropped.with_label_values(&["limit"]).inc();
         return Err(ApiError::Overloaded(format!(
             "{} stream subscribers are open (stream.max-subscribers); retry later",
             s.stream.max_subscribers

@@ -86,14 +86,14 @@ impl Checkpointer<'_> {
                     let now_ms = crate::source::unix_ms_now();
                     for ms in produced {
                         let age = (now_ms - ms).max(0) as f64 / 1000.0;
-                        self.metrics.freshness.observe(age);
+                        self.metrics.state.freshness.observe(age);
                     }
                     self.observe(&batch, &meta, t0);
                     hinted = hinted || self.hint(&batch);
                     self.feed.publish(&mut batch);
                 }
                 Err(e) => {
-                    self.metrics.checkpoint_errors.inc();
+                    self.metrics.state.checkpoint_errors.inc();
                     tracing::error!(error = %e, "checkpoint failed: stopping ingestion");
                     self.ctl.shutdown.store(true, Ordering::Release);
                     coordinator.abandon();
@@ -107,12 +107,16 @@ impl Checkpointer<'_> {
     /// Metrics of a written checkpoint; its dead letters are counted here, exactly once.
     fn observe<M>(&self, batch: &CheckpointBatch<M>, meta: &CheckpointMeta, t0: Instant) {
         let m = self.metrics;
-        m.checkpoint_latency.observe(t0.elapsed().as_secs_f64());
-        m.checkpoint_size
+        m.state
+            .checkpoint_latency
+            .observe(t0.elapsed().as_secs_f64());
+        m.state
+            .checkpoint_size
             .observe((batch.writes.len() + batch.upserts.len() + batch.dead_letters.len()) as f64);
         m.observe_stored(meta);
         for d in &batch.dead_letters {
-            m.decode_failures
+            m.source
+                .decode_failures
                 .with_label_values(&[d.reason.as_str()])
                 .inc();
         }

@@ -47,6 +47,7 @@ pub fn monitor_loop(
         ];
         for (i, outcome) in ["inserted", "replaced", "unchanged"].iter().enumerate() {
             metrics
+                .state
                 .upserts
                 .with_label_values(&[outcome])
                 .inc_by(now[i] - last[i]);
@@ -54,8 +55,9 @@ pub fn monitor_loop(
         last = now;
         let read_errors = counters.store_errors.load(Ordering::Relaxed);
         metrics
-            .state_read_errors
-            .inc_by(read_errors - metrics.state_read_errors.get());
+            .state
+            .read_errors
+            .inc_by(read_errors - metrics.state.read_errors.get());
         if config.source.kind != SourceKind::Kafka || !tick.is_multiple_of(8) {
             continue;
         }
@@ -66,7 +68,7 @@ pub fn monitor_loop(
                 if outage.swap(false, Ordering::AcqRel) {
                     tracing::info!("kafka: broker reachable again");
                 }
-                metrics.source_outage.set(0);
+                metrics.source.outage.set(0);
                 let offsets = state.offsets();
                 for ((t, p), lo, hi) in marks {
                     let topic = &topics[t as usize];
@@ -74,6 +76,7 @@ pub fn monitor_loop(
                     // Clamped: Tansu reports the last batch's base offset as high watermark.
                     let lag = hi - next.unwrap_or(lo).max(lo);
                     metrics
+                        .source
                         .consumer_lag
                         .with_label_values(&[topic.as_str(), &p.to_string()])
                         .set(lag.max(0));
@@ -86,13 +89,14 @@ pub fn monitor_loop(
                     if !outage.swap(true, Ordering::AcqRel) {
                         tracing::warn!(error = %e, "kafka: broker unreachable; serving reads, retrying");
                     }
-                    metrics.source_outage.set(1);
+                    metrics.source.outage.set(1);
                 }
             }
         }
         let any_reset = partitions.iter().chain(blocked).any(|(t, p)| {
             let topic = &topics[*t as usize];
             metrics
+                .source
                 .partition_reset
                 .with_label_values(&[topic.as_str(), &p.to_string()])
                 .get()

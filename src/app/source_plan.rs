@@ -39,7 +39,7 @@ impl SourcePlan {
             SourceKind::Kafka => retry(ctl, "kafka: waiting for brokers and topics", || {
                 let r = kafka::discover_partitions(&config.kafka, Duration::from_secs(5));
                 if r.is_err() {
-                    metrics.source_outage.set(1);
+                    metrics.source.outage.set(1);
                 }
                 r
             })?,
@@ -62,7 +62,7 @@ impl SourcePlan {
             let blocked = plan.blocked.clone();
             plan.partitions.retain(|p| !blocked.contains(p));
         }
-        metrics.source_outage.set(0);
+        metrics.source.outage.set(0);
         Some(plan)
     }
 
@@ -94,6 +94,7 @@ impl SourcePlan {
         let topic = &topics[t as usize];
         let stored = self.offsets.get(topic).and_then(|m| m.get(&p)).copied();
         metrics
+            .source
             .partition_reset
             .with_label_values(&[topic.as_str(), &p.to_string()])
             .set(1);

@@ -111,7 +111,8 @@ impl PartitionReader for GeneratorReader {
             if count > 0 {
                 part.produced_ms = now;
                 self.metrics
-                    .source_records
+                    .source
+                    .records
                     .with_label_values(&[GENERATOR_TOPIC, &part.partition.to_string()])
                     .inc_by(count);
             }

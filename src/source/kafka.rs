@@ -56,13 +56,13 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        self.metrics.source_errors.inc();
+        self.metrics.source.errors.inc();
         if matches!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown)
         ) {
             self.outage.store(true, Ordering::Release);
-            self.metrics.source_outage.set(1);
+            self.metrics.source.outage.set(1);
         }
         tracing::warn!(error = %error, reason, "kafka: client error");
     }
@@ -181,7 +181,8 @@ impl KafkaReader {
     fn flush_metrics(&mut self) {
         for ((t, p), n) in std::mem::take(&mut self.counts) {
             self.metrics
-                .source_records
+                .source
+                .records
                 .with_label_values(&[self.topics[t as usize].as_str(), &p.to_string()])
                 .inc_by(n);
         }
@@ -216,6 +217,7 @@ impl PartitionReader for KafkaReader {
                             // when the stored offset is inside a record batch): say so loudly.
                             let topic = self.topics[t as usize].as_str();
                             self.metrics
+                                .source
                                 .offset_gaps
                                 .with_label_values(&[topic, &p.to_string()])
                                 .inc_by((o - next) as u64);
@@ -240,7 +242,7 @@ impl PartitionReader for KafkaReader {
                     n += 1;
                 }
                 Some(Err(e)) => {
-                    self.metrics.source_errors.inc();
+                    self.metrics.source.errors.inc();
                     tracing::warn!(error = %e, "kafka: fetch error");
                     break;
                 }
@@ -254,7 +256,7 @@ impl PartitionReader for KafkaReader {
         if n > 0 {
             if self.outage.swap(false, Ordering::AcqRel) {
                 tracing::info!("kafka: broker reachable again");
-                self.metrics.source_outage.set(0);
+                self.metrics.source.outage.set(0);
             }
             self.flush_metrics();
         }
