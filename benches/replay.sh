@@ -34,9 +34,10 @@ if [ ! -x "$BASELINE" ]; then
   cp "${CARGO_TARGET_DIR}/release/kmflow" "$BASELINE"
   git worktree remove --force "$WT"
 fi
-cargo build --release --bin kmflow -q
-cargo build --release -p kmflow-dataflows --example floor_full -q
-CURRENT="${CARGO_TARGET_DIR}/release/kmflow"
+# KMFLOW_BIN runs a copy of the binary (so a long run is not disturbed by rebuilds meanwhile).
+if [ -z "${KMFLOW_BIN:-}" ]; then cargo build --release --bin kmflow -q; fi
+[ -n "${SKIP_FLOOR:-}" ] || cargo build --release -p kmflow-dataflows --example floor_full -q
+CURRENT="${KMFLOW_BIN:-${CARGO_TARGET_DIR}/release/kmflow}"
 FLOOR="${CARGO_TARGET_DIR}/release/examples/floor_full"
 
 WORK=$(mktemp -d)

@@ -128,14 +128,24 @@ pub fn contributions(km: &Killmail, level: StatsLevel) -> Vec<(StatKey, Stats)> 
     out
 }
 
-/// [`contributions`] appended to `out`, a buffer the caller reuses across killmails (the
-/// combiner: one allocation per worker rather than one per killmail).
+/// [`contributions`] appended to `out`, a buffer the caller reuses across killmails.
 pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatKey, Stats)>) {
     let per_kind = 1 + km.attackers.len().min(64);
     out.reserve(match level {
         StatsLevel::AllTime => 3 * per_kind,
         StatsLevel::Full => 24 * per_kind,
     });
+    for_each_contribution(km, level, |key, stats| out.push((key, stats)));
+}
+
+/// [`contributions`], each handed to `emit` as it is made: the combiner sums them straight
+/// into its per-epoch map, so the fan-out (tens of thousands of statistics for the largest
+/// killmails) is never materialized.
+pub fn for_each_contribution(
+    km: &Killmail,
+    level: StatsLevel,
+    mut emit: impl FnMut(StatKey, Stats),
+) {
     let day = day_of(km.time);
     let month = month_of_day(day);
     let hour = week_hour(km.time);
@@ -144,14 +154,14 @@ pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatK
         for share in shares(km, |a| kind.attacker_id(a), kind.victim_id(&km.victim)) {
             let entity = EntityKey::new(kind, share.key);
             let s = share.stats;
-            out.push((StatKey::all(entity), s));
+            emit(StatKey::all(entity), s);
             if level == StatsLevel::AllTime {
                 continue;
             }
             let key = |dim| StatKey::new(entity, dim);
-            out.push((key(Dim::Month(month)), s));
-            out.push((key(Dim::Day(day)), s.without_times()));
-            out.push((
+            emit(key(Dim::Month(month)), s);
+            emit(key(Dim::Day(day)), s.without_times());
+            emit(
                 key(Dim::System(km.solar_system_id)),
                 Stats {
                     sums: Sums {
@@ -162,7 +172,7 @@ pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatK
                     },
                     ..Default::default()
                 },
-            ));
+            );
             if s.sums.kills > 0 {
                 let one_kill = Stats {
                     sums: Sums {
@@ -171,13 +181,13 @@ pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatK
                     },
                     ..Default::default()
                 };
-                out.push((key(Dim::Hour(hour)), one_kill));
+                emit(key(Dim::Hour(hour)), one_kill);
                 for t in &share.ships {
-                    out.push((key(Dim::Ship(*t)), one_kill));
+                    emit(key(Dim::Ship(*t)), one_kill);
                 }
             }
             if s.sums.kills > 0 || s.sums.losses > 0 || s.sums.npc_losses > 0 {
-                out.push((
+                emit(
                     key(Dim::Group(group)),
                     Stats {
                         sums: Sums {
@@ -190,7 +200,7 @@ pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatK
                         },
                         ..Default::default()
                     },
-                ));
+                );
             }
         }
     }
@@ -205,11 +215,11 @@ pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatK
         for share in rows {
             let (corp, ch) = share.key;
             let entity = EntityKey::new(EntityKind::Corporation, corp);
-            out.push((StatKey::new(entity, Dim::Member(ch)), share.stats));
-            out.push((
+            emit(StatKey::new(entity, Dim::Member(ch)), share.stats);
+            emit(
                 StatKey::new(entity, Dim::MemberDay(day, ch)),
                 share.stats.without_times(),
-            ));
+            );
         }
     }
 }

@@ -97,6 +97,62 @@ fn day_from(b: &[u8]) -> Option<i32> {
     Some((u32::from_be_bytes(b.try_into().ok()?) as i64 - DAY_BIAS) as i32)
 }
 
+/// An encoded key, on the stack: every statistic's key fits in [`KeyBytes::CAPACITY`] bytes
+/// (the longest, a member's day-major day bucket, is 26), so encoding one allocates nothing.
+/// Ordered as RocksDB orders byte strings.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyBytes {
+    /// The bytes, zero-padded: with the length compared second, the derived order is the
+    /// bytewise order of the keys (a key sorts before every longer key it prefixes).
+    buf: [u8; KeyBytes::CAPACITY],
+    len: u8,
+}
+
+impl KeyBytes {
+    pub const CAPACITY: usize = 31;
+
+    /// `bytes` (at most [`KeyBytes::CAPACITY`] of them).
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        let mut b = KeyBytes::default();
+        b.extend(bytes);
+        b
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        let at = self.len as usize;
+        self.buf[at..at + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len() as u8;
+    }
+}
+
+impl Default for KeyBytes {
+    fn default() -> Self {
+        KeyBytes {
+            buf: [0; KeyBytes::CAPACITY],
+            len: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for KeyBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+impl AsRef<[u8]> for KeyBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x?}", &**self)
+    }
+}
+
 /// One statistic's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StatKey {
@@ -122,24 +178,24 @@ impl StatKey {
     }
 
     /// Entity-major bytes (see the module docs). Day buckets use [`StatKey::day_major_bytes`].
-    pub fn to_bytes(self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(22);
-        b.extend_from_slice(&self.entity.to_bytes());
+    pub fn to_bytes(self) -> KeyBytes {
+        let mut b = KeyBytes::default();
+        b.extend(&self.entity.to_bytes());
         if self.dim == Dim::All {
             return b;
         }
-        b.push(self.dim.tag());
+        b.extend(&[self.dim.tag()]);
         match self.dim {
             Dim::All => {}
             Dim::Month(m) | Dim::Group(m) | Dim::Ship(m) | Dim::System(m) => {
-                b.extend_from_slice(&m.to_be_bytes())
+                b.extend(&m.to_be_bytes())
             }
-            Dim::Day(d) => b.extend_from_slice(&day_bytes(d)),
-            Dim::Window(w) | Dim::Hour(w) => b.push(w),
-            Dim::Member(c) => b.extend_from_slice(&c.to_be_bytes()),
+            Dim::Day(d) => b.extend(&day_bytes(d)),
+            Dim::Window(w) | Dim::Hour(w) => b.extend(&[w]),
+            Dim::Member(c) => b.extend(&c.to_be_bytes()),
             Dim::MemberDay(d, c) => {
-                b.extend_from_slice(&day_bytes(d));
-                b.extend_from_slice(&c.to_be_bytes());
+                b.extend(&day_bytes(d));
+                b.extend(&c.to_be_bytes());
             }
         }
         b
@@ -171,11 +227,11 @@ impl StatKey {
 
     /// Day-major bytes of a day bucket: `[day][entity-major key]`, so one day's buckets are
     /// one range. `None` for other dimensions.
-    pub fn day_major_bytes(self) -> Option<Vec<u8>> {
+    pub fn day_major_bytes(self) -> Option<KeyBytes> {
         let d = self.dim.day()?;
-        let mut b = Vec::with_capacity(26);
-        b.extend_from_slice(&day_bytes(d));
-        b.extend_from_slice(&self.to_bytes());
+        let mut b = KeyBytes::default();
+        b.extend(&day_bytes(d));
+        b.extend(&self.to_bytes());
         Some(b)
     }
 
@@ -347,6 +403,43 @@ mod tests {
         let b = StatKey::new(e, Dim::Day(5)).day_major_bytes().unwrap();
         assert!(a < b);
         assert!(StatKey::all(e).to_bytes() < StatKey::new(e, Dim::Month(1)).to_bytes());
+    }
+
+    /// `KeyBytes` compares as the byte strings RocksDB compares: shorter prefixes first.
+    #[test]
+    fn key_bytes_order_is_bytewise() {
+        let mut keys = Vec::new();
+        for (kind, id) in [
+            (EntityKind::Character, 1u64),
+            (EntityKind::Corporation, 1 << 40),
+        ] {
+            let e = EntityKey::new(kind, id);
+            for d in [
+                Dim::All,
+                Dim::Month(0),
+                Dim::Month(u32::MAX),
+                Dim::Day(-1),
+                Dim::Day(0),
+                Dim::Window(0),
+                Dim::Hour(255),
+                Dim::Member(0),
+                Dim::MemberDay(i32::MIN, u64::MAX),
+                Dim::MemberDay(i32::MAX, 0),
+            ] {
+                let k = StatKey::new(e, d);
+                keys.push(k.to_bytes());
+                keys.extend(k.day_major_bytes());
+            }
+        }
+        keys.push(KeyBytes::from_slice(&[]));
+        keys.push(KeyBytes::from_slice(&[0]));
+        keys.push(KeyBytes::from_slice(&[0; KeyBytes::CAPACITY]));
+        for a in &keys {
+            assert!(a.len() <= KeyBytes::CAPACITY);
+            for b in &keys {
+                assert_eq!(a.cmp(b), a[..].cmp(&b[..]), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use timely::dataflow::operators::{Capability, Concat, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
 
 use crate::checkpoint::{SinkItem, SinkReport};
-use crate::contrib::{contributions_into, StatsLevel};
+use crate::contrib::{for_each_contribution, StatsLevel};
 use crate::decode::decode;
 use crate::keys::StatKey;
 use crate::model::{
@@ -217,7 +217,6 @@ fn combine<'s>(
         let mut pending: BTreeMap<u64, EpochDeltas> = BTreeMap::new();
         // Each epoch's map starts with the size of the last one: no growth on the way.
         let mut capacity = 0;
-        let mut buf = Vec::new();
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {
                 let t = epoch_of(&cap);
@@ -227,13 +226,16 @@ fn combine<'s>(
                         crate::checkpoint::DeltaMap::with_capacity(capacity),
                     )
                 });
+                let sums = &mut entry.1;
                 for batch in data {
                     for (km, _epoch, diff) in batch.drain(..) {
-                        contributions_into(&km, level, &mut buf);
-                        for (key, s) in buf.drain(..) {
-                            let d = if diff < 0 { s.retraction() } else { s };
-                            entry.1.merge(key, &d);
-                        }
+                        for_each_contribution(&km, level, |key, s| {
+                            if diff < 0 {
+                                sums.merge(key, &s.retraction());
+                            } else {
+                                sums.merge(key, &s);
+                            }
+                        });
                     }
                 }
             });

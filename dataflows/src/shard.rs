@@ -45,7 +45,7 @@ use timely::dataflow::StreamVec;
 
 use crate::aggregate::Write;
 use crate::checkpoint::{DeltaMap, SinkItem};
-use crate::keys::{Dim, RankKey, StatKey};
+use crate::keys::{Dim, KeyBytes, RankKey, StatKey};
 use crate::model::EntityKey;
 use crate::stats::Stats;
 use crate::store::{StateStore, StoreError};
@@ -192,7 +192,7 @@ pub fn plan_flush(
     }
     // In the order RocksDB keeps them: a memtable insert next to the previous one is cheap
     // (its skip list starts from the last position), in hash order each insert searches.
-    writes.sort_by_cached_key(write_order);
+    let writes = in_store_order(writes);
     // Keep the cache within its budget (after the flush: every old value above was needed):
     // drop the rows this flush did not touch first, then everything.
     if cache.rows.len() > cache.capacity {
@@ -209,16 +209,43 @@ pub fn plan_flush(
     Ok(writes)
 }
 
-/// The order of a write in the store: the `stats` table by key, the day-major `days` table,
-/// then the leaderboard index (the order of their encoded keys, see `keys`).
-fn write_order(w: &Write) -> (u8, i32, Option<StatKey>, [u8; 27]) {
-    match *w {
-        Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => match k.dim.day() {
-            None => (0, 0, Some(k), [0; 27]),
-            Some(d) => (1, d, Some(k), [0; 27]),
-        },
-        Write::RankPut(r) | Write::RankDelete(r) => (2, 0, None, r.to_bytes()),
+/// `writes` in the order of the store: the `stats` table by key, the day-major `days` table,
+/// then the leaderboard index, each by its encoded key (see `keys`). Sorts 40-byte (table,
+/// key, index) entries, then permutes the writes in place (as `sort_by_cached_key` does, with
+/// no second vector of writes to allocate): `sort_by_cached_key` on typed keys, whose
+/// comparisons walk the derived orders of `StatKey` and `Dim`, was 13% of a 20,000-attacker
+/// killmail's CPU.
+fn in_store_order(mut writes: Vec<Write>) -> Vec<Write> {
+    let mut order: Vec<(u8, KeyBytes, u32)> = writes
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let (table, key) = match *w {
+                Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => {
+                    match k.day_major_bytes() {
+                        None => (0, k.to_bytes()),
+                        Some(day_major) => (1, day_major),
+                    }
+                }
+                Write::RankPut(r) | Write::RankDelete(r) => {
+                    (2, KeyBytes::from_slice(&r.to_bytes()))
+                }
+            };
+            (table, key, i as u32)
+        })
+        .collect();
+    order.sort_unstable();
+    // Position i takes the write first at order[i]; one already moved is followed to where
+    // the swaps put it.
+    for i in 0..order.len() {
+        let mut from = order[i].2;
+        while (from as usize) < i {
+            from = order[from as usize].2;
+        }
+        order[i].2 = from;
+        writes.swap(i, from as usize);
     }
+    writes
 }
 
 /// How a shard reaches the store and the checkpointer.

@@ -3,6 +3,7 @@
 use super::*;
 
 use super::codec::*;
+use kmflow_dataflows::keys::KeyBytes;
 
 /// A stored key and value.
 type KvPair = (Box<[u8]>, Box<[u8]>);
@@ -40,7 +41,7 @@ impl RocksState {
         keys: &[StatKey],
     ) -> Result<Vec<Option<Stats>>, StateError> {
         let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
-        let bytes: Vec<(&rocksdb::ColumnFamily, Vec<u8>)> = keys
+        let bytes: Vec<(&rocksdb::ColumnFamily, KeyBytes)> = keys
             .iter()
             .map(|k| match k.day_major_bytes() {
                 Some(b) => (days_cf, b),
