@@ -12,8 +12,10 @@
 # ready after a clean stop. Also runs the full-statistics floor on the same killmails
 # (`dataflows/examples/floor_full.rs`: a single-threaded in-memory hash-map fold of every
 # statistic kmflow serves). SKIP_FLOOR=1 leaves the floor out (at 10M its in-memory map
-# needs more memory than a 24 GiB machine has). After each row, the RSS and the rate at every
-# tenth of the replay show whether memory is flat and how the rate changes as history grows.
+# needs more memory than a 24 GiB machine has). KMFLOW_BIN=path runs that binary instead of
+# building this checkout: give it a copy, so a rebuild during a long run cannot replace it.
+# After each row, the RSS and the rate at every tenth of the replay show whether memory is
+# flat and how the rate changes as history grows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${KMFLOW_TARGET_DIR:-${HOME}/.cache/kmflow/target}"
@@ -34,7 +36,6 @@ if [ ! -x "$BASELINE" ]; then
   cp "${CARGO_TARGET_DIR}/release/kmflow" "$BASELINE"
   git worktree remove --force "$WT"
 fi
-# KMFLOW_BIN runs a copy of the binary (so a long run is not disturbed by rebuilds meanwhile).
 if [ -z "${KMFLOW_BIN:-}" ]; then cargo build --release --bin kmflow -q; fi
 [ -n "${SKIP_FLOOR:-}" ] || cargo build --release -p kmflow-dataflows --example floor_full -q
 CURRENT="${KMFLOW_BIN:-${CARGO_TARGET_DIR}/release/kmflow}"

@@ -48,7 +48,7 @@ pub fn in_window(clock_day: i32, w: usize, day: i32) -> bool {
 }
 
 /// One change to the stored statistics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     /// The new value of an all-time row (its old value was read: leaderboards moved).
     Put(StatKey, Stats),

@@ -123,19 +123,13 @@ fn shares<K: Copy + Eq + std::hash::Hash>(
 
 /// The contribution of `km` to every statistic it touches, one entry per key.
 pub fn contributions(km: &Killmail, level: StatsLevel) -> Vec<(StatKey, Stats)> {
-    let mut out = Vec::new();
-    contributions_into(km, level, &mut out);
-    out
-}
-
-/// [`contributions`] appended to `out`, a buffer the caller reuses across killmails.
-pub fn contributions_into(km: &Killmail, level: StatsLevel, out: &mut Vec<(StatKey, Stats)>) {
     let per_kind = 1 + km.attackers.len().min(64);
-    out.reserve(match level {
+    let mut out = Vec::with_capacity(match level {
         StatsLevel::AllTime => 3 * per_kind,
         StatsLevel::Full => 24 * per_kind,
     });
     for_each_contribution(km, level, |key, stats| out.push((key, stats)));
+    out
 }
 
 /// [`contributions`], each handed to `emit` as it is made: the combiner sums them straight

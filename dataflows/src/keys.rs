@@ -97,9 +97,9 @@ fn day_from(b: &[u8]) -> Option<i32> {
     Some((u32::from_be_bytes(b.try_into().ok()?) as i64 - DAY_BIAS) as i32)
 }
 
-/// An encoded key, on the stack: every statistic's key fits in [`KeyBytes::CAPACITY`] bytes
-/// (the longest, a member's day-major day bucket, is 26), so encoding one allocates nothing.
-/// Ordered as RocksDB orders byte strings.
+/// An encoded key, on the stack: every key fits in [`KeyBytes::CAPACITY`] bytes (the longest
+/// statistic key, a member's day bucket, is 22; a day-major key 18; a leaderboard key 27), so
+/// encoding one allocates nothing. Ordered as RocksDB orders byte strings.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyBytes {
     /// The bytes, zero-padded: with the length compared second, the derived order is the
@@ -107,6 +107,8 @@ pub struct KeyBytes {
     buf: [u8; KeyBytes::CAPACITY],
     len: u8,
 }
+
+const _: () = assert!(RankKey::LEN <= KeyBytes::CAPACITY);
 
 impl KeyBytes {
     pub const CAPACITY: usize = 31;
@@ -343,8 +345,11 @@ impl RankKey {
     }
 
     /// `[kind][window][metric][u128::MAX - value][id]`: ascending bytes = the ranking.
-    pub fn to_bytes(self) -> [u8; 27] {
-        let mut b = [0u8; 27];
+    /// The length of [`RankKey::to_bytes`].
+    pub const LEN: usize = 27;
+
+    pub fn to_bytes(self) -> [u8; RankKey::LEN] {
+        let mut b = [0u8; RankKey::LEN];
         b[0] = self.kind as u8;
         b[1] = self.window;
         b[2] = self.metric as u8;
@@ -430,6 +435,16 @@ mod tests {
                 keys.push(k.to_bytes());
                 keys.extend(k.day_major_bytes());
             }
+        }
+        for (metric, value, id) in [(Metric::Kills, 1, 1), (Metric::IskDestroyed, i128::MAX, 0)] {
+            let r = RankKey {
+                kind: EntityKind::Alliance,
+                window: 1,
+                metric,
+                value,
+                id,
+            };
+            keys.push(KeyBytes::from_slice(&r.to_bytes()));
         }
         keys.push(KeyBytes::from_slice(&[]));
         keys.push(KeyBytes::from_slice(&[0]));

@@ -362,6 +362,74 @@ mod tests {
     use super::*;
     use crate::model::EntityKind;
 
+    /// The in-place permutation gives what a plain sort by (table, encoded key) gives.
+    #[test]
+    fn writes_come_out_in_store_order() {
+        use crate::keys::Metric;
+        use crate::stats::Stats;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for len in [0, 1, 2, 7, 100, 1000] {
+            let writes: Vec<Write> = (0..len)
+                .map(|_| {
+                    let e = EntityKey::new(EntityKind::ALL[next(3) as usize], next(50));
+                    let dim = match next(4) {
+                        0 => Dim::All,
+                        1 => Dim::Day(next(40) as i32 - 20),
+                        2 => Dim::System(next(9) as u32),
+                        _ => Dim::MemberDay(next(5) as i32, next(5)),
+                    };
+                    let k = StatKey::new(e, dim);
+                    match next(5) {
+                        0 => Write::Put(k, Stats::default()),
+                        1 => Write::Merge(k, Stats::default()),
+                        2 => Write::Delete(k),
+                        r => {
+                            let rank = RankKey {
+                                kind: e.kind,
+                                window: 0,
+                                metric: Metric::Kills,
+                                value: next(4) as i128,
+                                id: e.id,
+                            };
+                            if r == 3 {
+                                Write::RankPut(rank)
+                            } else {
+                                Write::RankDelete(rank)
+                            }
+                        }
+                    }
+                })
+                .collect();
+            let order = |w: &Write| -> (u8, Vec<u8>) {
+                match w {
+                    Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => {
+                        match k.day_major_bytes() {
+                            None => (0, k.to_bytes().to_vec()),
+                            Some(b) => (1, b.to_vec()),
+                        }
+                    }
+                    Write::RankPut(r) | Write::RankDelete(r) => (2, r.to_bytes().to_vec()),
+                }
+            };
+            let mut expected = writes.clone();
+            expected.sort_by_key(order);
+            let got = in_store_order(writes);
+            let keys = |v: &[Write]| v.iter().map(order).collect::<Vec<_>>();
+            assert_eq!(keys(&got), keys(&expected), "{len} writes");
+            let mut a: Vec<String> = got.iter().map(|w| format!("{w:?}")).collect();
+            let mut b: Vec<String> = expected.iter().map(|w| format!("{w:?}")).collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "the same writes");
+        }
+    }
+
     #[test]
     fn key_groups_spread_and_owners_cover_all_workers() {
         for workers in 1..=5 {
