@@ -155,6 +155,13 @@ impl std::fmt::Debug for KeyBytes {
     }
 }
 
+/// The two tables statistics are stored in (see [`StatKey::stored`]), in key order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StatTable {
+    Stats,
+    Days,
+}
+
 /// One statistic's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StatKey {
@@ -235,6 +242,16 @@ impl StatKey {
         b.extend(&day_bytes(d));
         b.extend(&self.to_bytes());
         Some(b)
+    }
+
+    /// Where the statistic is stored: day buckets day-major in the `days` table, every
+    /// other statistic entity-major in the `stats` table. The one place that decides it, for
+    /// writes, reads and the order a shard hands its writes over in.
+    pub fn stored(self) -> (StatTable, KeyBytes) {
+        match self.day_major_bytes() {
+            Some(b) => (StatTable::Days, b),
+            None => (StatTable::Stats, self.to_bytes()),
+        }
     }
 
     pub fn from_day_major_bytes(b: &[u8]) -> Option<StatKey> {

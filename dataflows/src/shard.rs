@@ -222,10 +222,8 @@ fn in_store_order(mut writes: Vec<Write>) -> Vec<Write> {
         .map(|(i, w)| {
             let (table, key) = match *w {
                 Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => {
-                    match k.day_major_bytes() {
-                        None => (0, k.to_bytes()),
-                        Some(day_major) => (1, day_major),
-                    }
+                    let (table, key) = k.stored();
+                    (table as u8, key)
                 }
                 Write::RankPut(r) | Write::RankDelete(r) => {
                     (2, KeyBytes::from_slice(&r.to_bytes()))

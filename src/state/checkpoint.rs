@@ -4,6 +4,7 @@
 use super::*;
 
 use super::codec::*;
+use kmflow_dataflows::keys::StatTable;
 
 impl RocksState {
     /// Writes one batch atomically with the new offsets and fingerprints, moving the stream
@@ -24,27 +25,27 @@ impl RocksState {
         let n_writes = batch.writes.len();
         let (stats_cf, days_cf, ranks_cf) =
             (self.cf(CF_STATS), self.cf(CF_DAYS), self.cf(CF_RANKS));
+        let cf_of = |table| match table {
+            StatTable::Stats => stats_cf,
+            StatTable::Days => days_cf,
+        };
         let mut buf = Vec::with_capacity(64);
         for w in &batch.writes {
             match *w {
                 Write::Put(k, v) => {
                     encode_stats_into(&v, &mut buf);
-                    match k.day_major_bytes() {
-                        Some(dk) => wb.put_cf(days_cf, dk, &buf),
-                        None => wb.put_cf(stats_cf, k.to_bytes(), &buf),
-                    }
+                    let (table, key) = k.stored();
+                    wb.put_cf(cf_of(table), key, &buf);
                 }
                 Write::Merge(k, d) => {
                     encode_stats_into(&d, &mut buf);
-                    match k.day_major_bytes() {
-                        Some(dk) => wb.merge_cf(days_cf, dk, &buf),
-                        None => wb.merge_cf(stats_cf, k.to_bytes(), &buf),
-                    }
+                    let (table, key) = k.stored();
+                    wb.merge_cf(cf_of(table), key, &buf);
                 }
-                Write::Delete(k) => match k.day_major_bytes() {
-                    Some(dk) => wb.delete_cf(days_cf, dk),
-                    None => wb.delete_cf(stats_cf, k.to_bytes()),
-                },
+                Write::Delete(k) => {
+                    let (table, key) = k.stored();
+                    wb.delete_cf(cf_of(table), key);
+                }
                 Write::RankPut(r) => wb.put_cf(ranks_cf, r.to_bytes(), []),
                 Write::RankDelete(r) => wb.delete_cf(ranks_cf, r.to_bytes()),
             }

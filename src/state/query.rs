@@ -3,7 +3,7 @@
 use super::*;
 
 use super::codec::*;
-use kmflow_dataflows::keys::KeyBytes;
+use kmflow_dataflows::keys::{KeyBytes, StatTable};
 
 /// A stored key and value.
 type KvPair = (Box<[u8]>, Box<[u8]>);
@@ -43,9 +43,9 @@ impl RocksState {
         let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
         let bytes: Vec<(&rocksdb::ColumnFamily, KeyBytes)> = keys
             .iter()
-            .map(|k| match k.day_major_bytes() {
-                Some(b) => (days_cf, b),
-                None => (stats_cf, k.to_bytes()),
+            .map(|k| match k.stored() {
+                (StatTable::Days, b) => (days_cf, b),
+                (StatTable::Stats, b) => (stats_cf, b),
             })
             .collect();
         let got = snap.multi_get_cf(bytes.iter().map(|(cf, b)| (*cf, &b[..])));
