@@ -25,6 +25,32 @@ pub struct Config {
     pub api: ApiConfig,
     pub stats: StatsConfig,
     pub stream: StreamConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `kmflow run --process N --peers a,b --apis u,v`: the `[cluster]` keys from the command line.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterFlags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apis: Option<Vec<String>>,
+}
+
+/// Several processes as one dataflow (see `cluster`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every process's timely address, in process order; empty: one process.
+    pub addresses: Vec<String>,
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// Every process's API base URL, in process order.
+    pub apis: Vec<String>,
+    /// A forwarded read's time limit.
+    pub forward_timeout_ms: u64,
 }
 
 /// The live feed, `GET /v1/stream`.
@@ -260,6 +286,11 @@ impl Config {
 
     /// Loads defaults, then `file` if given, then `KMFLOW__*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(file, &ClusterFlags::default())
+    }
+
+    /// [`Config::load`], then the command line's cluster flags over everything.
+    pub fn load_with(file: Option<&Path>, flags: &ClusterFlags) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(f) = file {
             if !f.exists() {
@@ -275,9 +306,49 @@ impl Config {
                 .split("__")
                 .map(|k| k.as_str().to_ascii_lowercase().replace('_', "-").into()),
         );
+        fig = fig.merge(figment::providers::Serialized::default("cluster", flags));
         let config: Config = fig.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if c.addresses.is_empty() {
+            if c.process != 0 || !c.apis.is_empty() {
+                return bad("cluster.process and cluster.apis need cluster.addresses".into());
+            }
+            return Ok(());
+        }
+        if c.addresses.len() > 64 {
+            return bad("cluster.addresses: at most 64 processes".into());
+        }
+        if c.process >= c.addresses.len() {
+            return bad(format!(
+                "cluster.process is {} but cluster.addresses lists {} processes (0..{})",
+                c.process,
+                c.addresses.len(),
+                c.addresses.len()
+            ));
+        }
+        if c.apis.len() != c.addresses.len() {
+            return bad(format!(
+                "cluster.apis must list one API URL per process ({} addresses, {} apis)",
+                c.addresses.len(),
+                c.apis.len()
+            ));
+        }
+        if let Some(a) = c.addresses.iter().find(|a| a.rsplit_once(':').is_none()) {
+            return bad(format!("cluster.addresses: {a:?} is not host:port"));
+        }
+        if let Some(a) = c.apis.iter().find(|a| !a.starts_with("http://")) {
+            return bad(format!("cluster.apis: {a:?} must be an http:// URL"));
+        }
+        if c.forward_timeout_ms == 0 {
+            return bad("cluster.forward-timeout-ms must be positive".into());
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -298,6 +369,7 @@ impl Config {
             return bad("pipeline.max-inflight-epochs must be positive");
         }
         self.stats.wall_clock()?;
+        self.validate_cluster()?;
         let a = &self.api;
         if a.max_connections == 0 || a.max_in_flight == 0 {
             return bad("api.max-connections and api.max-in-flight must be positive");

@@ -47,10 +47,24 @@ struct GenArgs {
     producer_option: Vec<String>,
 }
 
+/// `[cluster]` from the command line (over the configuration file and environment).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// This process's index in the cluster (cluster.process).
+    #[arg(long)]
+    process: Option<usize>,
+    /// Every process's timely address, host:port, comma-separated (cluster.addresses).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Every process's API URL, comma-separated (cluster.apis).
+    #[arg(long, value_delimiter = ',')]
+    apis: Option<Vec<String>>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the pipeline and the API until stopped (SIGINT/SIGTERM).
-    Run,
+    Run(RunArgs),
     /// Produce killmails from files to a Kafka topic.
     Import {
         /// EVE Ref .tar.bz2 archives, .jsonl files, .json files (arrays or single killmails),
@@ -114,9 +128,17 @@ fn init_logs() -> anyhow::Result<()> {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Arc::new(Config::load(cli.config.as_deref())?);
+    let flags = match &cli.command {
+        Command::Run(a) => kmflow::config::ClusterFlags {
+            addresses: a.peers.clone(),
+            process: a.process,
+            apis: a.apis.clone(),
+        },
+        _ => Default::default(),
+    };
+    let config = Arc::new(Config::load_with(cli.config.as_deref(), &flags)?);
     match cli.command {
-        Command::Run => kmflow::app::run(config),
+        Command::Run(_) => kmflow::app::run(config),
         Command::Openapi => {
             print!("{}", kmflow::api::openapi_document());
             Ok(())

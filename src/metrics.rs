@@ -137,8 +137,17 @@ impl Builder {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::for_process(None)
+    }
+
+    /// In a cluster every series carries `process="N"`, so the processes' series never
+    /// collide where they are gathered (`sum without (process, instance) (...)` sums the
+    /// cluster).
+    pub fn for_process(process: Option<usize>) -> Metrics {
+        let labels = process
+            .map(|p| std::collections::HashMap::from([("process".to_string(), p.to_string())]));
         let b = Builder {
-            registry: Registry::new(),
+            registry: Registry::new_custom(None, labels).expect("a valid process label"),
         };
         #[cfg(target_os = "linux")]
         b.registry

@@ -92,6 +92,9 @@ pub struct CheckpointCoordinator<M> {
     committed_frontier: u64,
     /// The greatest epoch any item or metadata was reported for.
     max_seen: Option<u64>,
+    /// Targets are agreed with other processes ([`CheckpointCoordinator::agreed`]) instead of
+    /// raised as soon as the sinks pass them.
+    agreed: bool,
 }
 
 impl<M: Clone> CheckpointCoordinator<M> {
@@ -107,7 +110,40 @@ impl<M: Clone> CheckpointCoordinator<M> {
             target: start,
             committed_frontier: start,
             max_seen: None,
+            agreed: false,
         }
+    }
+
+    /// A coordinator whose host agrees on every target with other processes: it proposes
+    /// ([`CheckpointCoordinator::proposal`]), starts the agreed target
+    /// ([`CheckpointCoordinator::start`]), and gets a batch for every target, even an empty
+    /// last one, so every process goes through the same checkpoints.
+    pub fn agreed(workers: usize, start: u64, checkpoints: Arc<Checkpoints>) -> Self {
+        CheckpointCoordinator {
+            agreed: true,
+            ..CheckpointCoordinator::new(workers, start, checkpoints)
+        }
+    }
+
+    /// The target this process proposes when no checkpoint is in flight: its sinks' frontier.
+    pub fn proposal(&self) -> Option<u64> {
+        let frontier = self.frontier();
+        (self.target == self.committed_frontier
+            && self.target != u64::MAX
+            && frontier > self.target)
+            .then_some(frontier)
+    }
+
+    /// Starts the checkpoint of every epoch below the agreed `target`.
+    pub fn start(&mut self, target: u64) {
+        debug_assert!(target > self.target && target <= self.frontier());
+        self.target = target;
+        self.checkpoints.request(target);
+    }
+
+    /// The last checkpoint (of the closed input) is written.
+    pub fn finished(&self) -> bool {
+        self.committed_frontier == u64::MAX
     }
 
     /// The least frontier every worker's sink reported.
@@ -162,7 +198,7 @@ impl<M: Clone> CheckpointCoordinator<M> {
 
     /// Raises the target when no checkpoint is in flight and epochs completed.
     fn request_next(&mut self) {
-        if self.target == self.committed_frontier && self.target != u64::MAX {
+        if !self.agreed && self.target == self.committed_frontier && self.target != u64::MAX {
             let frontier = self.frontier();
             if frontier > self.target {
                 self.target = frontier;
@@ -199,6 +235,7 @@ impl<M: Clone> CheckpointCoordinator<M> {
             None => (target - 1).min(self.committed_frontier.saturating_sub(1)),
         };
         if target == u64::MAX
+            && !self.agreed
             && writes.is_empty()
             && self.items.is_empty()
             && self.meta.iter().all(|m| m.is_empty())

@@ -15,7 +15,6 @@
 //! order of the versions of each killmail (see [`upsert`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -103,12 +102,6 @@ const STORE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 /// The epoch of a message: epochs are totally ordered, so a stamp holds one time.
 fn epoch_of(cap: &timely::dataflow::operators::InputCapability<u64>) -> u64 {
     *cap.least().expect("a message stamp has a time")
-}
-
-fn hash_u64(x: u64) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    x.hash(&mut h);
-    h.finish()
 }
 
 /// Builds the pipeline on `raw` and returns a probe on its commit sink.
@@ -317,8 +310,11 @@ fn upsert<'s>(
     counters: Arc<UpsertCounters>,
     on_store_error: std::rc::Rc<dyn Fn(&StoreError)>,
 ) -> StreamVec<'s, u64, UpsertOut> {
-    let exchange = Exchange::new(|(_, km): &(SourcePos, Killmail)| hash_u64(km.killmail_id));
     let scope = input.scope();
+    let peers = scope.peers();
+    let exchange = Exchange::new(move |(_, km): &(SourcePos, Killmail)| {
+        crate::shard::killmail_owner(km.killmail_id, peers) as u64
+    });
     input.unary_frontier(exchange, "Upsert", move |_cap, info| {
         let activator = scope.activator_for(info.address);
         let mut stash: BTreeMap<u64, EpochStash> = BTreeMap::new();

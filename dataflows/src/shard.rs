@@ -54,18 +54,37 @@ use crate::store::{StateStore, StoreError};
 /// by group); it only bounds how finely statistics can be spread over workers or processes.
 pub const KEY_GROUPS: u32 = 4096;
 
-/// The key group of an entity: a stable 64-bit mix of its kind and id.
-pub fn key_group(e: EntityKey) -> u32 {
-    let mut z = e.id ^ ((e.kind as u64) << 56);
+/// A stable 64-bit mix (splitmix64's finalizer): the same on every build and platform, so
+/// every process of a cluster and every later run agree on who owns what.
+fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z % KEY_GROUPS as u64) as u32
+    z ^ (z >> 31)
+}
+
+/// The key group of an entity: a stable 64-bit mix of its kind and id.
+pub fn key_group(e: EntityKey) -> u32 {
+    (mix64(e.id ^ ((e.kind as u64) << 56)) % KEY_GROUPS as u64) as u32
 }
 
 /// The worker (of `workers`) that owns key group `group`: contiguous ranges of groups.
+///
+/// Ranges nest: with `P` processes of `W` workers each (timely numbers worker `w` of process
+/// `p` as `p·W + w`), the process that owns a group is `owner(group, P)` whatever `W` is, so
+/// changing the workers per process moves no statistic between processes' stores.
 pub fn owner(group: u32, workers: usize) -> usize {
     (group as usize * workers) / KEY_GROUPS as usize
+}
+
+/// The worker (of `workers`) that owns an entity's statistics.
+pub fn entity_owner(e: EntityKey, workers: usize) -> usize {
+    owner(key_group(e), workers)
+}
+
+/// The worker (of `workers`) that owns a killmail's upsert state: contiguous ranges of a
+/// stable mix of its id, nesting like [`owner`] (the process is `killmail_owner(id, P)`).
+pub fn killmail_owner(id: u64, workers: usize) -> usize {
+    ((mix64(id) as u128 * workers as u128) >> 64) as usize
 }
 
 /// The checkpoint the checkpointer asks for: every epoch below `target` is to be flushed.
@@ -447,5 +466,33 @@ mod tests {
         }
         assert_eq!(owner(KEY_GROUPS - 1, 3), 2);
         assert_eq!(owner(0, 3), 0);
+    }
+
+    /// Worker `p·W + w` of a cluster of `P` processes of `W` workers belongs to process `p`:
+    /// the owning process of a statistic or a killmail does not depend on `W`.
+    #[test]
+    fn ownership_nests_processes_and_workers() {
+        for processes in 1..=4usize {
+            for workers in 1..=4usize {
+                for id in 0..5_000u64 {
+                    let e = EntityKey::new(EntityKind::Corporation, 98_000_000 + id * 7919);
+                    let w = entity_owner(e, processes * workers);
+                    assert!(w < processes * workers);
+                    assert_eq!(
+                        w / workers,
+                        entity_owner(e, processes),
+                        "{processes}x{workers}"
+                    );
+                    let k = killmail_owner(id * 104_729, processes * workers);
+                    assert!(k < processes * workers);
+                    assert_eq!(k / workers, killmail_owner(id * 104_729, processes));
+                }
+            }
+        }
+        let spread: Vec<usize> = (0..10_000u64).fold(vec![0; 3], |mut n, id| {
+            n[killmail_owner(90_000_000 + id, 3)] += 1;
+            n
+        });
+        assert!(spread.iter().all(|&n| n > 2_700 && n < 3_950), "{spread:?}");
     }
 }

@@ -15,7 +15,7 @@ mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,9 +24,10 @@ use kmflow_dataflows::checkpoint::{CheckpointCoordinator, ToCoordinator};
 use kmflow_dataflows::pipeline::UpsertCounters;
 use kmflow_dataflows::shard::Checkpoints;
 use kmflow_dataflows::static_data::StaticData;
-use kmflow_dataflows::store::StateStore;
 
 use crate::api::AppState;
+use crate::cluster::control::{Control, Vote};
+use crate::cluster::{prepared, Holding, Recovery, Topology};
 use crate::config::{Config, SourceKind};
 use crate::feed::Feed;
 use crate::metrics::Metrics;
@@ -38,7 +39,7 @@ use api_server::ApiServer;
 use checkpointer::Checkpointer;
 use monitor::{monitor_loop, MonitorCtx};
 use source_plan::SourcePlan;
-use workers::Workers;
+use workers::{Launch, Workers};
 
 /// topic → partition → next offset to read.
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
@@ -101,38 +102,27 @@ impl Restored {
 /// Runs kmflow until SIGINT/SIGTERM, or until the state store fails.
 pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let metrics = Metrics::new();
-    let Restored {
-        state,
-        start_epoch,
-        static_data,
-    } = Restored::open(&config, &metrics)?;
+    let topology = Topology::from_config(&config);
+    let metrics = Metrics::for_process(topology.is_cluster().then_some(topology.process));
+    let restored = Restored::open(&config, &metrics)?;
+    let state = restored.state.clone();
     let topics: Vec<String> = match config.source.kind {
         SourceKind::Kafka => config.kafka.topics(),
         SourceKind::Generator => vec![GENERATOR_TOPIC.to_string()],
     };
-    let outage = Arc::new(AtomicBool::new(false));
-    let counters = Arc::new(UpsertCounters::default());
-    let store: Arc<dyn StateStore> = state.clone();
-    let ctl = Arc::new(EpochControl::new(
-        start_epoch,
-        store,
-        config.pipeline.epoch_max_records,
-        Duration::from_millis(config.pipeline.epoch_max_ms),
-        config.pipeline.max_inflight_epochs,
-    ));
+    let stopping = Arc::new(AtomicBool::new(false));
 
     // The API first: reads are served while the source connects or the broker is down.
     let mut api_state = AppState::new(state.clone(), metrics.clone(), &config);
     api_state.topics = Arc::new(topics.clone());
-    api_state.static_data = static_data.clone();
+    api_state.static_data = restored.static_data.clone();
     api_state.level = config.stats.level;
     let feed = api_state.feed.clone();
     let ready = api_state.ready.clone();
     let api = ApiServer::start(&config, api_state)?;
     let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
     api.rt
-        .spawn(stop_on_signal(ctl.clone(), state.clone(), grace));
+        .spawn(stop_on_signal(stopping.clone(), state.clone(), grace));
     let addr = api.addr;
     println!(
         "kmflow: API and metrics on http://{addr}  (state in {})",
@@ -140,6 +130,41 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     );
     println!("kmflow: try  curl http://{addr}/readyz   curl http://{addr}/metrics");
 
+    // In a cluster the workers start first: recovering the state needs every process.
+    let launch = Launch {
+        startup: Arc::new(OnceLock::new()),
+        abort: Arc::new(AtomicBool::new(false)),
+        control: topology
+            .is_cluster()
+            .then(|| Control::new(topology.processes, topology.process)),
+    };
+    let (startup, abort, control) = (
+        launch.startup.clone(),
+        launch.abort.clone(),
+        launch.control.clone(),
+    );
+    let mut launch = Some(launch);
+    let mut guards = None;
+    let start_epoch = match &control {
+        Some(control) => {
+            crate::cluster::exit_when_a_peer_is_lost();
+            tracing::info!(process = topology.process, addresses = ?topology.addresses, "cluster: connecting to every process");
+            guards = launch.take().map(|l| l.spawn(&topology)).transpose()?;
+            recover(&config, &state, control)?
+        }
+        None => restored.start_epoch,
+    };
+    let ctl = Arc::new(EpochControl::new(
+        start_epoch,
+        state.clone(),
+        config.pipeline.epoch_max_records,
+        Duration::from_millis(config.pipeline.epoch_max_ms),
+        config.pipeline.max_inflight_epochs,
+        stopping,
+    ));
+    if let Some(c) = &control {
+        c.attach(ctl.clone());
+    }
     let meta = state.checkpoint_meta().unwrap_or_default();
     let Some(plan) = SourcePlan::connect(
         &config,
@@ -149,6 +174,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         &metrics,
         &ctl,
     ) else {
+        abort.store(true, Ordering::Release);
         api.stop();
         return Ok(());
     };
@@ -166,7 +192,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let (tx, rx) =
         crossbeam_channel::bounded::<ToCoordinator<Vec<Position>>>(CHANNEL_PER_WORKER * workers);
     let checkpoints = Arc::new(Checkpoints::new(start_epoch));
-    let coordinator = CheckpointCoordinator::new(workers, start_epoch, checkpoints.clone());
+    let first = topology.global_worker(0);
     let checkpointing = Checkpointing {
         state: state.clone(),
         topics: topics.clone(),
@@ -174,11 +200,21 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         ctl: ctl.clone(),
         api: format!("http://{addr}"),
         feed: feed.clone(),
-        offsets: plan.offsets.clone(),
-        coordinator,
+        offsets: match &control {
+            Some(_) => plan.own_offsets(&topics, first..first + workers, topology.total_workers()),
+            None => plan.offsets.clone(),
+        },
+        coordinator: match &control {
+            Some(_) => CheckpointCoordinator::agreed(workers, start_epoch, checkpoints.clone()),
+            None => CheckpointCoordinator::new(workers, start_epoch, checkpoints.clone()),
+        },
+        control: control.clone(),
+        dir: config.state.dir.clone(),
     };
     let checkpointer = spawn_checkpointer(&config, checkpointing, rx)?;
     let monitor_stop = Arc::new(AtomicBool::new(false));
+    let counters = Arc::new(UpsertCounters::default());
+    let outage = Arc::new(AtomicBool::new(false));
     let monitor = spawn_monitor(
         MonitorCtx {
             config: config.clone(),
@@ -193,34 +229,93 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
             plan: plan.clone(),
         },
     )?;
-    Workers {
+    let _ = startup.set(Workers {
         config: config.clone(),
+        topology: topology.clone(),
         ctl,
         metrics,
         outage,
         counters,
-        static_data,
+        static_data: restored.static_data,
         checkpoints,
         start_epoch,
         plan,
-    }
-    .run(tx)?;
+        tx,
+    });
+    let guards = match (guards, launch) {
+        (Some(g), _) => g,
+        (None, Some(l)) => l.spawn(&topology)?,
+        (None, None) => unreachable!("the workers start once"),
+    };
+    let ran = workers::join(guards);
+    // The workers' sender goes with them: the checkpointer sees the channel close.
+    drop(startup);
     let written = checkpointer
         .join()
         .map_err(|_| anyhow::anyhow!("checkpointer panicked"))?;
     monitor_stop.store(true, Ordering::Release);
     let _ = monitor.join();
     api.stop();
+    ran?;
     finish(&config, &state, written)
+}
+
+/// In a cluster, at start: every process tells what it holds, and each writes or drops its
+/// prepared checkpoint so that all are at one common checkpoint (see [`crate::cluster::decide`]).
+/// Returns the first epoch to produce.
+fn recover(config: &Config, state: &RocksState, control: &Control) -> anyhow::Result<u64> {
+    let dir = &config.state.dir;
+    let meta = state.checkpoint_meta();
+    let prepared = prepared::load(dir)?;
+    control.vote(Vote::Holding(Holding {
+        committed: meta.as_ref().map(|m| m.epoch),
+        clock: meta.as_ref().map(|m| m.clock).unwrap_or_default(),
+        prepared: prepared.as_ref().map(|p| p.meta.epoch),
+    }));
+    let round = control
+        .rounds()
+        .recv()
+        .map_err(|_| anyhow::anyhow!("cluster: the workers stopped before recovery"))?;
+    let holdings = round
+        .all()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|v| match v {
+            Vote::Holding(h) => Ok(h),
+            other => Err(anyhow::anyhow!(
+                "cluster: expected what each process holds, got {other:?}"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let me = config.cluster.process;
+    let (recovery, common) = crate::cluster::decide(me, &holdings).map_err(anyhow::Error::msg)?;
+    match (recovery, prepared) {
+        (Recovery::RollForward { clock }, Some(p)) => {
+            let epoch = p.meta.epoch;
+            state.commit_prepared(p, clock)?;
+            prepared::remove(dir)?;
+            tracing::warn!(epoch, "cluster: wrote the prepared checkpoint another process had written before the crash");
+        }
+        (Recovery::Discard, Some(p)) => {
+            prepared::remove(dir)?;
+            tracing::warn!(
+                epoch = p.meta.epoch,
+                "cluster: dropped a prepared checkpoint no process wrote"
+            );
+        }
+        _ => {}
+    }
+    tracing::info!(checkpoint = ?common, processes = holdings.len(), "cluster: every process is at one checkpoint");
+    Ok(common.map_or(0, |e| e + 1))
 }
 
 /// On SIGTERM/SIGINT: stop reading and let the workers finish the current epoch. Past the
 /// grace, exit at the last checkpoint: it is whole (like after a crash), so nothing is lost;
 /// what was read since is read again at the next start.
-async fn stop_on_signal(ctl: Arc<EpochControl>, state: Arc<RocksState>, grace: Duration) {
+async fn stop_on_signal(stopping: Arc<AtomicBool>, state: Arc<RocksState>, grace: Duration) {
     wait_for_signal().await;
     tracing::info!("shutdown requested: finishing the current epoch");
-    ctl.shutdown.store(true, Ordering::Release);
+    stopping.store(true, Ordering::Release);
     tokio::time::sleep(grace).await;
     let epoch = state.checkpoint_meta().map(|m| m.epoch);
     tracing::warn!(
@@ -233,6 +328,10 @@ async fn stop_on_signal(ctl: Arc<EpochControl>, state: Arc<RocksState>, grace: D
 
 /// What the checkpointer thread owns.
 struct Checkpointing {
+    /// In a cluster: the control dataflow the checkpoints are agreed on, and where the
+    /// prepared checkpoint is kept.
+    control: Option<Arc<Control>>,
+    dir: std::path::PathBuf,
     state: Arc<RocksState>,
     topics: Vec<String>,
     metrics: Metrics,
@@ -260,8 +359,14 @@ fn spawn_checkpointer(
                 api: &c.api,
                 feed: &c.feed,
                 wall,
+                hinted: Default::default(),
             };
-            checkpointer.run(rx, c.coordinator, c.offsets)
+            match &c.control {
+                Some(control) => {
+                    checkpointer.run_cluster(rx, c.coordinator, c.offsets, control, &c.dir)
+                }
+                None => checkpointer.run(rx, c.coordinator, c.offsets),
+            }
         })?)
 }
 

@@ -16,6 +16,9 @@ use super::{Fingerprints, Offsets};
 pub struct SourcePlan {
     /// (topic index, partition) of every partition read.
     pub partitions: Vec<(u16, i32)>,
+    /// Every partition discovered, blocked or not: they are dealt over the workers from this
+    /// list, so every process of a cluster deals them alike.
+    pub all: Vec<(u16, i32)>,
     /// Partitions left unread: their stored position is gone (`on-offset-reset = stop`).
     pub blocked: Vec<(u16, i32)>,
     /// The stored next offsets, without those of partitions reprocessed from the start.
@@ -46,6 +49,7 @@ impl SourcePlan {
         };
         check_offsets_against_partitions(topics, &partitions, &offsets);
         let mut plan = SourcePlan {
+            all: partitions.clone(),
             partitions,
             blocked: Vec::new(),
             offsets,
@@ -64,6 +68,34 @@ impl SourcePlan {
         }
         metrics.source.outage.set(0);
         Some(plan)
+    }
+
+    /// The partitions worker `index` (of `workers` in the whole cluster) reads.
+    pub fn assigned(&self, index: usize, workers: usize) -> Vec<(u16, i32)> {
+        kafka::assign(&self.all, index, workers)
+            .into_iter()
+            .filter(|p| !self.blocked.contains(p))
+            .collect()
+    }
+
+    /// The stored offsets of the partitions this process's workers read (in a cluster, each
+    /// process stores only its own partitions' positions).
+    pub fn own_offsets(
+        &self,
+        topics: &[String],
+        workers: std::ops::Range<usize>,
+        total: usize,
+    ) -> Offsets {
+        let mut own = Offsets::new();
+        for w in workers {
+            for (t, p) in kafka::assign(&self.all, w, total) {
+                let topic = &topics[t as usize];
+                if let Some(o) = self.offsets.get(topic).and_then(|m| m.get(&p)) {
+                    own.entry(topic.clone()).or_default().insert(p, *o);
+                }
+            }
+        }
+        own
     }
 
     fn stored_positions(&self, topics: &[String]) -> Vec<Position> {

@@ -4,20 +4,23 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use timely::communication::WorkerGuards;
 
 use kmflow_dataflows::checkpoint::{SinkReport, ToCoordinator};
 use kmflow_dataflows::pipeline::{build, PipelineHooks, StatsSpec, UpsertCounters};
 use kmflow_dataflows::shard::Checkpoints;
 use kmflow_dataflows::static_data::StaticData;
 
+use crate::cluster::control::{Control, ControlPort};
+use crate::cluster::Topology;
 use crate::config::{Config, SourceKind};
 use crate::metrics::Metrics;
 use crate::source::generator::{GeneratorReader, GENERATOR_TOPIC};
-use crate::source::kafka::{self, KafkaReader};
+use crate::source::kafka::KafkaReader;
 use crate::source::{epoch_source, EpochControl, EpochPositions, PartitionReader, Position};
 
 use super::source_plan::SourcePlan;
@@ -25,6 +28,7 @@ use super::source_plan::SourcePlan;
 /// Everything the workers share.
 pub struct Workers {
     pub config: Arc<Config>,
+    pub topology: Topology,
     pub ctl: Arc<EpochControl>,
     pub metrics: Metrics,
     pub outage: Arc<AtomicBool>,
@@ -33,37 +37,87 @@ pub struct Workers {
     pub checkpoints: Arc<Checkpoints>,
     pub start_epoch: u64,
     pub plan: Arc<SourcePlan>,
+    /// To the checkpointer; it closes when the last worker drops its clone.
+    pub tx: Sender<ToCoordinator<Vec<Position>>>,
+}
+
+/// How the timely workers start: alone, at once; in a cluster, before the state is recovered
+/// (recovery needs every process connected), each then waiting for its [`Workers`].
+pub struct Launch {
+    pub startup: Arc<OnceLock<Workers>>,
+    /// Set when the run ends before the workers got their start.
+    pub abort: Arc<AtomicBool>,
+    pub control: Option<Arc<Control>>,
+}
+
+impl Launch {
+    /// Starts the timely workers (in a cluster, once every process is connected).
+    pub fn spawn(self, topology: &Topology) -> anyhow::Result<WorkerGuards<()>> {
+        let Launch {
+            startup,
+            abort,
+            control,
+        } = self;
+        timely::execute(topology.timely_config(), move |worker| {
+            let mut port = control.as_ref().map(|c| c.build(worker));
+            let workers = loop {
+                if let Some(w) = startup.get() {
+                    break w;
+                }
+                if abort.load(Ordering::Acquire) {
+                    return;
+                }
+                worker.step_or_park(Some(Duration::from_millis(10)));
+                if let (Some(p), Some(c)) = (port.as_mut(), control.as_deref()) {
+                    p.pump(c);
+                }
+            };
+            workers.run(worker, port.as_mut(), control.as_deref());
+        })
+        .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))
+    }
+}
+
+/// Waits for the workers; the first failure is the error.
+pub fn join(guards: WorkerGuards<()>) -> anyhow::Result<()> {
+    for r in guards.join() {
+        r.map_err(|e| anyhow::anyhow!("timely worker failed: {e}"))?;
+    }
+    Ok(())
 }
 
 impl Workers {
-    /// Runs `pipeline.workers` timely workers until the sources end or a shutdown; the
-    /// channel closes when the last worker drops its sender.
-    pub fn run(self, tx: Sender<ToCoordinator<Vec<Position>>>) -> anyhow::Result<()> {
-        let workers = self.config.pipeline.workers;
-        let guards = timely::execute(timely::Config::process(workers), move |worker| {
-            let index = worker.index();
-            let reader = self.reader(index, workers);
-            let positions: EpochPositions = Rc::new(RefCell::new(Vec::new()));
-            let hooks = self.hooks(tx.clone(), positions.clone(), workers);
-            let (ctl, start) = (self.ctl.clone(), self.start_epoch);
-            let probe = worker.dataflow::<u64, _, _>(|scope| {
-                build(epoch_source(scope, start, reader, ctl, positions), hooks)
-            });
-            while !probe.done() {
-                worker.step_or_park(Some(Duration::from_millis(5)));
+    /// Runs one timely worker until the sources end or a shutdown (in a cluster, until the
+    /// last checkpoint is written: the control dataflow carries its rounds).
+    fn run(
+        &self,
+        worker: &mut timely::worker::Worker,
+        mut port: Option<&mut ControlPort>,
+        control: Option<&Control>,
+    ) {
+        let (index, peers) = (worker.index(), worker.peers());
+        let reader = self.reader(index, peers);
+        let positions: EpochPositions = Rc::new(RefCell::new(Vec::new()));
+        let hooks = self.hooks(self.tx.clone(), positions.clone());
+        let (ctl, start) = (self.ctl.clone(), self.start_epoch);
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            build(epoch_source(scope, start, reader, ctl, positions), hooks)
+        });
+        while !probe.done() || control.is_some_and(|c| !c.is_finished()) {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+            if let (Some(p), Some(c)) = (port.as_deref_mut(), control) {
+                p.pump(c);
             }
-        })
-        .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?;
-        for r in guards.join() {
-            r.map_err(|e| anyhow::anyhow!("timely worker failed: {e}"))?;
         }
-        Ok(())
+        if let Some(p) = port {
+            p.close();
+        }
     }
 
-    /// The reader of worker `index`'s partitions.
+    /// The reader of the partitions of worker `index` (of `workers` in the whole cluster).
     fn reader(&self, index: usize, workers: usize) -> Box<dyn PartitionReader> {
         let (config, plan) = (&self.config, &self.plan);
-        let mine = kafka::assign(&plan.partitions, index, workers);
+        let mine = plan.assigned(index, workers);
         match config.source.kind {
             SourceKind::Generator => {
                 let stored = plan.offsets.get(GENERATOR_TOPIC);
@@ -104,9 +158,11 @@ impl Workers {
         &self,
         tx: Sender<ToCoordinator<Vec<Position>>>,
         positions: EpochPositions,
-        workers: usize,
     ) -> PipelineHooks<impl FnMut(SinkReport<()>) + 'static> {
         let flush_tx = tx.clone();
+        // The checkpointer counts this process's workers from 0.
+        let first = self.topology.global_worker(0);
+        let workers = self.topology.workers;
         PipelineHooks {
             store: self.ctl.store.clone(),
             counters: self.counters.clone(),
@@ -114,7 +170,8 @@ impl Workers {
                 level: self.config.stats.level,
                 static_data: self.static_data.clone(),
             },
-            flush: Box::new(move |f| {
+            flush: Box::new(move |mut f| {
+                f.worker -= first;
                 let _ = flush_tx.send(ToCoordinator::Flush(f));
             }),
             checkpoints: self.checkpoints.clone(),
@@ -131,7 +188,7 @@ impl Workers {
                     !passed
                 });
                 let _ = tx.send(ToCoordinator::Sink(SinkReport {
-                    worker: r.worker,
+                    worker: r.worker - first,
                     frontier: r.frontier,
                     items: r.items,
                     meta,

@@ -56,7 +56,8 @@ pub trait PartitionReader {
 /// Shared by all workers' sources.
 pub struct EpochControl {
     target: AtomicU64,
-    pub shutdown: AtomicBool,
+    /// Set on SIGTERM, a failed checkpoint, or (in a cluster) another process's shutdown.
+    pub shutdown: Arc<AtomicBool>,
     pub store: Arc<dyn StateStore>,
     pub max_records: usize,
     pub max_wait: Duration,
@@ -70,15 +71,28 @@ impl EpochControl {
         max_records: usize,
         max_wait: Duration,
         max_inflight: u64,
+        shutdown: Arc<AtomicBool>,
     ) -> Self {
         EpochControl {
             target: AtomicU64::new(start),
-            shutdown: AtomicBool::new(false),
+            shutdown,
             store,
             max_records,
             max_wait,
             max_inflight,
         }
+    }
+}
+
+impl EpochControl {
+    /// The epoch every source closes up to as soon as it sees it.
+    pub fn target(&self) -> u64 {
+        self.target.load(Ordering::Acquire)
+    }
+
+    /// Lets every source close its epochs up to `epoch` (a beacon from another process).
+    pub fn raise_target(&self, epoch: u64) {
+        self.target.fetch_max(epoch, Ordering::AcqRel);
     }
 }
 

@@ -6,6 +6,18 @@ use super::*;
 use super::codec::*;
 use kmflow_dataflows::keys::StatTable;
 
+/// A checkpoint built and not yet written: the `WriteBatch` of its statistics, upserts, dead
+/// letters and offsets, and its metadata without the stream clock, which is set when it is
+/// written ([`RocksState::commit_prepared`]). A cluster keeps it durable in between (see
+/// `cluster::prepared`), so every process can write the same checkpoint after a crash.
+pub struct PreparedCheckpoint {
+    pub batch: WriteBatch,
+    /// The metadata to write with it; `clock` is set at commit.
+    pub meta: CheckpointMeta,
+    /// The latest `killmail_time` the checkpoint applies (moves the clock).
+    pub max_time: Option<i64>,
+}
+
 impl RocksState {
     /// Writes one batch atomically with the new offsets and fingerprints, moving the stream
     /// clock to what `wall` (Unix seconds) and the batch's killmails allow; returns what it
@@ -18,11 +30,20 @@ impl RocksState {
         fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
         wall: i64,
     ) -> Result<CheckpointMeta, StateError> {
+        let prepared = self.prepare_checkpoint(batch, topics, offsets, fingerprints)?;
+        let clock = self.clock().advance(prepared.max_time, wall);
+        self.commit_prepared(prepared, clock)
+    }
+
+    /// Builds the `WriteBatch` of a checkpoint without writing it.
+    pub fn prepare_checkpoint<M>(
+        &self,
+        batch: &CheckpointBatch<M>,
+        topics: &[String],
+        offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
+        fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
+    ) -> Result<PreparedCheckpoint, StateError> {
         let mut wb = WriteBatch::default();
-        let before = self.checkpoint_meta().map(|m| m.clock).unwrap_or_default();
-        let clock = before.advance(batch.max_time, wall);
-        let t0 = std::time::Instant::now();
-        let n_writes = batch.writes.len();
         let (stats_cf, days_cf, ranks_cf) =
             (self.cf(CF_STATS), self.cf(CF_DAYS), self.cf(CF_RANKS));
         let cf_of = |table| match table {
@@ -67,13 +88,40 @@ impl RocksState {
         }
         let meta = CheckpointMeta {
             epoch: batch.last_epoch,
-            committed_at: now_ms(),
+            committed_at: 0,
             offsets: offsets.clone(),
             fingerprints: fingerprints.clone(),
-            clock,
+            clock: StreamClock::default(),
             dead_letters: dead,
             format: STATE_FORMAT,
         };
+        Ok(PreparedCheckpoint {
+            batch: wb,
+            meta,
+            max_time: batch.max_time,
+        })
+    }
+
+    /// The stream clock of the last checkpoint.
+    pub fn clock(&self) -> StreamClock {
+        self.checkpoint_meta().map(|m| m.clock).unwrap_or_default()
+    }
+
+    /// Writes a prepared checkpoint as one synced batch, with the stream clock at `clock`
+    /// (in a cluster, the same on every process).
+    pub fn commit_prepared(
+        &self,
+        prepared: PreparedCheckpoint,
+        clock: StreamClock,
+    ) -> Result<CheckpointMeta, StateError> {
+        let PreparedCheckpoint {
+            batch: mut wb,
+            mut meta,
+            ..
+        } = prepared;
+        let t0 = std::time::Instant::now();
+        meta.clock = clock;
+        meta.committed_at = now_ms();
         wb.put_cf(
             self.cf(CF_META),
             META_CHECKPOINT,
@@ -81,18 +129,15 @@ impl RocksState {
         );
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        let built = t0.elapsed();
+        let keys = wb.len();
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
         tracing::debug!(
-            writes = n_writes,
-            upserts = batch.upserts.len(),
-            batch_ms = built.as_millis() as u64,
-            write_ms = (t0.elapsed() - built).as_millis() as u64,
-            "commit"
+            keys,
+            write_ms = t0.elapsed().as_millis() as u64,
+            "checkpoint written"
         );
         *self.meta.write() = Some(meta.clone());
-        self.committed_epoch
-            .store(batch.last_epoch, Ordering::Release);
+        self.committed_epoch.store(meta.epoch, Ordering::Release);
         Ok(meta)
     }
 }

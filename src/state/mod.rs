@@ -15,6 +15,7 @@
 //! returned survives a crash or power loss; a commit interrupted by a crash is absent as a whole.
 
 mod checkpoint;
+pub use checkpoint::PreparedCheckpoint;
 mod codec;
 mod dump;
 mod query;
