@@ -80,6 +80,8 @@ pub struct HttpMetrics {
     pub connections_refused: IntCounter,
     /// Labels: reason (overloaded, timeout, panic). Requests answered by a limit, not a handler.
     pub rejected: IntCounterVec,
+    /// Labels: outcome (ok, error). In a cluster: requests sent to other processes.
+    pub forwarded: IntCounterVec,
 }
 
 /// The live feed, `GET /v1/stream`.
@@ -323,6 +325,12 @@ impl HttpMetrics {
             "API requests answered by a limit instead of a handler: overloaded (api.max-in-flight), timeout (api.request-timeout-ms), panic (a handler bug, answered 500)",
             &["reason"],
             &["overloaded", "timeout", "panic"],
+        ),
+        forwarded: b.counter_vec(
+            "kmflow_http_forwarded_total",
+            "In a cluster: requests this process sent to the process that owns the answer (or to every process, for leaderboards, batches and readiness), by outcome",
+            &["outcome"],
+            &["ok", "error"],
         ),
         }
     }

@@ -23,6 +23,8 @@ pub enum ApiError {
     Overloaded(String),
     /// The request was not answered within `api.request-timeout-ms` (503).
     Timeout,
+    /// In a cluster: the process that owns the answer did not give it (503).
+    Cluster(String),
     /// A bug or a storage failure; the details go to the log only (500).
     Internal,
     /// An error the framework produced by itself, kept with its status.
@@ -48,7 +50,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            ApiError::Overloaded(_) | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) | ApiError::Timeout | ApiError::Cluster(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Framework(status, _) => *status,
         }
@@ -61,6 +65,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge(m)
             | ApiError::UriTooLong(m)
             | ApiError::Overloaded(m)
+            | ApiError::Cluster(m)
             | ApiError::Framework(_, m) => m.clone(),
             ApiError::MethodNotAllowed => "method not allowed".into(),
             ApiError::Timeout => "the request timed out; retry later".into(),

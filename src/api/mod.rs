@@ -6,6 +6,7 @@
 //! reflects exactly one committed epoch (`as_of`).
 
 pub mod body;
+pub mod cluster;
 pub mod entities;
 pub mod error;
 pub mod killmails;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub idle_timeout: Duration,
     /// Open stream subscribers.
     pub subscribers: Arc<std::sync::atomic::AtomicUsize>,
+    /// In a cluster: the other processes, that answer what this one does not own.
+    pub peers: Option<Arc<cluster::Peers>>,
 }
 
 impl AppState {
@@ -89,6 +92,7 @@ impl AppState {
             stream,
             idle_timeout: Duration::from_millis(api.idle_timeout_ms),
             subscribers: Default::default(),
+            peers: cluster::peers(config),
         }
     }
 
@@ -190,6 +194,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BATCH_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::route,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), limits))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), track_latency))
