@@ -90,6 +90,18 @@ enum Command {
     Gen(GenArgs),
     /// Print the API's OpenAPI 3.1 document (as served at /openapi.json).
     Openapi,
+    /// Hand key groups over to a new number of cluster processes: copies the stopped
+    /// cluster's states (one per old process, in order) into new states (one per new
+    /// process). Nothing is read again from Kafka.
+    Rescale {
+        /// The old processes' state directories, in process order (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        from: Vec<PathBuf>,
+        /// The new processes' state directories, in process order (comma-separated; must
+        /// not exist or be empty).
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<PathBuf>,
+    },
 }
 
 fn main() {
@@ -139,6 +151,23 @@ fn real_main() -> anyhow::Result<()> {
     let config = Arc::new(Config::load_with(cli.config.as_deref(), &flags)?);
     match cli.command {
         Command::Run(_) => kmflow::app::run(config),
+        Command::Rescale { from, to } => {
+            let t0 = Instant::now();
+            let copied =
+                kmflow::cluster::rescale::rescale(&from, &to, config.state.block_cache_mb)?;
+            for (dir, keys) in to.iter().zip(&copied.keys) {
+                println!("kmflow: {} keys -> {}", keys, dir.display());
+            }
+            println!(
+                "kmflow: {} processes -> {} at checkpoint {} in {:.1}s; start the new cluster with cluster.addresses listing {} processes",
+                from.len(),
+                to.len(),
+                copied.epoch,
+                t0.elapsed().as_secs_f64(),
+                to.len()
+            );
+            Ok(())
+        }
         Command::Openapi => {
             print!("{}", kmflow::api::openapi_document());
             Ok(())

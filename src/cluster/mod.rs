@@ -17,6 +17,7 @@
 
 pub mod control;
 pub mod prepared;
+pub mod rescale;
 
 use serde::{Deserialize, Serialize};
 

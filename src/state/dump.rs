@@ -80,3 +80,81 @@ impl RocksState {
         Ok(out)
     }
 }
+
+/// The column families a state is made of, for whole-state copies ([`RocksState::scan_raw`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Killmails,
+    Stats,
+    Days,
+    Ranks,
+    DeadLetters,
+    Offsets,
+}
+
+impl Table {
+    pub const ALL: [Table; 6] = [
+        Table::Killmails,
+        Table::Stats,
+        Table::Days,
+        Table::Ranks,
+        Table::DeadLetters,
+        Table::Offsets,
+    ];
+
+    fn cf_name(self) -> &'static str {
+        match self {
+            Table::Killmails => CF_KILLMAILS,
+            Table::Stats => CF_STATS,
+            Table::Days => CF_DAYS,
+            Table::Ranks => CF_RANKS,
+            Table::DeadLetters => CF_DEAD_LETTERS,
+            Table::Offsets => CF_OFFSETS,
+        }
+    }
+}
+
+impl RocksState {
+    /// Every key and value of a table, merge operands applied (for whole-state copies).
+    pub fn scan_raw(
+        &self,
+        table: Table,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(table.cf_name()), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Writes raw entries (not synced: a copy ends with [`RocksState::write_meta`]).
+    pub fn put_raw(&self, entries: &[(Table, Vec<u8>, Vec<u8>)]) -> Result<(), StateError> {
+        let mut wb = WriteBatch::default();
+        for (table, k, v) in entries {
+            wb.put_cf(self.cf(table.cf_name()), k, v);
+        }
+        self.db.write(wb).map_err(|e| self.err(e))
+    }
+
+    /// Writes a checkpoint's metadata alone, synced, after flushing everything written before:
+    /// the last step of a whole-state copy.
+    pub fn write_meta(&self, meta: &CheckpointMeta) -> Result<(), StateError> {
+        self.flush()?;
+        let mut wb = WriteBatch::default();
+        wb.put_cf(
+            self.cf(CF_META),
+            META_CHECKPOINT,
+            serde_json::to_vec(meta).map_err(codec_err)?,
+        );
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
+        *self.meta.write() = Some(meta.clone());
+        self.committed_epoch.store(meta.epoch, Ordering::Release);
+        self.flush()
+    }
+}

@@ -18,6 +18,7 @@ mod checkpoint;
 pub use checkpoint::PreparedCheckpoint;
 mod codec;
 mod dump;
+pub use dump::Table;
 mod query;
 
 use codec::merge_stats;
