@@ -6,82 +6,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 
-use common::{post_json, wait_until, Broker, Kmflow};
+use common::{wait_until, Broker, Kmflow};
 use kmflow::files::for_each_message;
 use kmflow_dataflows::reference::ReferenceFold;
-use kmflow_dataflows::time::format_rfc3339;
-use kmflow_dataflows::{EntityKey, EntityKind, Stats};
-
-/// Every entity of the fold, asked of the API 1,000 at a time.
-fn assert_all_equal(k: &Kmflow, expected: &BTreeMap<EntityKey, Stats>) {
-    for kind in EntityKind::ALL {
-        let ids: Vec<u64> = expected
-            .keys()
-            .filter(|e| e.kind == kind)
-            .map(|e| e.id)
-            .collect();
-        let path = match kind {
-            EntityKind::Character => "characters",
-            EntityKind::Corporation => "corporations",
-            EntityKind::Alliance => "alliances",
-        };
-        for chunk in ids.chunks(1000) {
-            let (status, v) = post_json(
-                &k.url(&format!("/v1/{path}:batch")),
-                &json!({ "ids": chunk }),
-            );
-            assert_eq!(status, 200);
-            assert_eq!(v["missing"], json!([]), "{kind:?}");
-            for r in v["results"].as_array().unwrap() {
-                let id = r["id"].as_u64().unwrap();
-                let e = &expected[&EntityKey::new(kind, id)];
-                let s = &r["stats"];
-                let got = (
-                    s["kills"].as_i64().unwrap(),
-                    s["losses"].as_i64().unwrap(),
-                    s["npc_losses"].as_i64().unwrap(),
-                    s["final_blows"].as_i64().unwrap(),
-                    s["damage_done"].as_i64().unwrap(),
-                    s["damage_taken"].as_i64().unwrap(),
-                    (s["isk_destroyed"].as_f64().unwrap() * 100.0).round() as i128,
-                    (s["isk_lost"].as_f64().unwrap() * 100.0).round() as i128,
-                    s["points_destroyed"].as_i64().unwrap(),
-                    s["solo_kills"].as_i64(),
-                );
-                let want = (
-                    e.sums.kills,
-                    e.sums.losses,
-                    e.sums.npc_losses,
-                    e.sums.final_blows,
-                    e.sums.damage_done,
-                    e.sums.damage_taken,
-                    e.sums.isk_destroyed_cents,
-                    e.sums.isk_lost_cents,
-                    e.sums.points_destroyed,
-                    common::solo_field(e.sums.solo_kills, e),
-                );
-                assert_eq!(got, want, "{kind:?} {id}");
-                assert_eq!(
-                    s["first_seen"].as_str(),
-                    e.seen.first.map(format_rfc3339).as_deref()
-                );
-                assert_eq!(
-                    s["last_seen"].as_str(),
-                    e.seen.last.map(format_rfc3339).as_deref()
-                );
-            }
-        }
-    }
-}
+use kmflow_dataflows::EntityKind;
 
 #[test]
 fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
@@ -266,6 +201,6 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         served.load(Ordering::Relaxed),
         restarts.iter().max().unwrap()
     );
-    assert_all_equal(&k, &expected);
+    common::assert_all_equal(&k, &expected);
     assert!(k.stop());
 }

@@ -209,11 +209,14 @@ impl ControlPort {
             if target > control.known_epoch.load(Ordering::Acquire) {
                 control.known_epoch.fetch_max(target, Ordering::AcqRel);
                 input.send(Signal::Epoch(target));
+                // The input buffers what it is given until it is full or flushed.
+                input.flush();
             }
             if epochs.shutdown.load(Ordering::Acquire)
                 && !control.shutdown_sent.swap(true, Ordering::AcqRel)
             {
                 input.send(Signal::Shutdown);
+                input.flush();
             }
         }
         while let Some(v) = control.outbox.lock().pop_front() {

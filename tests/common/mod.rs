@@ -199,6 +199,8 @@ pub struct Kmflow {
     pub env: Vec<(String, String)>,
     /// Where stderr goes (inherited when `None`).
     pub stderr_file: Option<PathBuf>,
+    /// Arguments after `run`.
+    pub args: Vec<String>,
 }
 
 impl Kmflow {
@@ -219,12 +221,14 @@ impl Kmflow {
                 .map(|(a, b)| (a.to_string(), b.clone()))
                 .collect(),
             stderr_file: None,
+            args: Vec::new(),
         }
     }
 
     pub fn spawn(&mut self) {
         let mut cmd = Command::new(kmflow_bin());
         cmd.arg("run")
+            .args(&self.args)
             .env("KMFLOW__STATE__DIR", &self.state_dir)
             .env("KMFLOW__API__LISTEN", format!("127.0.0.1:{}", self.port))
             .env("KMFLOW__STATS__STATIC_DIR", static_dir())
@@ -554,4 +558,75 @@ pub fn committed_total(k: &Kmflow) -> Option<i64> {
             .filter_map(Value::as_i64)
             .sum(),
     )
+}
+
+/// Every entity of the fold, asked of the API 1,000 at a time.
+pub fn assert_all_equal(
+    k: &Kmflow,
+    expected: &std::collections::BTreeMap<kmflow_dataflows::EntityKey, kmflow_dataflows::Stats>,
+) {
+    for kind in kmflow_dataflows::EntityKind::ALL {
+        let ids: Vec<u64> = expected
+            .keys()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.id)
+            .collect();
+        let path = match kind {
+            kmflow_dataflows::EntityKind::Character => "characters",
+            kmflow_dataflows::EntityKind::Corporation => "corporations",
+            kmflow_dataflows::EntityKind::Alliance => "alliances",
+        };
+        for chunk in ids.chunks(1000) {
+            let (status, v) = post_json(
+                &k.url(&format!("/v1/{path}:batch")),
+                &serde_json::json!({ "ids": chunk }),
+            );
+            assert_eq!(status, 200);
+            assert_eq!(v["missing"], serde_json::json!([]), "{kind:?}");
+            for r in v["results"].as_array().unwrap() {
+                let id = r["id"].as_u64().unwrap();
+                let e = &expected[&kmflow_dataflows::EntityKey::new(kind, id)];
+                let s = &r["stats"];
+                let got = (
+                    s["kills"].as_i64().unwrap(),
+                    s["losses"].as_i64().unwrap(),
+                    s["npc_losses"].as_i64().unwrap(),
+                    s["final_blows"].as_i64().unwrap(),
+                    s["damage_done"].as_i64().unwrap(),
+                    s["damage_taken"].as_i64().unwrap(),
+                    (s["isk_destroyed"].as_f64().unwrap() * 100.0).round() as i128,
+                    (s["isk_lost"].as_f64().unwrap() * 100.0).round() as i128,
+                    s["points_destroyed"].as_i64().unwrap(),
+                    s["solo_kills"].as_i64(),
+                );
+                let want = (
+                    e.sums.kills,
+                    e.sums.losses,
+                    e.sums.npc_losses,
+                    e.sums.final_blows,
+                    e.sums.damage_done,
+                    e.sums.damage_taken,
+                    e.sums.isk_destroyed_cents,
+                    e.sums.isk_lost_cents,
+                    e.sums.points_destroyed,
+                    solo_field(e.sums.solo_kills, e),
+                );
+                assert_eq!(got, want, "{kind:?} {id}");
+                assert_eq!(
+                    s["first_seen"].as_str(),
+                    e.seen
+                        .first
+                        .map(kmflow_dataflows::time::format_rfc3339)
+                        .as_deref()
+                );
+                assert_eq!(
+                    s["last_seen"].as_str(),
+                    e.seen
+                        .last
+                        .map(kmflow_dataflows::time::format_rfc3339)
+                        .as_deref()
+                );
+            }
+        }
+    }
 }
