@@ -7,8 +7,9 @@
 //! 2. a SIGTERM on one process stops both cleanly;
 //! 3. a SIGKILL of one process mid-replay makes the other exit with a clear error; restarted,
 //!    the cluster loses nothing and counts nothing twice;
-//! 4. `kmflow rescale` hands the state of 2 processes to 1 and back to 2: answers unchanged,
-//!    nothing read again from the broker.
+//! 4. `kmflow rescale` hands the state of 2 processes to 1 and back to 2 (of 2 workers each:
+//!    changing the workers per process moves nothing): answers unchanged, nothing read again
+//!    from the broker.
 
 mod common;
 
@@ -244,7 +245,8 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     }
     assert!(two[0].stop() && two[1].wait_exit(Duration::from_secs(60)).is_some());
 
-    // 4. Rescale 2 -> 1 -> 2 on the stored state: answers unchanged, nothing read again.
+    // 4. Rescale 2 -> 1 -> 2 on the stored state, then 2 workers per process: answers
+    //    unchanged, nothing read again.
     let one = dir("one");
     rescale(&[&c, &d], &[&one]);
     let k = Kmflow::start(&one, &env(&broker, 2));
@@ -254,7 +256,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     drop(k);
     let (e, f) = (dir("e"), dir("f"));
     rescale(&[&one], &[&e, &f]);
-    let two = cluster(&[&e, &f], &env(&broker, 1));
+    let two = cluster(&[&e, &f], &env(&broker, 2));
     wait_committed(&two[0], messages);
     for k in &two {
         common::assert_all_equal(k, &expected);

@@ -15,7 +15,7 @@ mod workers;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -111,48 +111,20 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         SourceKind::Generator => vec![GENERATOR_TOPIC.to_string()],
     };
     let stopping = Arc::new(AtomicBool::new(false));
-
     // The API first: reads are served while the source connects or the broker is down.
-    let mut api_state = AppState::new(state.clone(), metrics.clone(), &config);
-    api_state.topics = Arc::new(topics.clone());
-    api_state.static_data = restored.static_data.clone();
-    api_state.level = config.stats.level;
-    let feed = api_state.feed.clone();
-    let ready = api_state.ready.clone();
-    let api = ApiServer::start(&config, api_state)?;
-    let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
-    api.rt
-        .spawn(stop_on_signal(stopping.clone(), state.clone(), grace));
-    let addr = api.addr;
-    println!(
-        "kmflow: API and metrics on http://{addr}  (state in {})",
-        config.state.dir.display()
-    );
-    println!("kmflow: try  curl http://{addr}/readyz   curl http://{addr}/metrics");
+    let served = Served::start(&config, &restored, &metrics, &topics, &stopping)?;
 
-    // In a cluster the workers start first: recovering the state needs every process.
-    let launch = Launch {
-        startup: Arc::new(OnceLock::new()),
-        abort: Arc::new(AtomicBool::new(false)),
-        control: topology
-            .is_cluster()
-            .then(|| Control::new(topology.processes, topology.process)),
-    };
-    let (startup, abort, control) = (
-        launch.startup.clone(),
-        launch.abort.clone(),
-        launch.control.clone(),
-    );
-    let mut launch = Some(launch);
-    let mut guards = None;
-    let start_epoch = match &control {
+    let mut launch = Launch::new(&topology);
+    let (startup, abort, control) = launch.handles();
+    let (start_epoch, mut guards) = match &control {
+        // In a cluster the workers start first: recovering the state needs every process.
         Some(control) => {
             crate::cluster::exit_when_a_peer_is_lost();
             tracing::info!(process = topology.process, addresses = ?topology.addresses, "cluster: connecting to every process");
-            guards = launch.take().map(|l| l.spawn(&topology)).transpose()?;
-            recover(&config, &state, control)?
+            let guards = launch.spawn(&topology)?;
+            (recover(&config, &state, control)?, Some(guards))
         }
-        None => restored.start_epoch,
+        None => (restored.start_epoch, None),
     };
     let ctl = Arc::new(EpochControl::new(
         start_epoch,
@@ -166,98 +138,200 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
         c.attach(ctl.clone());
     }
     let meta = state.checkpoint_meta().unwrap_or_default();
-    let Some(plan) = SourcePlan::connect(
+    let plan = SourcePlan::connect(
         &config,
         &topics,
         meta.offsets,
         meta.fingerprints,
         &metrics,
         &ctl,
-    ) else {
+    );
+    let Some(plan) = plan else {
         abort.store(true, Ordering::Release);
-        api.stop();
+        served.api.stop();
         return Ok(());
     };
     let plan = Arc::new(plan);
     // Ready unless a partition is left unread (its stored position is gone).
-    ready.store(plan.blocked.is_empty(), Ordering::Release);
+    served
+        .ready
+        .store(plan.blocked.is_empty(), Ordering::Release);
     metrics.ready.set(plan.blocked.is_empty() as i64);
     tracing::info!(
         partitions = plan.partitions.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "ready"
     );
-
-    let workers = config.pipeline.workers;
-    let (tx, rx) =
-        crossbeam_channel::bounded::<ToCoordinator<Vec<Position>>>(CHANNEL_PER_WORKER * workers);
-    let checkpoints = Arc::new(Checkpoints::new(start_epoch));
-    let first = topology.global_worker(0);
-    let checkpointing = Checkpointing {
-        state: state.clone(),
-        topics: topics.clone(),
-        metrics: metrics.clone(),
-        ctl: ctl.clone(),
-        api: format!("http://{addr}"),
-        feed: feed.clone(),
-        offsets: match &control {
-            Some(_) => plan.own_offsets(&topics, first..first + workers, topology.total_workers()),
-            None => plan.offsets.clone(),
-        },
-        coordinator: match &control {
-            Some(_) => CheckpointCoordinator::agreed(workers, start_epoch, checkpoints.clone()),
-            None => CheckpointCoordinator::new(workers, start_epoch, checkpoints.clone()),
-        },
+    let running = Running::start(Ingest {
+        config: &config,
+        topology: &topology,
+        state: &state,
+        metrics: &metrics,
+        topics: &topics,
+        served: &served,
+        plan: &plan,
+        ctl: &ctl,
         control: control.clone(),
-        dir: config.state.dir.clone(),
-    };
-    let checkpointer = spawn_checkpointer(&config, checkpointing, rx)?;
-    let monitor_stop = Arc::new(AtomicBool::new(false));
-    let counters = Arc::new(UpsertCounters::default());
-    let outage = Arc::new(AtomicBool::new(false));
-    let monitor = spawn_monitor(
-        MonitorCtx {
-            config: config.clone(),
-            state: state.clone(),
-            metrics: metrics.clone(),
-            counters: counters.clone(),
-        },
-        Monitored {
-            ready: ready.clone(),
-            outage: outage.clone(),
-            stop: monitor_stop.clone(),
-            plan: plan.clone(),
-        },
-    )?;
+        start_epoch,
+    })?;
     let _ = startup.set(Workers {
         config: config.clone(),
         topology: topology.clone(),
         ctl,
         metrics,
-        outage,
-        counters,
+        outage: running.outage.clone(),
+        counters: running.counters.clone(),
         static_data: restored.static_data,
-        checkpoints,
+        checkpoints: running.checkpoints.clone(),
         start_epoch,
         plan,
-        tx,
+        tx: running.tx.clone(),
     });
-    let guards = match (guards, launch) {
-        (Some(g), _) => g,
-        (None, Some(l)) => l.spawn(&topology)?,
-        (None, None) => unreachable!("the workers start once"),
-    };
-    let ran = workers::join(guards);
+    if guards.is_none() {
+        guards = Some(launch.spawn(&topology)?);
+    }
+    let ran = guards.map_or(Ok(()), workers::join);
     // The workers' sender goes with them: the checkpointer sees the channel close.
-    drop(startup);
-    let written = checkpointer
-        .join()
-        .map_err(|_| anyhow::anyhow!("checkpointer panicked"))?;
-    monitor_stop.store(true, Ordering::Release);
-    let _ = monitor.join();
-    api.stop();
+    drop((startup, launch));
+    let written = running.stop()?;
+    served.api.stop();
     ran?;
     finish(&config, &state, written)
+}
+
+/// The read API, serving from the start.
+struct Served {
+    api: ApiServer,
+    feed: Arc<Feed>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Served {
+    fn start(
+        config: &Config,
+        restored: &Restored,
+        metrics: &Metrics,
+        topics: &[String],
+        stopping: &Arc<AtomicBool>,
+    ) -> anyhow::Result<Served> {
+        let state = restored.state.clone();
+        let mut api_state = AppState::new(state.clone(), metrics.clone(), config);
+        api_state.topics = Arc::new(topics.to_vec());
+        api_state.static_data = restored.static_data.clone();
+        api_state.level = config.stats.level;
+        let feed = api_state.feed.clone();
+        let ready = api_state.ready.clone();
+        let api = ApiServer::start(config, api_state)?;
+        let grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
+        api.rt.spawn(stop_on_signal(stopping.clone(), state, grace));
+        let addr = api.addr;
+        println!(
+            "kmflow: API and metrics on http://{addr}  (state in {})",
+            config.state.dir.display()
+        );
+        println!("kmflow: try  curl http://{addr}/readyz   curl http://{addr}/metrics");
+        Ok(Served { api, feed, ready })
+    }
+}
+
+/// What the checkpointer and the monitor are started from.
+struct Ingest<'a> {
+    config: &'a Arc<Config>,
+    topology: &'a Topology,
+    state: &'a Arc<RocksState>,
+    metrics: &'a Metrics,
+    topics: &'a [String],
+    served: &'a Served,
+    plan: &'a SourcePlan,
+    ctl: &'a Arc<EpochControl>,
+    control: Option<Arc<Control>>,
+    start_epoch: u64,
+}
+
+/// The checkpointer and monitor threads, and what the workers share with them.
+struct Running {
+    tx: crossbeam_channel::Sender<ToCoordinator<Vec<Position>>>,
+    checkpoints: Arc<Checkpoints>,
+    counters: Arc<UpsertCounters>,
+    outage: Arc<AtomicBool>,
+    checkpointer: std::thread::JoinHandle<Result<(), crate::state::StateError>>,
+    monitor: std::thread::JoinHandle<()>,
+    monitor_stop: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn start(i: Ingest<'_>) -> anyhow::Result<Running> {
+        let workers = i.config.pipeline.workers;
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_PER_WORKER * workers);
+        let checkpoints = Arc::new(Checkpoints::new(i.start_epoch));
+        let first = i.topology.global_worker(0);
+        // The partitions this process reads: in a cluster, it stores and watches only those.
+        let own = i
+            .plan
+            .owned(first..first + workers, i.topology.total_workers());
+        let (offsets, coordinator) = match &i.control {
+            Some(_) => (
+                i.plan.offsets_of(i.topics, &own),
+                CheckpointCoordinator::agreed(workers, i.start_epoch, checkpoints.clone()),
+            ),
+            None => (
+                i.plan.offsets.clone(),
+                CheckpointCoordinator::new(workers, i.start_epoch, checkpoints.clone()),
+            ),
+        };
+        let checkpointing = Checkpointing {
+            state: i.state.clone(),
+            topics: i.topics.to_vec(),
+            metrics: i.metrics.clone(),
+            ctl: i.ctl.clone(),
+            api: format!("http://{}", i.served.api.addr),
+            feed: i.served.feed.clone(),
+            offsets,
+            coordinator,
+            control: i.control.clone(),
+            dir: i.config.state.dir.clone(),
+        };
+        let checkpointer = spawn_checkpointer(i.config, checkpointing, rx)?;
+        let monitor_stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(UpsertCounters::default());
+        let outage = Arc::new(AtomicBool::new(false));
+        let monitor = spawn_monitor(
+            MonitorCtx {
+                config: i.config.clone(),
+                state: i.state.clone(),
+                metrics: i.metrics.clone(),
+                counters: counters.clone(),
+            },
+            Monitored {
+                ready: i.served.ready.clone(),
+                outage: outage.clone(),
+                stop: monitor_stop.clone(),
+                partitions: own,
+                blocked: i.plan.blocked.clone(),
+            },
+        )?;
+        Ok(Running {
+            tx,
+            checkpoints,
+            counters,
+            outage,
+            checkpointer,
+            monitor,
+            monitor_stop,
+        })
+    }
+
+    /// After the workers: waits for the last checkpoint, then stops the monitor.
+    fn stop(self) -> anyhow::Result<Result<(), crate::state::StateError>> {
+        drop(self.tx);
+        let written = self
+            .checkpointer
+            .join()
+            .map_err(|_| anyhow::anyhow!("checkpointer panicked"))?;
+        self.monitor_stop.store(true, Ordering::Release);
+        let _ = self.monitor.join();
+        Ok(written)
+    }
 }
 
 /// In a cluster, at start: every process tells what it holds, and each writes or drops its
@@ -375,21 +449,16 @@ struct Monitored {
     ready: Arc<AtomicBool>,
     outage: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    plan: Arc<SourcePlan>,
+    /// This process's partitions.
+    partitions: Vec<(u16, i32)>,
+    blocked: Vec<(u16, i32)>,
 }
 
 fn spawn_monitor(ctx: MonitorCtx, m: Monitored) -> anyhow::Result<std::thread::JoinHandle<()>> {
     Ok(std::thread::Builder::new()
         .name("kmflow-monitor".into())
         .spawn(move || {
-            monitor_loop(
-                ctx,
-                &m.ready,
-                &m.outage,
-                &m.stop,
-                &m.plan.partitions,
-                &m.plan.blocked,
-            )
+            monitor_loop(ctx, &m.ready, &m.outage, &m.stop, &m.partitions, &m.blocked)
         })?)
 }
 

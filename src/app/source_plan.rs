@@ -78,21 +78,21 @@ impl SourcePlan {
             .collect()
     }
 
-    /// The stored offsets of the partitions this process's workers read (in a cluster, each
-    /// process stores only its own partitions' positions).
-    pub fn own_offsets(
-        &self,
-        topics: &[String],
-        workers: std::ops::Range<usize>,
-        total: usize,
-    ) -> Offsets {
+    /// The partitions the workers `workers` (of `total` in the whole cluster) read.
+    pub fn owned(&self, workers: std::ops::Range<usize>, total: usize) -> Vec<(u16, i32)> {
+        let mut own: Vec<(u16, i32)> = workers.flat_map(|w| self.assigned(w, total)).collect();
+        own.sort_unstable();
+        own
+    }
+
+    /// The stored offsets of `partitions` (in a cluster, each process stores only its own
+    /// partitions' positions).
+    pub fn offsets_of(&self, topics: &[String], partitions: &[(u16, i32)]) -> Offsets {
         let mut own = Offsets::new();
-        for w in workers {
-            for (t, p) in kafka::assign(&self.all, w, total) {
-                let topic = &topics[t as usize];
-                if let Some(o) = self.offsets.get(topic).and_then(|m| m.get(&p)) {
-                    own.entry(topic.clone()).or_default().insert(p, *o);
-                }
+        for &(t, p) in partitions {
+            let topic = &topics[t as usize];
+            if let Some(o) = self.offsets.get(topic).and_then(|m| m.get(&p)) {
+                own.entry(topic.clone()).or_default().insert(p, *o);
             }
         }
         own

@@ -51,13 +51,34 @@ pub struct Launch {
 }
 
 impl Launch {
+    pub fn new(topology: &Topology) -> Launch {
+        Launch {
+            startup: Arc::new(OnceLock::new()),
+            abort: Arc::new(AtomicBool::new(false)),
+            control: topology
+                .is_cluster()
+                .then(|| Control::new(topology.processes, topology.process)),
+        }
+    }
+
+    /// What the host keeps: the workers' start, the abort flag, the control dataflow.
+    pub fn handles(
+        &self,
+    ) -> (
+        Arc<OnceLock<Workers>>,
+        Arc<AtomicBool>,
+        Option<Arc<Control>>,
+    ) {
+        (
+            self.startup.clone(),
+            self.abort.clone(),
+            self.control.clone(),
+        )
+    }
+
     /// Starts the timely workers (in a cluster, once every process is connected).
-    pub fn spawn(self, topology: &Topology) -> anyhow::Result<WorkerGuards<()>> {
-        let Launch {
-            startup,
-            abort,
-            control,
-        } = self;
+    pub fn spawn(&mut self, topology: &Topology) -> anyhow::Result<WorkerGuards<()>> {
+        let (startup, abort, control) = self.handles();
         timely::execute(topology.timely_config(), move |worker| {
             let mut port = control.as_ref().map(|c| c.build(worker));
             let workers = loop {
