@@ -445,6 +445,28 @@ fn compose_file_is_valid_and_mounts_what_exists() {
             "no {s} service:\n{services}"
         );
     }
+    // The "cluster" profile: two kmflow processes of one cluster, each its own index.
+    let cluster = run(Command::new("docker-compose")
+        .arg("-f")
+        .arg(repo("docker-compose.yml"))
+        .args(["--profile", "cluster", "config"]));
+    for (p, s) in ["kmflow-0", "kmflow-1"].iter().enumerate() {
+        assert!(
+            cluster.contains(&format!("  {s}:")),
+            "no {s} service:\n{cluster}"
+        );
+        assert!(
+            cluster.contains(&format!("KMFLOW__CLUSTER__PROCESS: '{p}'")),
+            "{s} is process {p}:\n{cluster}"
+        );
+    }
+    assert_eq!(
+        cluster
+            .matches("KMFLOW__CLUSTER__ADDRESSES: '[\"kmflow-0:7000\", \"kmflow-1:7000\"]'")
+            .count(),
+        2,
+        "both list the same peers:\n{cluster}"
+    );
     let compose = std::fs::read_to_string(repo("docker-compose.yml")).unwrap();
     for line in compose.lines().map(str::trim) {
         // Bind mounts: "- ./path:/in/container[:ro]".
