@@ -445,6 +445,45 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn cluster_from_the_environment_and_the_command_line() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KMFLOW__CLUSTER__ADDRESSES", "[\"a:7000\", \"b:7000\"]");
+            jail.set_env(
+                "KMFLOW__CLUSTER__APIS",
+                "[\"http://a:8080\", \"http://b:8080\"]",
+            );
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.cluster.addresses, vec!["a:7000", "b:7000"]);
+            assert_eq!(c.cluster.process, 0);
+            // The command line wins over the environment.
+            let flags = ClusterFlags {
+                process: Some(1),
+                ..Default::default()
+            };
+            assert_eq!(Config::load_with(None, &flags).unwrap().cluster.process, 1);
+            let bad =
+                |flags: ClusterFlags| Config::load_with(None, &flags).unwrap_err().to_string();
+            assert!(bad(ClusterFlags {
+                process: Some(2),
+                ..Default::default()
+            })
+            .contains("cluster.process is 2"));
+            assert!(bad(ClusterFlags {
+                apis: Some(vec!["http://a:8080".into()]),
+                ..Default::default()
+            })
+            .contains("one API URL per process"));
+            assert!(bad(ClusterFlags {
+                addresses: Some(vec!["a".into(), "b:1".into()]),
+                ..Default::default()
+            })
+            .contains("not host:port"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let r: Result<Config, _> = Figment::from(Toml::string(DEFAULT_TOML))
             .merge(Toml::string("[pipeline]\nwrokers = 3\n"))
