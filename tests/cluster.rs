@@ -5,8 +5,9 @@
 //! 1. both processes' APIs answer every entity as the independent fold does, and answer
 //!    entities, leaderboards and killmails exactly as a single process does;
 //! 2. a SIGTERM on one process stops both cleanly;
-//! 3. a SIGKILL of one process mid-replay makes the other exit with a clear error; restarted,
-//!    the cluster loses nothing and counts nothing twice;
+//! 3. a SIGKILL of one process mid-replay makes the other exit with a clear error; a SIGTERM
+//!    during the catch-up stops both at one checkpoint; restarted, the cluster loses nothing
+//!    and counts nothing twice;
 //! 4. `kmflow rescale` hands the state of 2 processes to 1 and back to 2 (of 2 workers each:
 //!    changing the workers per process moves nothing): answers unchanged, nothing read again
 //!    from the broker.
@@ -218,8 +219,9 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
         "process 0 follows the shutdown: {status:?}"
     );
 
-    // 3. SIGKILL one process mid-replay: the other exits with a clear error; restarted, the
-    //    cluster loses nothing and counts nothing twice.
+    // 3. A SIGKILL of one process mid-replay makes the other exit with a clear error; then a
+    //    SIGTERM during the catch-up stops both at one checkpoint; restarted, the cluster loses
+    //    nothing and counts nothing twice.
     let (c, d) = (dir("c"), dir("d"));
     let mut two = cluster(&[&c, &d], &env(&broker, 1));
     wait_until("a part committed", Duration::from_secs(300), || {
@@ -239,6 +241,13 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     for k in &mut two {
         k.spawn();
     }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(two[1].stop(), "process 1 stops cleanly during the catch-up");
+    let status = two[0].wait_exit(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    for k in &mut two {
+        k.spawn();
+    }
     wait_committed(&two[0], messages);
     for k in &two {
         common::assert_all_equal(k, &expected);
@@ -246,8 +255,29 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     assert!(two[0].stop() && two[1].wait_exit(Duration::from_secs(60)).is_some());
 
     // 4. Rescale 2 -> 1 -> 2 on the stored state, then 2 workers per process: answers
-    //    unchanged, nothing read again.
+    //    unchanged, nothing read again. A cluster's state alone is refused, by rescale and
+    //    by `kmflow run`.
     let one = dir("one");
+    let alone = std::process::Command::new(common::kmflow_bin())
+        .args(["rescale", "--from", &c.display().to_string(), "--to"])
+        .arg(dir("partial"))
+        .output()
+        .unwrap();
+    assert!(!alone.status.success());
+    assert!(String::from_utf8_lossy(&alone.stderr).contains("pass every process's state"));
+    let alone = std::process::Command::new(common::kmflow_bin())
+        .arg("run")
+        .envs(env(&broker, 1))
+        .env("KMFLOW__STATE__DIR", &d)
+        .env("KMFLOW__API__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!alone.status.success());
+    let log = String::from_utf8_lossy(&alone.stderr);
+    assert!(
+        log.contains("was written by process 1 of a 2-process cluster"),
+        "{log}"
+    );
     rescale(&[&c, &d], &[&one]);
     let k = Kmflow::start(&one, &env(&broker, 2));
     wait_committed(&k, messages);

@@ -95,6 +95,8 @@ pub struct CheckpointCoordinator<M> {
     /// Targets are agreed with other processes ([`CheckpointCoordinator::agreed`]) instead of
     /// raised as soon as the sinks pass them.
     agreed: bool,
+    /// In agreed mode, the epoch the current checkpoint is stored as (the same everywhere).
+    agreed_last: Option<u64>,
 }
 
 impl<M: Clone> CheckpointCoordinator<M> {
@@ -111,6 +113,7 @@ impl<M: Clone> CheckpointCoordinator<M> {
             committed_frontier: start,
             max_seen: None,
             agreed: false,
+            agreed_last: None,
         }
     }
 
@@ -134,10 +137,21 @@ impl<M: Clone> CheckpointCoordinator<M> {
             .then_some(frontier)
     }
 
-    /// Starts the checkpoint of every epoch below the agreed `target`.
-    pub fn start(&mut self, target: u64) {
+    /// The epoch this process would store the last checkpoint (of the closed input) as: the
+    /// latest epoch it saw anything of. Processes agree on the greatest.
+    pub fn last_seen(&self) -> u64 {
+        self.max_seen
+            .unwrap_or(0)
+            .max(self.committed_frontier.saturating_sub(1))
+    }
+
+    /// Starts the checkpoint of every epoch below the agreed `target`. Every process stores it
+    /// as the same epoch: `target - 1`, or for the last checkpoint (`u64::MAX`) the greatest
+    /// [`CheckpointCoordinator::last_seen`] of all processes, `last`.
+    pub fn start(&mut self, target: u64, last: u64) {
         debug_assert!(target > self.target && target <= self.frontier());
         self.target = target;
+        self.agreed_last = Some(if target == u64::MAX { last } else { target - 1 });
         self.checkpoints.request(target);
     }
 
@@ -231,6 +245,7 @@ impl<M: Clone> CheckpointCoordinator<M> {
         }
         // When the input closed (target u64::MAX) the batch ends at the last epoch used.
         let last_epoch = match self.max_seen {
+            _ if self.agreed => self.agreed_last.expect("an agreed target has its epoch"),
             Some(seen) => (target - 1).min(seen.max(self.committed_frontier.saturating_sub(1))),
             None => (target - 1).min(self.committed_frontier.saturating_sub(1)),
         };

@@ -38,6 +38,20 @@ use crate::cluster::Topology;
 /// The header of a request from another process: answer from local state only.
 pub const LOCAL: &str = "x-kmflow-local";
 
+/// Headers of one connection, not of the request: not forwarded (the body is sent whole).
+const HOP_BY_HOP: [&str; 10] = [
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+];
+
 /// Parts of different checkpoints are asked again this many times.
 const CONSISTENT_TRIES: usize = 20;
 
@@ -90,6 +104,12 @@ impl Peers {
             let id = parse_decimal(id)?;
             Some(t.entity_process(EntityKey::new(kind, id)))
         };
+        // HEAD is answered like GET.
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         let owner = match (method, segments.as_slice()) {
             (&Method::GET, ["v1", kind, id]) if *kind != "killmails" && *kind != "leaderboards" => {
                 entity(kind, id)
@@ -125,7 +145,7 @@ impl Peers {
         let url = format!("{}{}", self.topology.apis[p], path);
         let mut req = Request::builder().method(method.clone()).uri(&url);
         for (name, value) in headers {
-            if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
                 req = req.header(name, value);
             }
         }
@@ -352,9 +372,11 @@ fn merge_leaderboard(parts: Vec<Value>, uri: &Uri) -> Option<Value> {
         .iter()
         .flat_map(|p| p["entries"].as_array().cloned().unwrap_or_default())
         .collect();
+    // The exact values (cents for ISK) each process adds for us, then the JSON value.
+    let exact = |e: &Value| -> Option<i128> { e["exact"].as_str()?.parse().ok() };
     let value = |e: &Value| -> f64 { e["value"].as_f64().unwrap_or(0.0) };
     entries.sort_by(|a, b| {
-        let by_value = match (a["value"].as_i64(), b["value"].as_i64()) {
+        let by_value = match (exact(a), exact(b)) {
             (Some(x), Some(y)) => y.cmp(&x),
             _ => value(b).total_cmp(&value(a)),
         };
@@ -363,6 +385,9 @@ fn merge_leaderboard(parts: Vec<Value>, uri: &Uri) -> Option<Value> {
     entries.truncate(limit);
     for (i, e) in entries.iter_mut().enumerate() {
         e["rank"] = Value::from(i + 1);
+        if let Some(o) = e.as_object_mut() {
+            o.remove("exact");
+        }
     }
     let mut merged = parts[0].clone();
     merged["entries"] = Value::Array(entries);
@@ -398,11 +423,11 @@ mod tests {
         let uri: Uri = "/v1/leaderboards/characters?limit=3".parse().unwrap();
         let a = part(
             5,
-            serde_json::json!([{"rank":1,"id":7,"value":9},{"rank":2,"id":3,"value":4}]),
+            serde_json::json!([{"rank":1,"id":7,"value":9.0,"exact":"900"},{"rank":2,"id":3,"value":4.0,"exact":"401"}]),
         );
         let b = part(
             5,
-            serde_json::json!([{"rank":1,"id":2,"value":9},{"rank":2,"id":1,"value":1}]),
+            serde_json::json!([{"rank":1,"id":2,"value":9.0,"exact":"900"},{"rank":2,"id":1,"value":4.0,"exact":"400"}]),
         );
         let m = merge_leaderboard(vec![a.clone(), b], &uri).unwrap();
         let ids: Vec<u64> = m["entries"]
@@ -411,8 +436,13 @@ mod tests {
             .iter()
             .map(|e| e["id"].as_u64().unwrap())
             .collect();
+        // 401 cents outrank 400 although both show as 4.0.
         assert_eq!(ids, vec![2, 7, 3]);
         assert_eq!(m["entries"][2]["rank"], 3);
+        assert!(
+            m["entries"][0].get("exact").is_none(),
+            "internal values are dropped"
+        );
         let other = part(6, serde_json::json!([]));
         assert!(merge_leaderboard(vec![a, other], &uri).is_none());
     }

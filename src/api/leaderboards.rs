@@ -39,6 +39,11 @@ pub struct LeaderboardEntry {
     pub value: MetricValue,
     /// The entity's statistics over the window (null if it has none stored).
     pub stats: Option<Selected>,
+    /// The exact value (ISK in cents), only in answers to another process of a cluster, which
+    /// ranks the processes' entries together as one process ranks its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub exact: Option<String>,
 }
 
 /// A count, or ISK.
@@ -60,6 +65,7 @@ pub enum MetricValue {
     ))]
 pub async fn get_leaderboard(
     State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
     PathParam(kind): PathParam<Kind>,
     Params(q): Params<LeaderboardQuery>,
 ) -> Result<Json<LeaderboardBody>, ApiError> {
@@ -88,6 +94,9 @@ pub async fn get_leaderboard(
                 _ => MetricValue::Count(r.value as i64),
             },
             stats: st.map(|st| Selected::new(&st, w.is_none(), &fields)),
+            exact: headers
+                .contains_key(super::cluster::LOCAL)
+                .then(|| r.value.to_string()),
         })
         .collect();
     Ok(Json(LeaderboardBody {

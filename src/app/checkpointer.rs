@@ -16,7 +16,7 @@ use crate::cluster::control::{Control, Vote};
 use crate::config::WallClock;
 use crate::metrics::Metrics;
 use crate::source::{EpochControl, Position};
-use crate::state::{CheckpointMeta, PreparedCheckpoint, RocksState, StateError};
+use crate::state::{CheckpointMeta, ClusterPlace, PreparedCheckpoint, RocksState, StateError};
 
 use super::{Fingerprints, Offsets};
 
@@ -142,8 +142,9 @@ impl Checkpointer<'_> {
             if coordinator.finished() {
                 break Ok(());
             }
-            if let (Phase::Idle, Some(p)) = (&phase, coordinator.proposal()) {
-                control.vote(Vote::Propose(p));
+            if let (Phase::Idle, Some(target)) = (&phase, coordinator.proposal()) {
+                let last = coordinator.last_seen();
+                control.vote(Vote::Propose { target, last });
                 phase = Phase::Proposed;
             }
             crossbeam_channel::select! {
@@ -153,7 +154,7 @@ impl Checkpointer<'_> {
                     };
                     let Some(batch) = coordinator.offer(report) else { continue };
                     let produced = positions.advance(&batch, self.topics);
-                    match self.prepare(&batch, &positions, dir) {
+                    match self.prepare(&batch, &positions, dir, control.place()) {
                         Ok(p) => {
                             control.vote(Vote::Prepared { max_time: p.max_time, wall: self.wall.now() });
                             phase = Phase::Prepared(Box::new((p, batch, produced)));
@@ -168,16 +169,18 @@ impl Checkpointer<'_> {
                     };
                     match std::mem::replace(&mut phase, Phase::Idle) {
                         Phase::Proposed => {
-                            let proposals: Option<Vec<u64>> = votes.iter().map(|v| match v {
-                                Vote::Propose(t) => Some(*t),
+                            let proposals: Option<Vec<(u64, u64)>> = votes.iter().map(|v| match v {
+                                Vote::Propose { target, last } => Some((*target, *last)),
                                 _ => None,
                             }).collect();
-                            match proposals.and_then(|p| p.into_iter().min()) {
-                                Some(t) => {
-                                    coordinator.start(t);
+                            match proposals {
+                                Some(p) if !p.is_empty() => {
+                                    let target = p.iter().map(|(t, _)| *t).min().expect("one");
+                                    let last = p.iter().map(|(_, l)| *l).max().expect("one");
+                                    coordinator.start(target, last);
                                     phase = Phase::Flushing;
                                 }
-                                None => break Err(out_of_step(&votes)),
+                                _ => break Err(out_of_step(&votes)),
                             }
                         }
                         Phase::Prepared(prepared) => {
@@ -206,13 +209,15 @@ impl Checkpointer<'_> {
         batch: &CheckpointBatch<Vec<Position>>,
         positions: &Positions,
         dir: &Path,
+        place: ClusterPlace,
     ) -> Result<PreparedCheckpoint, StateError> {
-        let p = self.state.prepare_checkpoint(
+        let mut p = self.state.prepare_checkpoint(
             batch,
             self.topics,
             &positions.offsets,
             &positions.fingerprints,
         )?;
+        p.meta.cluster = Some(place);
         crate::cluster::prepared::save(dir, &p).map_err(|e| {
             StateError::Corrupt(format!(
                 "writing the prepared checkpoint in {}: {e}",

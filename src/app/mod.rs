@@ -39,7 +39,7 @@ use api_server::ApiServer;
 use checkpointer::Checkpointer;
 use monitor::{monitor_loop, MonitorCtx};
 use source_plan::SourcePlan;
-use workers::{Launch, Workers};
+use workers::{Launch, Started, Workers};
 
 /// topic → partition → next offset to read.
 type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
@@ -106,6 +106,11 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let metrics = Metrics::for_process(topology.is_cluster().then_some(topology.process));
     let restored = Restored::open(&config, &metrics)?;
     let state = restored.state.clone();
+    if let Some(m) = state.checkpoint_meta() {
+        topology
+            .check_place(m.cluster, &config.state.dir)
+            .map_err(anyhow::Error::msg)?;
+    }
     let topics: Vec<String> = match config.source.kind {
         SourceKind::Kafka => config.kafka.topics(),
         SourceKind::Generator => vec![GENERATOR_TOPIC.to_string()],
@@ -190,7 +195,7 @@ pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
     if guards.is_none() {
         guards = Some(launch.spawn(&topology)?);
     }
-    let ran = guards.map_or(Ok(()), workers::join);
+    let ran = guards.map_or(Ok(()), Started::join);
     // The workers' sender goes with them: the checkpointer sees the channel close.
     drop((startup, launch));
     let written = running.stop()?;
@@ -264,11 +269,8 @@ impl Running {
         let workers = i.config.pipeline.workers;
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL_PER_WORKER * workers);
         let checkpoints = Arc::new(Checkpoints::new(i.start_epoch));
-        let first = i.topology.global_worker(0);
         // The partitions this process reads: in a cluster, it stores and watches only those.
-        let own = i
-            .plan
-            .owned(first..first + workers, i.topology.total_workers());
+        let own = i.plan.owned(i.topology);
         let (offsets, coordinator) = match &i.control {
             Some(_) => (
                 i.plan.offsets_of(i.topics, &own),
@@ -345,6 +347,7 @@ fn recover(config: &Config, state: &RocksState, control: &Control) -> anyhow::Re
         committed: meta.as_ref().map(|m| m.epoch),
         clock: meta.as_ref().map(|m| m.clock).unwrap_or_default(),
         prepared: prepared.as_ref().map(|p| p.meta.epoch),
+        shape: Topology::shape(config),
     }));
     let round = control
         .rounds()

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::cluster::Topology;
 use crate::config::{Config, OffsetResetPolicy, SourceKind};
 use crate::metrics::Metrics;
 use crate::source::generator::GENERATOR_PARTITIONS;
@@ -70,17 +71,28 @@ impl SourcePlan {
         Some(plan)
     }
 
-    /// The partitions worker `index` (of `workers` in the whole cluster) reads.
-    pub fn assigned(&self, index: usize, workers: usize) -> Vec<(u16, i32)> {
-        kafka::assign(&self.all, index, workers)
-            .into_iter()
-            .filter(|p| !self.blocked.contains(p))
+    /// The partitions worker `index` of the cluster reads: partition `i` of the discovered
+    /// list goes to process `i mod P`, and within it to worker `(i div P) mod W`, so the
+    /// process that reads a partition (and stores its offset) depends on `P` only.
+    pub fn assigned(&self, index: usize, topology: &Topology) -> Vec<(u16, i32)> {
+        let (processes, workers) = (topology.processes, topology.workers);
+        self.all
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                (i % processes) * workers + (i / processes) % workers == index
+                    && !self.blocked.contains(p)
+            })
+            .map(|(_, p)| *p)
             .collect()
     }
 
-    /// The partitions the workers `workers` (of `total` in the whole cluster) read.
-    pub fn owned(&self, workers: std::ops::Range<usize>, total: usize) -> Vec<(u16, i32)> {
-        let mut own: Vec<(u16, i32)> = workers.flat_map(|w| self.assigned(w, total)).collect();
+    /// The partitions this process's workers read.
+    pub fn owned(&self, topology: &Topology) -> Vec<(u16, i32)> {
+        let first = topology.global_worker(0);
+        let mut own: Vec<(u16, i32)> = (first..first + topology.workers)
+            .flat_map(|w| self.assigned(w, topology))
+            .collect();
         own.sort_unstable();
         own
     }

@@ -77,8 +77,9 @@ impl Launch {
     }
 
     /// Starts the timely workers (in a cluster, once every process is connected).
-    pub fn spawn(&mut self, topology: &Topology) -> anyhow::Result<WorkerGuards<()>> {
+    pub fn spawn(&mut self, topology: &Topology) -> anyhow::Result<Started> {
         let (startup, abort, control) = self.handles();
+        let stop = abort.clone();
         timely::execute(topology.timely_config(), move |worker| {
             let mut port = control.as_ref().map(|c| c.build(worker));
             let workers = loop {
@@ -95,16 +96,39 @@ impl Launch {
             };
             workers.run(worker, port.as_mut(), control.as_deref());
         })
+        .map(|guards| Started {
+            guards: Some(guards),
+            abort: stop,
+        })
         .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))
     }
 }
 
-/// Waits for the workers; the first failure is the error.
-pub fn join(guards: WorkerGuards<()>) -> anyhow::Result<()> {
-    for r in guards.join() {
-        r.map_err(|e| anyhow::anyhow!("timely worker failed: {e}"))?;
+/// The running workers. Dropped without [`Started::join`] (the run failed before they got
+/// their start): they are told to stop and are not waited for, as a cluster's workers may
+/// wait on peers; the process exits with the error.
+pub struct Started {
+    guards: Option<WorkerGuards<()>>,
+    abort: Arc<AtomicBool>,
+}
+
+impl Started {
+    /// Waits for the workers; the first failure is the error.
+    pub fn join(mut self) -> anyhow::Result<()> {
+        for r in self.guards.take().expect("joined once").join() {
+            r.map_err(|e| anyhow::anyhow!("timely worker failed: {e}"))?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(guards) = self.guards.take() {
+            self.abort.store(true, Ordering::Release);
+            std::mem::forget(guards);
+        }
+    }
 }
 
 impl Workers {
@@ -116,8 +140,8 @@ impl Workers {
         mut port: Option<&mut ControlPort>,
         control: Option<&Control>,
     ) {
-        let (index, peers) = (worker.index(), worker.peers());
-        let reader = self.reader(index, peers);
+        let index = worker.index();
+        let reader = self.reader(index);
         let positions: EpochPositions = Rc::new(RefCell::new(Vec::new()));
         let hooks = self.hooks(self.tx.clone(), positions.clone());
         let (ctl, start) = (self.ctl.clone(), self.start_epoch);
@@ -135,10 +159,10 @@ impl Workers {
         }
     }
 
-    /// The reader of the partitions of worker `index` (of `workers` in the whole cluster).
-    fn reader(&self, index: usize, workers: usize) -> Box<dyn PartitionReader> {
+    /// The reader of the partitions of worker `index` (numbered over the whole cluster).
+    fn reader(&self, index: usize) -> Box<dyn PartitionReader> {
         let (config, plan) = (&self.config, &self.plan);
-        let mine = plan.assigned(index, workers);
+        let mine = plan.assigned(index, &self.topology);
         match config.source.kind {
             SourceKind::Generator => {
                 let stored = plan.offsets.get(GENERATOR_TOPIC);

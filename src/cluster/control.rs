@@ -33,8 +33,9 @@ pub enum Vote {
     /// At start: what its state holds.
     Holding(Holding),
     /// The checkpoint target it proposes: every epoch below it is complete for its sinks.
-    /// The agreed target is the least proposal.
-    Propose(u64),
+    /// The agreed target is the least proposal. `last`: the latest epoch it saw anything of
+    /// (the last checkpoint is stored as the greatest).
+    Propose { target: u64, last: u64 },
     /// Its part of the agreed checkpoint is prepared (durable), with the latest killmail time
     /// it applies and its wall clock: the checkpoint's clock moves by the greatest of each.
     Prepared { max_time: Option<i64>, wall: i64 },
@@ -98,6 +99,14 @@ impl Control {
         })
     }
 
+    /// This process's place, stored with its checkpoints.
+    pub fn place(&self) -> crate::state::ClusterPlace {
+        crate::state::ClusterPlace {
+            processes: self.processes,
+            process: self.process,
+        }
+    }
+
     /// Casts this process's vote in the next round.
     pub fn vote(&self, v: Vote) {
         self.outbox.lock().push_back(v);
@@ -110,10 +119,12 @@ impl Control {
 
     /// Connects the beacons to this process's sources.
     pub fn attach(&self, epochs: Arc<EpochControl>) {
+        let epochs = self.epochs.get_or_init(|| epochs);
+        // What was heard before: the cluster's epochs, a shutdown.
+        epochs.raise_target(self.known_epoch.load(Ordering::Acquire));
         if self.shutdown_sent.load(Ordering::Acquire) {
             epochs.shutdown.store(true, Ordering::Release);
         }
-        let _ = self.epochs.set(epochs);
     }
 
     pub fn finish(&self) {
@@ -223,6 +234,12 @@ impl ControlPort {
             input.send(Signal::Vote(control.process, v));
             self.round += 1;
             input.advance_to(self.round);
+        }
+        // After the last checkpoint, or a failed one: no more rounds. Closing lets the others'
+        // pending round complete (without this process's vote, which they report).
+        if control.is_finished() {
+            input.flush();
+            self.input = None;
         }
     }
 

@@ -92,6 +92,43 @@ impl Topology {
         entity_owner(e, self.processes)
     }
 
+    /// What every process of a cluster must have alike.
+    pub fn shape(config: &Config) -> String {
+        format!(
+            "workers={} source={:?} topics={:?} level={:?}",
+            config.pipeline.workers,
+            config.source.kind,
+            config.kafka.topics(),
+            config.stats.level
+        )
+    }
+
+    /// Refuses a state written by another place: a cluster's store opened alone, by another
+    /// process index, or in a cluster of another size (`kmflow rescale` moves a state).
+    pub fn check_place(
+        &self,
+        stored: Option<crate::state::ClusterPlace>,
+        dir: &std::path::Path,
+    ) -> Result<(), String> {
+        let here = self.is_cluster().then_some(crate::state::ClusterPlace {
+            processes: self.processes,
+            process: self.process,
+        });
+        let show = |p: Option<crate::state::ClusterPlace>| match p {
+            Some(p) => format!("process {} of a {}-process cluster", p.process, p.processes),
+            None => "a single process".to_string(),
+        };
+        if stored == here || (stored.is_none() && here.is_none()) {
+            return Ok(());
+        }
+        Err(format!(
+            "the state in {} was written by {}, and this is {}: start it in its place, or move it with `kmflow rescale`",
+            dir.display(),
+            show(stored),
+            show(here)
+        ))
+    }
+
     /// The process that owns a killmail's upsert state.
     pub fn killmail_process(&self, id: u64) -> usize {
         killmail_owner(id, self.processes)
@@ -107,6 +144,9 @@ pub struct Holding {
     pub clock: StreamClock,
     /// The epoch of a checkpoint it prepared and has not written, if any.
     pub prepared: Option<u64>,
+    /// What every process must have alike (workers per process, source, topics, statistics):
+    /// timely and the ownership functions assume it.
+    pub shape: String,
 }
 
 /// What a process does with its prepared checkpoint at start.
@@ -127,6 +167,16 @@ pub enum Recovery {
 /// has written epoch `E`, every other is at the checkpoint before with `E` prepared: they
 /// roll forward. When none has written it, a prepared `E` is dropped.
 pub fn decide(me: usize, all: &[Holding]) -> Result<(Recovery, Option<u64>), String> {
+    if let Some((p, h)) = all
+        .iter()
+        .enumerate()
+        .find(|(_, h)| h.shape != all[me].shape)
+    {
+        return Err(format!(
+            "process {p} is configured differently: {} here, {} there; every process needs the same pipeline.workers, source, topics and stats.level",
+            all[me].shape, h.shape
+        ));
+    }
     let common = all.iter().map(|h| h.committed).max().flatten();
     let mine = &all[me];
     if mine.committed == common {
@@ -189,7 +239,16 @@ mod tests {
                 now: committed.map(|e| e as i64 * 10),
             },
             prepared,
+            shape: "w=1".into(),
         }
+    }
+
+    #[test]
+    fn differently_configured_processes_are_refused() {
+        let mut other = at(Some(1), None);
+        other.shape = "w=2".into();
+        let err = decide(0, &[at(Some(1), None), other]).unwrap_err();
+        assert!(err.contains("process 1 is configured differently"), "{err}");
     }
 
     #[test]

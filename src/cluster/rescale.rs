@@ -19,7 +19,7 @@ use kmflow_dataflows::keys::{RankKey, StatKey};
 use kmflow_dataflows::shard::{entity_owner, killmail_owner};
 use kmflow_dataflows::EntityKey;
 
-use crate::state::{CheckpointMeta, DeadLetterTotals, RocksState, StateError, Table};
+use crate::state::{CheckpointMeta, ClusterPlace, DeadLetterTotals, RocksState, StateError, Table};
 
 /// Entries buffered per new store before they are written.
 const CHUNK: usize = 50_000;
@@ -72,6 +72,20 @@ pub fn rescale(
                 .ok_or_else(|| StateError::Corrupt(format!("{} holds no checkpoint", d.display())))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, (m, d)) in metas.iter().zip(from).enumerate() {
+        let want = (from.len() > 1).then_some(ClusterPlace {
+            processes: from.len(),
+            process: i,
+        });
+        if m.cluster != want {
+            return refuse(format!(
+                "{} was written by {:?}, not by process {i} of {}: pass every process's state, in process order",
+                d.display(),
+                m.cluster,
+                from.len()
+            ));
+        }
+    }
     if metas.iter().any(|m| m.epoch != metas[0].epoch) {
         let epochs: Vec<u64> = metas.iter().map(|m| m.epoch).collect();
         return refuse(format!(
@@ -106,6 +120,10 @@ pub fn rescale(
     copy.flush_all()?;
     for (p, target) in targets.iter().enumerate() {
         let mut meta = merged_meta(&metas);
+        meta.cluster = (to.len() > 1).then_some(ClusterPlace {
+            processes: to.len(),
+            process: p,
+        });
         meta.dead_letters = if p == 0 {
             letter_totals
         } else {

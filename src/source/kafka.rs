@@ -97,15 +97,6 @@ pub fn discover_partitions(
     Ok(out)
 }
 
-/// The partitions worker `index` of `workers` reads: every `workers`-th of the sorted list.
-pub fn assign(all: &[(u16, i32)], index: usize, workers: usize) -> Vec<(u16, i32)> {
-    all.iter()
-        .enumerate()
-        .filter(|(i, _)| i % workers == index)
-        .map(|(_, p)| *p)
-        .collect()
-}
-
 pub struct KafkaReader {
     consumer: BaseConsumer<SourceContext>,
     topic_index: HashMap<String, u16>,

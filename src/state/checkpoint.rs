@@ -94,6 +94,7 @@ impl RocksState {
             clock: StreamClock::default(),
             dead_letters: dead,
             format: STATE_FORMAT,
+            cluster: None,
         };
         Ok(PreparedCheckpoint {
             batch: wb,

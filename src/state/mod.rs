@@ -94,6 +94,17 @@ pub struct CheckpointMeta {
     /// [`STATE_FORMAT`] of the build that wrote it (absent: 1).
     #[serde(default = "format_one")]
     pub format: u32,
+    /// In a cluster: which process of how many wrote it (absent: one process alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterPlace>,
+}
+
+/// A process's place in its cluster, stored with each checkpoint: a state is only ever opened
+/// by the same place (`kmflow rescale` moves it to another shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPlace {
+    pub processes: usize,
+    pub process: usize,
 }
 
 fn format_one() -> u32 {
