@@ -40,6 +40,59 @@ pub fn rescale(
     to: &[PathBuf],
     block_cache_mb: usize,
 ) -> Result<Copied, StateError> {
+    let (sources, metas) = open_sources(from, to, block_cache_mb)?;
+    let targets = to
+        .iter()
+        .map(|d| {
+            std::fs::create_dir_all(d).map_err(|e| StateError::Corrupt(e.to_string()))?;
+            RocksState::open(d, block_cache_mb)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut copy = Copy {
+        targets: &targets,
+        pending: (0..targets.len()).map(|_| Vec::new()).collect(),
+        keys: vec![0; targets.len()],
+    };
+    let mut letters = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        for table in Table::ALL {
+            source.scan_raw(table, |k, v| {
+                if table == Table::DeadLetters {
+                    letters.push((k.to_vec(), i, v.to_vec()));
+                    return Ok(());
+                }
+                copy.route(table, k, v)
+            })?;
+        }
+    }
+    let letter_totals = copy.dead_letters(letters, &metas)?;
+    copy.flush_all()?;
+    for (p, target) in targets.iter().enumerate() {
+        let mut meta = merged_meta(&metas);
+        meta.cluster = (to.len() > 1).then_some(ClusterPlace {
+            processes: to.len(),
+            process: p,
+        });
+        meta.dead_letters = if p == 0 {
+            letter_totals
+        } else {
+            DeadLetterTotals::default()
+        };
+        target.write_meta(&meta)?;
+    }
+    Ok(Copied {
+        keys: copy.keys,
+        epoch: metas[0].epoch,
+    })
+}
+
+/// Opens the old states, refusing what cannot be rescaled: a prepared checkpoint, a target
+/// that holds something, a missing or misplaced process's state, different checkpoints.
+fn open_sources(
+    from: &[PathBuf],
+    to: &[PathBuf],
+    block_cache_mb: usize,
+) -> Result<(Vec<std::sync::Arc<RocksState>>, Vec<CheckpointMeta>), StateError> {
     let refuse = |m: String| Err(StateError::Corrupt(m));
     if from.is_empty() || to.is_empty() {
         return refuse("rescale needs at least one state to read and one to write".into());
@@ -92,49 +145,7 @@ pub fn rescale(
             "the states are at different checkpoints ({epochs:?}): start the cluster once so that it recovers, stop it, then rescale"
         ));
     }
-    let targets = to
-        .iter()
-        .map(|d| {
-            std::fs::create_dir_all(d).map_err(|e| StateError::Corrupt(e.to_string()))?;
-            RocksState::open(d, block_cache_mb)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut copy = Copy {
-        targets: &targets,
-        pending: (0..targets.len()).map(|_| Vec::new()).collect(),
-        keys: vec![0; targets.len()],
-    };
-    let mut letters = Vec::new();
-    for (i, source) in sources.iter().enumerate() {
-        for table in Table::ALL {
-            source.scan_raw(table, |k, v| {
-                if table == Table::DeadLetters {
-                    letters.push((k.to_vec(), i, v.to_vec()));
-                    return Ok(());
-                }
-                copy.route(table, k, v)
-            })?;
-        }
-    }
-    let letter_totals = copy.dead_letters(letters, &metas)?;
-    copy.flush_all()?;
-    for (p, target) in targets.iter().enumerate() {
-        let mut meta = merged_meta(&metas);
-        meta.cluster = (to.len() > 1).then_some(ClusterPlace {
-            processes: to.len(),
-            process: p,
-        });
-        meta.dead_letters = if p == 0 {
-            letter_totals
-        } else {
-            DeadLetterTotals::default()
-        };
-        target.write_meta(&meta)?;
-    }
-    Ok(Copied {
-        keys: copy.keys,
-        epoch: metas[0].epoch,
-    })
+    Ok((sources, metas))
 }
 
 /// A raw entry of a table.
