@@ -49,35 +49,6 @@ fn env(broker: &Broker, workers: usize) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Processes of one cluster, configured alike (`kmflow run --process p --peers .. --apis ..`),
-/// each with its own state directory.
-fn cluster(dirs: &[&Path], env: &[(&str, String)]) -> Vec<Kmflow> {
-    let peers: Vec<String> = dirs
-        .iter()
-        .map(|_| format!("127.0.0.1:{}", common::free_port()))
-        .collect();
-    let mut ks: Vec<Kmflow> = dirs.iter().map(|d| Kmflow::new(d, env)).collect();
-    let apis: Vec<String> = ks
-        .iter()
-        .map(|k| format!("http://127.0.0.1:{}", k.port))
-        .collect();
-    for (p, k) in ks.iter_mut().enumerate() {
-        k.args = vec![
-            "--process".into(),
-            p.to_string(),
-            "--peers".into(),
-            peers.join(","),
-            "--apis".into(),
-            apis.join(","),
-        ];
-        k.stderr_file = Some(k.state_dir.with_extension(format!("p{p}.log")));
-    }
-    for k in &mut ks {
-        k.spawn();
-    }
-    ks
-}
-
 fn wait_committed(k: &Kmflow, messages: usize) {
     wait_until("every message committed", Duration::from_secs(600), || {
         common::committed_total(k) == Some(messages as i64)
@@ -194,7 +165,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     // 1. Two processes of one worker: both equal the fold, and a single process.
     let t0 = Instant::now();
     let (a, b) = (dir("a"), dir("b"));
-    let mut two = cluster(&[&a, &b], &env(&broker, 1));
+    let mut two = common::cluster(&[&a, &b], &env(&broker, 1));
     wait_committed(&two[0], messages);
     eprintln!(
         "cluster: {messages} messages committed by 2 processes in {:.1}s",
@@ -223,7 +194,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     //    SIGTERM during the catch-up stops both at one checkpoint; restarted, the cluster loses
     //    nothing and counts nothing twice.
     let (c, d) = (dir("c"), dir("d"));
-    let mut two = cluster(&[&c, &d], &env(&broker, 1));
+    let mut two = common::cluster(&[&c, &d], &env(&broker, 1));
     wait_until("a part committed", Duration::from_secs(300), || {
         common::committed_total(&two[0]).is_some_and(|n| n > messages as i64 / 4)
     });
@@ -286,7 +257,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     drop(k);
     let (e, f) = (dir("e"), dir("f"));
     rescale(&[&one], &[&e, &f]);
-    let two = cluster(&[&e, &f], &env(&broker, 2));
+    let two = common::cluster(&[&e, &f], &env(&broker, 2));
     wait_committed(&two[0], messages);
     for k in &two {
         common::assert_all_equal(k, &expected);

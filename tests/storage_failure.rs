@@ -99,3 +99,56 @@ fn disk_full_stops_ingestion_with_the_last_commit_intact() {
     let offsets: i64 = meta.offsets.values().flat_map(|m| m.values()).sum();
     assert_eq!(offsets as usize, stored.len());
 }
+
+/// In a cluster, a full disk on one process stops both (no process waits forever for a peer
+/// whose checkpoint failed), and what they leave is recoverable: at one checkpoint, or the
+/// laggard holding the last one prepared (what `cluster::decide` rolls forward).
+#[test]
+fn disk_full_on_one_cluster_process_stops_both_recoverably() {
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let _mount = Mount::tmpfs(&mnt, "96m");
+    let (big, small) = (work.path().join("p0"), mnt.join("p1"));
+    let env = [
+        ("KMFLOW__SOURCE__KIND", "generator".to_string()),
+        ("KMFLOW__GENERATOR__COUNT", "0".to_string()),
+        ("KMFLOW__GENERATOR__RATE_PER_SEC", "0".to_string()),
+        ("KMFLOW__PIPELINE__WORKERS", "1".to_string()),
+        ("KMFLOW__PIPELINE__EPOCH_MAX_RECORDS", "500".to_string()),
+    ];
+    let mut two = common::cluster(&[&big, &small], &env);
+    for k in &mut two {
+        let status = k
+            .wait_exit(Duration::from_secs(300))
+            .expect("every process stops by itself");
+        assert!(!status.success(), "an error exit");
+    }
+    let log1 = std::fs::read_to_string(two[1].stderr_file.as_ref().unwrap()).unwrap();
+    assert!(log1.contains("checkpoint failed"), "{log1}");
+    let copy = work.path().join("p1-copy");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&small)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    let holdings: Vec<kmflow::cluster::Holding> = [&big, &copy]
+        .iter()
+        .map(|dir| {
+            let meta = RocksState::open(dir, 16).unwrap().checkpoint_meta();
+            let prepared = kmflow::cluster::prepared::load(dir).ok().flatten();
+            kmflow::cluster::Holding {
+                committed: meta.as_ref().map(|m| m.epoch),
+                clock: meta.map(|m| m.clock).unwrap_or_default(),
+                prepared: prepared.map(|p| p.meta.epoch),
+                shape: "same".into(),
+            }
+        })
+        .collect();
+    assert!(holdings[0].committed.is_some(), "checkpoints were written");
+    for me in 0..2 {
+        kmflow::cluster::decide(me, &holdings).unwrap_or_else(|e| panic!("{holdings:?}: {e}"));
+    }
+}

@@ -630,3 +630,32 @@ pub fn assert_all_equal(
         }
     }
 }
+
+/// Processes of one cluster, configured alike (`kmflow run --process p --peers .. --apis ..`),
+/// each with its own state directory.
+pub fn cluster(dirs: &[&Path], env: &[(&str, String)]) -> Vec<Kmflow> {
+    let peers: Vec<String> = dirs
+        .iter()
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut ks: Vec<Kmflow> = dirs.iter().map(|d| Kmflow::new(d, env)).collect();
+    let apis: Vec<String> = ks
+        .iter()
+        .map(|k| format!("http://127.0.0.1:{}", k.port))
+        .collect();
+    for (p, k) in ks.iter_mut().enumerate() {
+        k.args = vec![
+            "--process".into(),
+            p.to_string(),
+            "--peers".into(),
+            peers.join(","),
+            "--apis".into(),
+            apis.join(","),
+        ];
+        k.stderr_file = Some(k.state_dir.with_extension(format!("p{p}.log")));
+    }
+    for k in &mut ks {
+        k.spawn();
+    }
+    ks
+}
