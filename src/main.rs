@@ -124,9 +124,12 @@ fn init_logs() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KMFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (stderr on a full disk) is dropped: tracing's own
+    // report of it would panic the thread that logged (eprintln! on the same stderr).
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match std::env::var("KMFLOW_LOG_FORMAT").as_deref() {
         Ok("json") => logs.json().with_current_span(false).init(),
         Ok("text") | Err(std::env::VarError::NotPresent) => {

@@ -165,7 +165,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     // 1. Two processes of one worker: both equal the fold, and a single process.
     let t0 = Instant::now();
     let (a, b) = (dir("a"), dir("b"));
-    let mut two = common::cluster(&[&a, &b], &env(&broker, 1));
+    let mut two = common::cluster(&[&a, &b], &env(&broker, 1), tmp.path());
     wait_committed(&two[0], messages);
     eprintln!(
         "cluster: {messages} messages committed by 2 processes in {:.1}s",
@@ -177,7 +177,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
         assert_eq!((status, &ready["status"]), (200, &json!("ready")));
     }
     let single_dir = dir("single");
-    let single = Kmflow::start(&single_dir, &env(&broker, 2));
+    let single = Kmflow::start(&single_dir, &env(&broker, 2), tmp.path());
     wait_committed(&single, messages);
     assert_same_answers(&single, &two, &reference);
     drop(single);
@@ -194,7 +194,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
     //    SIGTERM during the catch-up stops both at one checkpoint; restarted, the cluster loses
     //    nothing and counts nothing twice.
     let (c, d) = (dir("c"), dir("d"));
-    let mut two = common::cluster(&[&c, &d], &env(&broker, 1));
+    let mut two = common::cluster(&[&c, &d], &env(&broker, 1), tmp.path());
     wait_until("a part committed", Duration::from_secs(300), || {
         common::committed_total(&two[0]).is_some_and(|n| n > messages as i64 / 4)
     });
@@ -250,14 +250,14 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
         "{log}"
     );
     rescale(&[&c, &d], &[&one]);
-    let k = Kmflow::start(&one, &env(&broker, 2));
+    let k = Kmflow::start(&one, &env(&broker, 2), tmp.path());
     wait_committed(&k, messages);
     common::assert_all_equal(&k, &expected);
     assert_read_nothing(&k);
     drop(k);
     let (e, f) = (dir("e"), dir("f"));
     rescale(&[&one], &[&e, &f]);
-    let two = common::cluster(&[&e, &f], &env(&broker, 2));
+    let two = common::cluster(&[&e, &f], &env(&broker, 2), tmp.path());
     wait_committed(&two[0], messages);
     for k in &two {
         common::assert_all_equal(k, &expected);

@@ -117,7 +117,7 @@ fn disk_full_on_one_cluster_process_stops_both_recoverably() {
         ("KMFLOW__PIPELINE__WORKERS", "1".to_string()),
         ("KMFLOW__PIPELINE__EPOCH_MAX_RECORDS", "500".to_string()),
     ];
-    let mut two = common::cluster(&[&big, &small], &env);
+    let mut two = common::cluster(&[&big, &small], &env, work.path());
     for k in &mut two {
         let status = k
             .wait_exit(Duration::from_secs(300))

@@ -2,6 +2,7 @@
 //! checkpoint when every sink has passed an epoch, and writes each checkpoint to RocksDB as
 //! one synced `WriteBatch` (see `state::checkpoint`).
 
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -342,9 +343,12 @@ impl Checkpointer<'_> {
             _ => None,
         });
         if let Some(c) = character {
-            println!(
+            // Never a panic over a closed or full stdout.
+            let _ = writeln!(
+                std::io::stdout(),
                 "kmflow: first checkpoint; try  curl {}/v1/characters/{}",
-                self.api, c.entity.id
+                self.api,
+                c.entity.id
             );
         }
         character.is_some()

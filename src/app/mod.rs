@@ -292,6 +292,7 @@ impl Running {
             coordinator,
             control: i.control.clone(),
             dir: i.config.state.dir.clone(),
+            checkpoints: checkpoints.clone(),
         };
         let checkpointer = spawn_checkpointer(i.config, checkpointing, rx)?;
         let monitor_stop = Arc::new(AtomicBool::new(false));
@@ -409,6 +410,8 @@ struct Checkpointing {
     /// prepared checkpoint is kept.
     control: Option<Arc<Control>>,
     dir: std::path::PathBuf,
+    /// Released to the shards if the checkpointer dies.
+    checkpoints: Arc<Checkpoints>,
     state: Arc<RocksState>,
     topics: Vec<String>,
     metrics: Metrics,
@@ -438,12 +441,25 @@ fn spawn_checkpointer(
                 wall,
                 hinted: Default::default(),
             };
-            match &c.control {
+            let run = std::panic::AssertUnwindSafe(|| match &c.control {
                 Some(control) => {
                     checkpointer.run_cluster(rx, c.coordinator, c.offsets, control, &c.dir)
                 }
                 None => checkpointer.run(rx, c.coordinator, c.offsets),
-            }
+            });
+            std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                // A bug, not a storage failure: stop as after a failed checkpoint (the
+                // workers stop reading, the shards release their epochs, the other processes
+                // of a cluster end their round) rather than leave the workers waiting.
+                c.ctl.shutdown.store(true, Ordering::Release);
+                c.checkpoints.request(u64::MAX);
+                if let Some(control) = &c.control {
+                    control.finish();
+                }
+                Err(crate::state::StateError::Corrupt(
+                    "the checkpointer panicked; the state is at its last checkpoint".into(),
+                ))
+            })
         })?)
 }
 

@@ -632,8 +632,8 @@ pub fn assert_all_equal(
 }
 
 /// Processes of one cluster, configured alike (`kmflow run --process p --peers .. --apis ..`),
-/// each with its own state directory.
-pub fn cluster(dirs: &[&Path], env: &[(&str, String)]) -> Vec<Kmflow> {
+/// each with its own state directory; their logs go to `logs/p{N}.log`.
+pub fn cluster(dirs: &[&Path], env: &[(&str, String)], logs: &Path) -> Vec<Kmflow> {
     let peers: Vec<String> = dirs
         .iter()
         .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -652,7 +652,7 @@ pub fn cluster(dirs: &[&Path], env: &[(&str, String)]) -> Vec<Kmflow> {
             "--apis".into(),
             apis.join(","),
         ];
-        k.stderr_file = Some(k.state_dir.with_extension(format!("p{p}.log")));
+        k.stderr_file = Some(logs.join(format!("p{p}.log")));
     }
     for k in &mut ks {
         k.spawn();
