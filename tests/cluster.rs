@@ -177,7 +177,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
         assert_eq!((status, &ready["status"]), (200, &json!("ready")));
     }
     let single_dir = dir("single");
-    let single = Kmflow::start(&single_dir, &env(&broker, 2), tmp.path());
+    let single = Kmflow::start(&single_dir, &env(&broker, 2));
     wait_committed(&single, messages);
     assert_same_answers(&single, &two, &reference);
     drop(single);
@@ -250,7 +250,7 @@ fn a_two_process_cluster_equals_the_fold_survives_sigkill_and_rescales() {
         "{log}"
     );
     rescale(&[&c, &d], &[&one]);
-    let k = Kmflow::start(&one, &env(&broker, 2), tmp.path());
+    let k = Kmflow::start(&one, &env(&broker, 2));
     wait_committed(&k, messages);
     common::assert_all_equal(&k, &expected);
     assert_read_nothing(&k);
