@@ -73,11 +73,7 @@ fn assert_same_answers(single: &Kmflow, cluster: &[Kmflow], reference: &Referenc
     let stats = reference.stats();
     let mut paths = Vec::new();
     for kind in EntityKind::ALL {
-        let name = match kind {
-            EntityKind::Character => "characters",
-            EntityKind::Corporation => "corporations",
-            EntityKind::Alliance => "alliances",
-        };
+        let name = common::path_for(kind);
         let ids = stats.keys().filter(|e| e.kind == kind).map(|e| e.id);
         paths.extend(
             ids.step_by(7)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{get_json, get_text, metric_sum, post_json, wait_until, Broker, Kmflow};
+use common::{get_json, get_text, metric_sum, path_for, post_json, wait_until, Broker, Kmflow};
 use kmflow::files::for_each_message;
 use std::collections::BTreeSet;
 
@@ -34,14 +34,6 @@ fn fold(paths: &[PathBuf]) -> (usize, ReferenceFold) {
         f.apply(&common::decode_derived(&bytes).unwrap(), true); // all on the live topic
     });
     (n, f)
-}
-
-fn path_for(kind: EntityKind) -> &'static str {
-    match kind {
-        EntityKind::Character => "characters",
-        EntityKind::Corporation => "corporations",
-        EntityKind::Alliance => "alliances",
-    }
 }
 
 /// A few hundred entities of each kind: the 100 most active and an even spread of the rest.

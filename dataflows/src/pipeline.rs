@@ -294,6 +294,27 @@ where
     });
 }
 
+/// The stored upsert states of the killmails in `records` (sorted by id) that the overlay of
+/// uncommitted epochs does not hold: one batched read.
+fn stored_states(
+    store: &dyn StateStore,
+    records: &[(SourcePos, Killmail)],
+    overlay: &HashMap<u64, StoredKillmail>,
+) -> Result<HashMap<u64, StoredKillmail>, StoreError> {
+    let mut ids: Vec<u64> = records
+        .iter()
+        .map(|(_, km)| km.killmail_id)
+        .filter(|id| !overlay.contains_key(id))
+        .collect();
+    ids.dedup();
+    let fetched = store.multi_get(&ids)?;
+    Ok(ids
+        .into_iter()
+        .zip(fetched)
+        .filter_map(|(id, s)| s.map(|s| (id, s)))
+        .collect())
+}
+
 /// Records of one epoch waiting for the frontier to pass it, with their capability.
 type EpochStash = (Capability<u64>, Vec<(SourcePos, Killmail)>);
 
@@ -342,14 +363,8 @@ fn upsert<'s>(
                 }
                 let (cap, mut records) = stash.remove(&epoch).expect("first key");
                 records.sort_by_key(|(pos, km)| (km.killmail_id, *pos));
-                let mut ids: Vec<u64> = records
-                    .iter()
-                    .map(|(_, km)| km.killmail_id)
-                    .filter(|id| !overlay.contains_key(id))
-                    .collect();
-                ids.dedup();
-                let fetched = match store.multi_get(&ids) {
-                    Ok(f) => f,
+                let mut known = match stored_states(&*store, &records, &overlay) {
+                    Ok(known) => known,
                     Err(e) => {
                         counters.store_errors.fetch_add(1, Ordering::Relaxed);
                         on_store_error(&e);
@@ -358,11 +373,6 @@ fn upsert<'s>(
                         break;
                     }
                 };
-                let mut known: HashMap<u64, StoredKillmail> = ids
-                    .into_iter()
-                    .zip(fetched)
-                    .filter_map(|(id, s)| s.map(|s| (id, s)))
-                    .collect();
                 let mut changed: Vec<u64> = Vec::new();
                 let mut applied: HashSet<u64> = HashSet::new();
                 let mut session = output.session(&cap);

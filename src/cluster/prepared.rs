@@ -26,7 +26,7 @@ pub fn path(state_dir: &Path) -> PathBuf {
 pub fn save(state_dir: &Path, p: &PreparedCheckpoint) -> std::io::Result<()> {
     let meta = serde_json::to_vec(&p.meta)?;
     let data = p.batch.data();
-    let mut bytes = Vec::with_capacity(8 + 4 + meta.len() + 8 + data.len() + 8);
+    let mut bytes = Vec::with_capacity(8 + 4 + meta.len() + 9 + data.len() + 8);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&(meta.len() as u32).to_be_bytes());
     bytes.extend_from_slice(&meta);

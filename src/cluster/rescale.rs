@@ -48,7 +48,7 @@ pub fn rescale(
             RocksState::open(d, block_cache_mb)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut copy = Copy {
+    let mut copy = Copier {
         targets: &targets,
         pending: (0..targets.len()).map(|_| Vec::new()).collect(),
         keys: vec![0; targets.len()],
@@ -152,13 +152,13 @@ fn open_sources(
 type Entry = (Table, Vec<u8>, Vec<u8>);
 
 /// The new stores and what waits to be written to each.
-struct Copy<'a> {
+struct Copier<'a> {
     targets: &'a [std::sync::Arc<RocksState>],
     pending: Vec<Vec<Entry>>,
     keys: Vec<u64>,
 }
 
-impl Copy<'_> {
+impl Copier<'_> {
     fn route(&mut self, table: Table, k: &[u8], v: &[u8]) -> Result<(), StateError> {
         let n = self.targets.len();
         let bad = || StateError::Corrupt(format!("a {table:?} key that does not decode: {k:02x?}"));

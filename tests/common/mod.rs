@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use kmflow_dataflows::time::format_rfc3339;
+
 /// `../shared/data` beside the repository.
 pub fn shared_data() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
@@ -560,6 +562,15 @@ pub fn committed_total(k: &Kmflow) -> Option<i64> {
     )
 }
 
+/// The API's path segment of an entity kind.
+pub fn path_for(kind: kmflow_dataflows::EntityKind) -> &'static str {
+    match kind {
+        kmflow_dataflows::EntityKind::Character => "characters",
+        kmflow_dataflows::EntityKind::Corporation => "corporations",
+        kmflow_dataflows::EntityKind::Alliance => "alliances",
+    }
+}
+
 /// Every entity of the fold, asked of the API 1,000 at a time.
 pub fn assert_all_equal(
     k: &Kmflow,
@@ -571,11 +582,7 @@ pub fn assert_all_equal(
             .filter(|e| e.kind == kind)
             .map(|e| e.id)
             .collect();
-        let path = match kind {
-            kmflow_dataflows::EntityKind::Character => "characters",
-            kmflow_dataflows::EntityKind::Corporation => "corporations",
-            kmflow_dataflows::EntityKind::Alliance => "alliances",
-        };
+        let path = path_for(kind);
         for chunk in ids.chunks(1000) {
             let (status, v) = post_json(
                 &k.url(&format!("/v1/{path}:batch")),
@@ -614,17 +621,11 @@ pub fn assert_all_equal(
                 assert_eq!(got, want, "{kind:?} {id}");
                 assert_eq!(
                     s["first_seen"].as_str(),
-                    e.seen
-                        .first
-                        .map(kmflow_dataflows::time::format_rfc3339)
-                        .as_deref()
+                    e.seen.first.map(format_rfc3339).as_deref()
                 );
                 assert_eq!(
                     s["last_seen"].as_str(),
-                    e.seen
-                        .last
-                        .map(kmflow_dataflows::time::format_rfc3339)
-                        .as_deref()
+                    e.seen.last.map(format_rfc3339).as_deref()
                 );
             }
         }
