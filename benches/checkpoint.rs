@@ -50,7 +50,9 @@ fn batch(state: &RocksState, first: u64, n: u64, epoch: u64) -> CheckpointBatch<
         ));
     }
     let mut cache = AllTimeCache::new(1 << 20);
-    b.writes = plan_flush(state, &mut cache, &deltas).unwrap();
+    b.writes = plan_flush(state, &mut cache, deltas)
+        .map_err(|(e, _)| e)
+        .unwrap();
     b
 }
 

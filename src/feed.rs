@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use kmflow_dataflows::aggregate::Write;
+use kmflow_dataflows::aggregate::StatOp;
 use kmflow_dataflows::checkpoint::CheckpointBatch;
 use kmflow_dataflows::keys::Dim;
 use kmflow_dataflows::{EntityKey, Stats, StoredKillmail};
@@ -140,11 +140,9 @@ impl Feed {
             .collect();
         let stats: Vec<(EntityKey, Stats)> = batch
             .writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Put(k, s) if k.dim == Dim::All => Some((k.entity, *s)),
-                _ => None,
-            })
+            .stats()
+            .filter(|(op, k, _)| *op == StatOp::Put && k.dim == Dim::All)
+            .map(|(_, k, s)| (k.entity, *s))
             .collect();
         let bytes = killmails
             .iter()
@@ -235,6 +233,7 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kmflow_dataflows::aggregate::Write;
     use kmflow_dataflows::keys::StatKey;
     use kmflow_dataflows::EntityKind;
 
@@ -255,10 +254,12 @@ mod tests {
             last_epoch: epoch,
             ..Default::default()
         };
-        for id in 1..=entities {
-            let k = StatKey::all(EntityKey::new(EntityKind::Character, id));
-            b.writes.push(Write::Put(k, Stats::default()));
-        }
+        b.writes = (1..=entities)
+            .map(|id| {
+                let k = StatKey::all(EntityKey::new(EntityKind::Character, id));
+                Write::Put(k, Stats::default())
+            })
+            .collect();
         feed.publish(&mut b);
     }
 

@@ -64,6 +64,22 @@ impl DeltaMap {
         }
     }
 
+    /// Appends an entry for `key`, which must not be in the map yet (checked in debug builds):
+    /// a list of values rather than sums.
+    pub fn push(&mut self, key: StatKey, value: Stats) {
+        debug_assert!(self.get(&key).is_none(), "{key:?} is in the map");
+        let h = hash(&key);
+        let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 statistics");
+        self.entries.push((key, value));
+        self.index
+            .insert_unique(h, (h, i), |&(slot_hash, _)| slot_hash);
+    }
+
+    /// Replaces the value at position `i` (of [`DeltaMap::entries`]).
+    pub fn set_value(&mut self, i: usize, value: Stats) {
+        self.entries[i].1 = value;
+    }
+
     /// Adds every delta of `other`.
     pub fn absorb(&mut self, other: DeltaMap) {
         for (key, delta) in other.entries {
@@ -86,9 +102,9 @@ impl DeltaMap {
         self.entries.iter().map(|(k, d)| (k, d))
     }
 
-    /// The statistics touched, in the order they were first touched.
-    pub fn keys(&self) -> impl Iterator<Item = &StatKey> {
-        self.entries.iter().map(|(k, _)| k)
+    /// The statistics and their deltas as a slice, in the order they were first touched.
+    pub fn entries(&self) -> &[(StatKey, Stats)] {
+        &self.entries
     }
 }
 
@@ -150,7 +166,7 @@ mod tests {
             for (k, d) in &oracle {
                 prop_assert_eq!(map.get(k), Some(d));
             }
-            let firsts: Vec<StatKey> = map.keys().copied().collect();
+            let firsts: Vec<StatKey> = map.iter().map(|(k, _)| *k).collect();
             let mut dedup = firsts.clone();
             dedup.sort();
             dedup.dedup();

@@ -341,6 +341,44 @@ pub struct RankKey {
 }
 
 impl RankKey {
+    /// The entries that change when the row of `key` goes from `old` to `new`: `emit(entry,
+    /// true)` for one to put, `emit(entry, false)` for one to delete. Allocates nothing.
+    pub fn changes(key: StatKey, old: &Stats, new: &Stats, mut emit: impl FnMut(RankKey, bool)) {
+        let Some(window) = key.leaderboard_window() else {
+            return;
+        };
+        for metric in Metric::ALL {
+            let (was, is) = (metric.value(old), metric.value(new));
+            if was == is {
+                continue;
+            }
+            let entry = |value| RankKey {
+                kind: key.entity.kind,
+                window,
+                metric,
+                value,
+                id: key.entity.id,
+            };
+            if was > 0 {
+                emit(entry(was), false);
+            }
+            if is > 0 {
+                emit(entry(is), true);
+            }
+        }
+    }
+
+    /// A sort key in the order of [`RankKey::to_bytes`] (value descending; values are > 0).
+    pub fn store_order(&self) -> (u8, u8, u8, std::cmp::Reverse<i128>, u64) {
+        (
+            self.kind as u8,
+            self.window,
+            self.metric as u8,
+            std::cmp::Reverse(self.value),
+            self.id,
+        )
+    }
+
     /// The entries `stats` of the entity/window in `key` holds, one per metric with a value > 0.
     pub fn entries(key: StatKey, stats: &Stats) -> Vec<RankKey> {
         let Some(window) = key.leaderboard_window() else {
@@ -397,6 +435,51 @@ impl RankKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `RankKey::changes` is the difference of the entries before and after: a delete for
+    /// every entry that goes, a put for every entry that comes, for values of every sign.
+    #[test]
+    fn rank_changes_are_the_entries_difference() {
+        let values = [-2i64, -1, 0, 1, 2, 7];
+        let key = StatKey::all(EntityKey::new(EntityKind::Alliance, 99_000_001));
+        let stats = |k: i64, p: i64, s: i64, isk: i64| {
+            let mut st = Stats::default();
+            st.sums.kills = k;
+            st.sums.points_destroyed = p;
+            st.sums.solo_kills = s;
+            st.sums.isk_destroyed_cents = isk as i128 * 1_000_000_000_000;
+            st
+        };
+        let mut cases = 0;
+        for &a in &values {
+            for &b in &values {
+                for &c in &values {
+                    let old = stats(a, b, c, a * b);
+                    let new = stats(b, c, a, c - a);
+                    let (was, is) = (RankKey::entries(key, &old), RankKey::entries(key, &new));
+                    let mut expected: Vec<(RankKey, bool)> = was
+                        .iter()
+                        .filter(|r| !is.contains(r))
+                        .map(|r| (*r, false))
+                        .chain(is.iter().filter(|r| !was.contains(r)).map(|r| (*r, true)))
+                        .collect();
+                    let mut got = Vec::new();
+                    RankKey::changes(key, &old, &new, |r, put| got.push((r, put)));
+                    expected.sort();
+                    got.sort();
+                    assert_eq!(got, expected, "{old:?} -> {new:?}");
+                    cases += usize::from(!got.is_empty());
+                }
+            }
+        }
+        assert!(cases > 100, "most cases move an entry");
+        let day = StatKey::new(key.entity, Dim::Day(1));
+        let mut none = Vec::new();
+        RankKey::changes(day, &Stats::default(), &stats(1, 1, 1, 1), |r, p| {
+            none.push((r, p))
+        });
+        assert!(none.is_empty(), "no leaderboard for day buckets");
+    }
 
     #[test]
     fn stat_keys_round_trip_and_order() {

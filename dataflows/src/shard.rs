@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use timely::container::CapacityContainerBuilder;
@@ -43,9 +43,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
-use crate::aggregate::Write;
+use crate::aggregate::{StatOp, Writes};
 use crate::checkpoint::{DeltaMap, SinkItem};
-use crate::keys::{Dim, KeyBytes, RankKey, StatKey};
+use crate::keys::{Dim, RankKey, StatKey};
 use crate::model::EntityKey;
 use crate::stats::Stats;
 use crate::store::{StateStore, StoreError};
@@ -93,9 +93,13 @@ pub fn killmail_owner(id: u64, workers: usize) -> usize {
 /// least frontier every worker reported, so a checkpoint covers every epoch completed while
 /// the previous one was being written (group commit: the slower the store, the more each
 /// checkpoint coalesces).
+///
+/// A request wakes the shards (they do not poll for it): an idle kmflow spends no CPU here.
 #[derive(Debug)]
 pub struct Checkpoints {
     target: AtomicU64,
+    /// The shards' operators, activated (from the checkpointer's thread) on every request.
+    shards: std::sync::Mutex<Vec<timely::scheduling::SyncActivator>>,
 }
 
 impl Checkpoints {
@@ -103,7 +107,16 @@ impl Checkpoints {
     pub fn new(start: u64) -> Self {
         Checkpoints {
             target: AtomicU64::new(start),
+            shards: Default::default(),
         }
+    }
+
+    /// Wakes `shard` on every request from now on.
+    fn wake_on_request(&self, shard: timely::scheduling::SyncActivator) {
+        self.shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(shard);
     }
 
     /// Every epoch below this is to be flushed.
@@ -111,9 +124,15 @@ impl Checkpoints {
         self.target.load(Ordering::Acquire)
     }
 
-    /// Asks for a checkpoint of every epoch below `target` (never lowers it).
+    /// Asks for a checkpoint of every epoch below `target` (never lowers it), and wakes the
+    /// shards. A shard whose worker has stopped cannot be woken, which is fine.
     pub fn request(&self, target: u64) {
-        self.target.fetch_max(target, Ordering::AcqRel);
+        if self.target.fetch_max(target, Ordering::AcqRel) < target {
+            let shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
+            for shard in shards.iter() {
+                let _ = shard.activate();
+            }
+        }
     }
 }
 
@@ -123,7 +142,7 @@ pub struct ShardFlush {
     pub worker: usize,
     /// The checkpoint target: the writes cover every epoch below it.
     pub through: u64,
-    pub writes: Vec<Write>,
+    pub writes: Writes,
 }
 
 /// The all-time rows a shard last flushed, by key: the old values its leaderboard moves need.
@@ -151,118 +170,111 @@ impl AllTimeCache {
 }
 
 /// The writes that apply `dirty` (deltas of one shard, coalesced over a checkpoint) to the
-/// store as of the previous checkpoint: a merge operand per statistic, and for all-time rows a
-/// put (or delete) with the leaderboard entries that moved. Only all-time rows missing from
-/// `cache` are read.
+/// store as of the previous checkpoint: a merge of every statistic's delta, except all-time
+/// rows, which are put (or deleted) with the leaderboard entries that moved. Only all-time
+/// rows missing from `cache` are read. `dirty` itself becomes the writes (see [`Writes`]);
+/// after a failed read it is handed back unchanged.
+///
+/// Everything comes out in the order RocksDB keeps it (the `stats` table by key, the
+/// day-major `days` table, then the leaderboard index): a memtable insert next to the previous
+/// one is cheap (its skip list starts from the last position), in hash order each insert
+/// searches.
 pub fn plan_flush(
     store: &dyn StateStore,
     cache: &mut AllTimeCache,
-    dirty: &DeltaMap,
-) -> Result<Vec<Write>, StoreError> {
-    let mut writes = Vec::with_capacity(dirty.len() + dirty.len() / 8);
-    let mut ranked: Vec<(StatKey, Stats)> = Vec::new();
-    for (&key, &delta) in dirty {
-        if delta.is_empty() {
-            continue;
-        }
-        if key.dim == Dim::All {
-            ranked.push((key, delta));
-        } else {
-            writes.push(Write::Merge(key, delta));
-        }
-    }
-    let missing: Vec<StatKey> = ranked
+    mut dirty: DeltaMap,
+) -> Result<Writes, (StoreError, DeltaMap)> {
+    let order = store_order(dirty.entries());
+    let all_time = |&i: &u32| dirty.entries()[i as usize].0.dim == Dim::All;
+    let missing: Vec<StatKey> = order
         .iter()
-        .map(|(k, _)| *k)
+        .filter(|i| all_time(i))
+        .map(|&i| dirty.entries()[i as usize].0)
         .filter(|k| !cache.rows.contains_key(k))
         .collect();
-    let fetched = store.get_stats(&missing)?;
-    let mut old_values: rustc_hash::FxHashMap<StatKey, Stats> = missing
-        .into_iter()
-        .zip(fetched)
-        .map(|(k, v)| (k, v.unwrap_or_default()))
-        .collect();
-    for (key, delta) in ranked {
+    let fetched = match store.get_stats(&missing) {
+        Ok(f) if f.len() == missing.len() => f,
+        Ok(f) => {
+            let e = format!("asked for {} rows, got {}", missing.len(), f.len());
+            return Err((StoreError(e), dirty));
+        }
+        Err(e) => return Err((e, dirty)),
+    };
+    // The rows read come in the order they were asked for: the order below.
+    let mut fetched = fetched.into_iter();
+    let mut stats = Vec::with_capacity(order.len());
+    let mut ranks: Vec<(RankKey, bool)> = Vec::new();
+    let mut touched_all_time = 0;
+    for &i in &order {
+        let (key, delta) = dirty.entries()[i as usize];
+        if key.dim != Dim::All {
+            stats.push((i, StatOp::Merge));
+            continue;
+        }
+        touched_all_time += 1;
         let old = match cache.rows.get(&key) {
             Some(v) => *v,
-            None => old_values.remove(&key).unwrap_or_default(),
+            None => fetched.next().flatten().unwrap_or_default(),
         };
         let mut new = old;
         new.merge(&delta);
         if new != old {
-            if new.is_empty() {
-                writes.push(Write::Delete(key));
-            } else {
-                writes.push(Write::Put(key, new));
-            }
-            let (was, is) = (RankKey::entries(key, &old), RankKey::entries(key, &new));
-            for r in &was {
-                if !is.contains(r) {
-                    writes.push(Write::RankDelete(*r));
-                }
-            }
-            for r in is {
-                if !was.contains(&r) {
-                    writes.push(Write::RankPut(r));
-                }
-            }
+            dirty.set_value(i as usize, new);
+            stats.push((
+                i,
+                if new.is_empty() {
+                    StatOp::Delete
+                } else {
+                    StatOp::Put
+                },
+            ));
+            RankKey::changes(key, &old, &new, |r, put| ranks.push((r, put)));
         }
         cache.rows.insert(key, new);
     }
-    // In the order RocksDB keeps them: a memtable insert next to the previous one is cheap
-    // (its skip list starts from the last position), in hash order each insert searches.
-    let writes = in_store_order(writes);
+    ranks.sort_unstable_by_key(|(r, _)| r.store_order());
     // Keep the cache within its budget (after the flush: every old value above was needed):
     // drop the rows this flush did not touch first, then everything.
     if cache.rows.len() > cache.capacity {
-        let touched: rustc_hash::FxHashSet<StatKey> = dirty
-            .keys()
-            .filter(|k| k.dim == Dim::All)
-            .copied()
-            .collect();
+        let mut touched = rustc_hash::FxHashSet::default();
+        touched.reserve(touched_all_time);
+        touched.extend(
+            dirty
+                .entries()
+                .iter()
+                .filter(|(k, _)| k.dim == Dim::All)
+                .map(|(k, _)| *k),
+        );
         cache.rows.retain(|k, _| touched.contains(k));
         if cache.rows.len() > cache.capacity {
             cache.rows.clear();
         }
     }
-    Ok(writes)
+    Ok(Writes::part(dirty, stats, ranks))
 }
 
-/// `writes` in the order of the store: the `stats` table by key, the day-major `days` table,
-/// then the leaderboard index, each by its encoded key (see `keys`). Sorts 40-byte (table,
-/// key, index) entries, then permutes the writes in place (as `sort_by_cached_key` does, with
-/// no second vector of writes to allocate): `sort_by_cached_key` on typed keys, whose
-/// comparisons walk the derived orders of `StatKey` and `Dim`, was 13% of a 20,000-attacker
+/// The positions of the non-empty `entries` in the store's order: by table (`stats`, then the
+/// day-major `days`), then encoded key. Table and key (at most 31 bytes, zero-padded) are four
+/// big-endian words and the length a fifth, so comparing them is comparing the bytes (a key
+/// sorts before every longer key it prefixes) in a few integer compares: typed comparisons,
+/// which walk the derived orders of `StatKey` and `Dim`, were 13% of a 20,000-attacker
 /// killmail's CPU.
-fn in_store_order(mut writes: Vec<Write>) -> Vec<Write> {
-    let mut order: Vec<(u8, KeyBytes, u32)> = writes
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            let (table, key) = match *w {
-                Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => {
-                    let (table, key) = k.stored();
-                    (table as u8, key)
-                }
-                Write::RankPut(r) | Write::RankDelete(r) => {
-                    (2, KeyBytes::from_slice(&r.to_bytes()))
-                }
-            };
-            (table, key, i as u32)
-        })
-        .collect();
-    order.sort_unstable();
-    // Position i takes the write first at order[i]; one already moved is followed to where
-    // the swaps put it.
-    for i in 0..order.len() {
-        let mut from = order[i].2;
-        while (from as usize) < i {
-            from = order[from as usize].2;
+fn store_order(entries: &[(StatKey, Stats)]) -> Vec<u32> {
+    let mut order: Vec<([u64; 4], u64)> = Vec::with_capacity(entries.len());
+    for (i, (k, d)) in entries.iter().enumerate() {
+        if d.is_empty() {
+            continue;
         }
-        order[i].2 = from;
-        writes.swap(i, from as usize);
+        let (table, key) = k.stored();
+        let mut b = [0u8; 32];
+        b[0] = table as u8;
+        b[1..1 + key.len()].copy_from_slice(&key);
+        let word = |j: usize| u64::from_be_bytes(b[8 * j..8 * j + 8].try_into().expect("8 bytes"));
+        let tail = (key.len() as u64) << 32 | i as u64;
+        order.push(([word(0), word(1), word(2), word(3)], tail));
     }
-    writes
+    order.sort_unstable();
+    order.into_iter().map(|(_, tail)| tail as u32).collect()
 }
 
 /// How a shard reaches the store and the checkpointer.
@@ -281,8 +293,6 @@ pub struct ShardHooks<F> {
 
 /// How long a shard waits before retrying a flush whose reads failed.
 const FLUSH_RETRY: Duration = Duration::from_millis(200);
-/// How often an idle shard looks for a new checkpoint target.
-const TARGET_POLL: Duration = Duration::from_millis(1);
 
 /// The sharded statistics operator, as an extension of a stream of per-epoch deltas.
 pub trait ShardStats<'s> {
@@ -317,6 +327,8 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
             exchange,
             "Shard",
             move |cap, info| {
+                checkpoints
+                    .wake_on_request(scope.worker().sync_activator_for(info.address.to_vec()));
                 let activator = scope.activator_for(info.address);
                 let mut held = Some(cap.delayed(&start));
                 let mut flushed = start;
@@ -344,7 +356,7 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
                         for map in maps {
                             dirty.absorb(map);
                         }
-                        match plan_flush(&*store, &mut cache, &dirty) {
+                        match plan_flush(&*store, &mut cache, dirty) {
                             Ok(writes) => {
                                 flush(ShardFlush {
                                     worker,
@@ -358,16 +370,14 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
                                 }
                                 cap.downgrade(&target);
                             }
-                            Err(e) => {
+                            Err((e, dirty)) => {
                                 on_store_error(&e);
                                 // Put the deltas back under an epoch below the target and retry.
                                 pending.insert(target.saturating_sub(1).max(flushed), dirty);
                                 activator.activate_after(FLUSH_RETRY);
-                                return;
                             }
                         }
                     }
-                    activator.activate_after(TARGET_POLL);
                 }
             },
         )
@@ -377,13 +387,15 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::Write;
     use crate::model::EntityKind;
 
-    /// The in-place permutation gives what a plain sort by (table, encoded key) gives.
+    /// A flush's writes come out as a plain sort by (table, encoded key) would give them, one
+    /// per touched statistic, with the leaderboard entries after the statistics.
     #[test]
     fn writes_come_out_in_store_order() {
-        use crate::keys::Metric;
-        use crate::stats::Stats;
+        use crate::stats::{Stats, Sums};
+        use crate::store::MemoryStore;
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = move |n: u64| {
             rng ^= rng << 13;
@@ -392,37 +404,29 @@ mod tests {
             rng % n
         };
         for len in [0, 1, 2, 7, 100, 1000] {
-            let writes: Vec<Write> = (0..len)
-                .map(|_| {
-                    let e = EntityKey::new(EntityKind::ALL[next(3) as usize], next(50));
-                    let dim = match next(4) {
-                        0 => Dim::All,
-                        1 => Dim::Day(next(40) as i32 - 20),
-                        2 => Dim::System(next(9) as u32),
-                        _ => Dim::MemberDay(next(5) as i32, next(5)),
-                    };
-                    let k = StatKey::new(e, dim);
-                    match next(5) {
-                        0 => Write::Put(k, Stats::default()),
-                        1 => Write::Merge(k, Stats::default()),
-                        2 => Write::Delete(k),
-                        r => {
-                            let rank = RankKey {
-                                kind: e.kind,
-                                window: 0,
-                                metric: Metric::Kills,
-                                value: next(4) as i128,
-                                id: e.id,
-                            };
-                            if r == 3 {
-                                Write::RankPut(rank)
-                            } else {
-                                Write::RankDelete(rank)
-                            }
-                        }
-                    }
-                })
+            let mut dirty = DeltaMap::default();
+            for _ in 0..len {
+                let e = EntityKey::new(EntityKind::ALL[next(3) as usize], next(50));
+                let dim = match next(4) {
+                    0 => Dim::All,
+                    1 => Dim::Day(next(40) as i32 - 20),
+                    2 => Dim::System(next(9) as u32),
+                    _ => Dim::MemberDay(next(5) as i32, next(5)),
+                };
+                let sums = Sums {
+                    kills: next(3) as i64,
+                    points_destroyed: next(2) as i64,
+                    ..Default::default()
+                };
+                dirty.merge(StatKey::new(e, dim), &Stats::at(sums, 1));
+            }
+            let touched: Vec<StatKey> = dirty
+                .iter()
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(k, _)| *k)
                 .collect();
+            let mut cache = AllTimeCache::new(64);
+            let writes = plan_flush(&MemoryStore::default(), &mut cache, dirty).expect("memory");
             let order = |w: &Write| -> (u8, Vec<u8>) {
                 match w {
                     Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => {
@@ -434,16 +438,27 @@ mod tests {
                     Write::RankPut(r) | Write::RankDelete(r) => (2, r.to_bytes().to_vec()),
                 }
             };
-            let mut expected = writes.clone();
-            expected.sort_by_key(order);
-            let got = in_store_order(writes);
-            let keys = |v: &[Write]| v.iter().map(order).collect::<Vec<_>>();
-            assert_eq!(keys(&got), keys(&expected), "{len} writes");
-            let mut a: Vec<String> = got.iter().map(|w| format!("{w:?}")).collect();
-            let mut b: Vec<String> = expected.iter().map(|w| format!("{w:?}")).collect();
-            a.sort();
-            b.sort();
-            assert_eq!(a, b, "the same writes");
+            let statistics: Vec<_> = writes.iter().filter(|w| order(w).0 < 2).collect();
+            let ranks: Vec<_> = writes.iter().filter(|w| order(w).0 == 2).collect();
+            assert_eq!(writes.len(), statistics.len() + ranks.len());
+            for part in [&statistics, &ranks] {
+                let keys: Vec<_> = part.iter().map(order).collect();
+                let mut sorted = keys.clone();
+                sorted.sort();
+                assert_eq!(keys, sorted, "{len} statistics");
+            }
+            let mut written: Vec<StatKey> = statistics
+                .iter()
+                .map(|w| match w {
+                    Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => *k,
+                    _ => unreachable!("a statistic"),
+                })
+                .collect();
+            let mut expected = touched;
+            written.sort();
+            expected.sort();
+            assert_eq!(written, expected, "one write per touched statistic");
+            assert!(len < 100 || !ranks.is_empty(), "leaderboard entries");
         }
     }
 

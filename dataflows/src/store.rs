@@ -106,8 +106,8 @@ impl MemoryStore {
     pub fn apply<M>(&self, batch: &CheckpointBatch<M>, wall: i64) {
         let mut state = self.inner.write().expect("memory store lock poisoned");
         state.clock = state.clock.advance(batch.max_time, wall);
-        for w in &batch.writes {
-            match *w {
+        for w in batch.writes.iter() {
+            match w {
                 Write::Put(k, v) => {
                     state.stats.insert(k, v);
                 }

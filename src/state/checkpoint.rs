@@ -4,6 +4,7 @@
 use super::*;
 
 use super::codec::*;
+use kmflow_dataflows::aggregate::StatOp;
 use kmflow_dataflows::keys::StatTable;
 
 /// A checkpoint built and not yet written: the `WriteBatch` of its statistics, upserts, dead
@@ -51,24 +52,24 @@ impl RocksState {
             StatTable::Days => days_cf,
         };
         let mut buf = Vec::with_capacity(64);
-        for w in &batch.writes {
-            match *w {
-                Write::Put(k, v) => {
-                    encode_stats_into(&v, &mut buf);
-                    let (table, key) = k.stored();
+        for (op, k, v) in batch.writes.stats() {
+            let (table, key) = k.stored();
+            match op {
+                StatOp::Put => {
+                    encode_stats_into(v, &mut buf);
                     wb.put_cf(cf_of(table), key, &buf);
                 }
-                Write::Merge(k, d) => {
-                    encode_stats_into(&d, &mut buf);
-                    let (table, key) = k.stored();
+                StatOp::Merge => {
+                    encode_stats_into(v, &mut buf);
                     wb.merge_cf(cf_of(table), key, &buf);
                 }
-                Write::Delete(k) => {
-                    let (table, key) = k.stored();
-                    wb.delete_cf(cf_of(table), key);
-                }
-                Write::RankPut(r) => wb.put_cf(ranks_cf, r.to_bytes(), []),
-                Write::RankDelete(r) => wb.delete_cf(ranks_cf, r.to_bytes()),
+                StatOp::Delete => wb.delete_cf(cf_of(table), key),
+            }
+        }
+        for (r, put) in batch.writes.ranks() {
+            match put {
+                true => wb.put_cf(ranks_cf, r.to_bytes(), []),
+                false => wb.delete_cf(ranks_cf, r.to_bytes()),
             }
         }
         let km_cf = self.cf(CF_KILLMAILS);

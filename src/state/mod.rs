@@ -42,7 +42,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use kmflow_dataflows::aggregate::{
-    rank_windows, window_rank_entries, windows_from_days, StreamClock, Write,
+    rank_windows, window_rank_entries, windows_from_days, StreamClock,
 };
 use kmflow_dataflows::checkpoint::CheckpointBatch;
 use kmflow_dataflows::keys::{tag, Dim, Metric, RankKey, StatKey, WINDOW_DAYS};

@@ -372,9 +372,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn writes_of(
     store: &dyn kmflow_dataflows::store::StateStore,
     deltas: &kmflow_dataflows::checkpoint::DeltaMap,
-) -> Vec<kmflow_dataflows::aggregate::Write> {
+) -> kmflow_dataflows::aggregate::Writes {
     let mut cache = kmflow_dataflows::shard::AllTimeCache::new(1 << 16);
-    kmflow_dataflows::shard::plan_flush(store, &mut cache, deltas).expect("state reads")
+    kmflow_dataflows::shard::plan_flush(store, &mut cache, deltas.clone())
+        .map_err(|(e, _)| e)
+        .expect("state reads")
 }
 
 /// The statistics deltas of `kms` at full statistics.

@@ -1,0 +1,118 @@
+//! The cost of committing the largest killmail kmflow accepts (20,000 attackers, all distinct
+//! characters, 2,000 corporations, 200 alliances) through the real state path, at both
+//! statistics levels: decode, contributions summed into a shard's deltas, the shard's plan
+//! (which reads the all-time rows), the RocksDB batch, the synced commit. Each round opens a
+//! fresh RocksDB; prints the best of `ROUNDS` (default 7) for every step, the CPU time of the
+//! whole (this thread: RocksDB writes from the calling thread) and the wall time.
+//!
+//! Run: `cargo bench --bench largest` (`benches/largest.sh` runs it beside a baseline build).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use kmflow::state::RocksState;
+use kmflow_dataflows::checkpoint::{CheckpointBatch, DeltaMap};
+use kmflow_dataflows::contrib::{for_each_contribution, StatsLevel};
+use kmflow_dataflows::decode::decode;
+use kmflow_dataflows::shard::{plan_flush, AllTimeCache};
+use kmflow_dataflows::{SourcePos, StoredKillmail};
+
+const STEPS: [&str; 5] = ["decode", "deltas", "plan", "batch", "commit"];
+
+fn main() {
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(7);
+    let payload = kmflow_dataflows::gen::largest_killmail();
+    for level in [StatsLevel::AllTime, StatsLevel::Full] {
+        let mut best = [f64::MAX; STEPS.len() + 2];
+        let mut counts = (0, 0);
+        for _ in 0..rounds {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let state = RocksState::open(dir.path(), 64).expect("opens");
+            let (times, keys, writes) = one(&state, &payload, level);
+            counts = (keys, writes);
+            for (b, t) in best.iter_mut().zip(times) {
+                *b = b.min(t);
+            }
+        }
+        let steps: Vec<String> = STEPS
+            .iter()
+            .zip(best)
+            .map(|(s, t)| format!("{s} {t:.1}"))
+            .collect();
+        println!(
+            "{level:?}: {} statistics, {} writes; best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
+            counts.0,
+            counts.1,
+            steps.join(", "),
+            best[STEPS.len()],
+            best[STEPS.len() + 1],
+        );
+    }
+}
+
+/// One commit of the killmail into `state`: milliseconds per step, then CPU and wall for the
+/// whole; the statistics and writes it made.
+fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usize, usize) {
+    let topics = vec!["killmails".to_string()];
+    let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 1i64)]))]);
+    let cpu0 = cpu_ms();
+    let t0 = Instant::now();
+    let km = decode(payload).expect("decodes");
+    let t1 = Instant::now();
+    let mut deltas = DeltaMap::default();
+    for_each_contribution(&km, level, |k, s| deltas.merge(k, &s));
+    let t2 = Instant::now();
+    let keys = deltas.len();
+    let mut cache = AllTimeCache::new(1 << 20);
+    let writes = plan_flush(state, &mut cache, deltas)
+        .map_err(|(e, _)| e)
+        .expect("reads");
+    let t3 = Instant::now();
+    let n = writes.len();
+    let b = CheckpointBatch::<()> {
+        last_epoch: 1,
+        writes,
+        max_time: Some(km.time),
+        upserts: vec![(
+            km.killmail_id,
+            StoredKillmail {
+                killmail: km,
+                zkb_version: 0,
+                applied_from: SourcePos::default(),
+                epoch: 1,
+            },
+        )],
+        ..Default::default()
+    };
+    let prepared = state
+        .prepare_checkpoint(&b, &topics, &offsets, &BTreeMap::new())
+        .expect("batch");
+    let t4 = Instant::now();
+    let clock = state.clock().advance(prepared.max_time, i64::MAX);
+    state.commit_prepared(prepared, clock).expect("commit");
+    let t5 = Instant::now();
+    let cpu = cpu_ms() - cpu0;
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let times = [
+        ms(t0, t1),
+        ms(t1, t2),
+        ms(t2, t3),
+        ms(t3, t4),
+        ms(t4, t5),
+        cpu,
+        ms(t0, t5),
+    ];
+    (times, keys, n)
+}
+
+/// CPU time of this thread (user + system), in milliseconds.
+fn cpu_ms() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 * 1e3 + v.tv_usec as f64 / 1e3;
+    t(u.ru_utime) + t(u.ru_stime)
+}
