@@ -148,8 +148,16 @@ impl Workers {
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             build(epoch_source(scope, start, reader, ctl, positions), hooks)
         });
+        // What needs the worker activates an operator, which ends a park at once: a checkpoint
+        // request or a raised epoch target (from another thread), data between workers, and
+        // the sources' own poll timers (2 ms, 10 ms when idle), which is how new Kafka records
+        // are noticed. A cluster's control port is pumped between parks, so those stay short.
+        let park = match port {
+            Some(_) => Duration::from_millis(5),
+            None => Duration::from_millis(50),
+        };
         while !probe.done() || control.is_some_and(|c| !c.is_finished()) {
-            worker.step_or_park(Some(Duration::from_millis(5)));
+            worker.step_or_park(Some(park));
             if let (Some(p), Some(c)) = (port.as_deref_mut(), control) {
                 p.pump(c);
             }

@@ -12,7 +12,7 @@ pub mod kafka;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
@@ -62,6 +62,8 @@ pub struct EpochControl {
     pub max_records: usize,
     pub max_wait: Duration,
     pub max_inflight: u64,
+    /// Every worker's source, woken when the target rises (they do not poll for it).
+    sources: std::sync::Mutex<Vec<timely::scheduling::SyncActivator>>,
 }
 
 impl EpochControl {
@@ -80,6 +82,7 @@ impl EpochControl {
             max_records,
             max_wait,
             max_inflight,
+            sources: Default::default(),
         }
     }
 }
@@ -90,9 +93,16 @@ impl EpochControl {
         self.target.load(Ordering::Acquire)
     }
 
-    /// Lets every source close its epochs up to `epoch` (a beacon from another process).
+    /// Lets every source close its epochs up to `epoch` (a beacon from another process, or
+    /// a source that closed one), waking them if that raises the target.
     pub fn raise_target(&self, epoch: u64) {
-        self.target.fetch_max(epoch, Ordering::AcqRel);
+        if self.target.fetch_max(epoch, Ordering::AcqRel) < epoch {
+            let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+            for source in sources.iter() {
+                // A source whose worker has stopped cannot be woken, which is fine.
+                let _ = source.activate();
+            }
+        }
     }
 }
 
@@ -101,6 +111,14 @@ pub type EpochPositions = Rc<RefCell<Vec<(u64, Vec<Position>)>>>;
 
 /// At most this many records per activation, so one worker yields to others regularly.
 const POLL_CHUNK: usize = 4096;
+/// How often a source polls its reader while records flow or an epoch is open.
+const BUSY_POLL: Duration = Duration::from_millis(2);
+/// How often it polls once no record came for [`IDLE_AFTER`], no epoch is open and no
+/// checkpoint is awaited (a source held back by `max-inflight-epochs` polls busily): an idle
+/// kmflow wakes 100 times a second per worker rather than 500 (a new record waits at most
+/// this long; its epoch then closes within `epoch-max-ms`).
+const IDLE_POLL: Duration = Duration::from_millis(10);
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Builds the source operator on this worker.
 pub fn epoch_source<'s>(
@@ -114,7 +132,12 @@ pub fn epoch_source<'s>(
         scope,
         "Source",
         move |cap, info| {
+            ctl.sources
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(scope.worker().sync_activator_for(info.address.to_vec()));
             let activator = scope.activator_for(info.address);
+            let mut last_record = Instant::now();
             let mut cap = Some(cap.delayed(&start));
             let mut epoch = start;
             let mut in_epoch = 0usize;
@@ -133,13 +156,15 @@ pub fn epoch_source<'s>(
                     .map_or(start, |e| e + 1)
                     .max(start);
                 let mut got = 0;
-                if epoch < committed_next + ctl.max_inflight {
+                let backpressured = epoch >= committed_next + ctl.max_inflight;
+                if !backpressured {
                     let room = ctl
                         .max_records
                         .saturating_sub(in_epoch)
                         .clamp(1, POLL_CHUNK);
                     got = reader.poll(&mut buf, room);
                     if got > 0 {
+                        last_record = Instant::now();
                         output.session(c).give_iterator(buf.drain(..));
                         in_epoch += got;
                         first_at.get_or_insert_with(Instant::now);
@@ -151,7 +176,7 @@ pub fn epoch_source<'s>(
                 if close {
                     positions.borrow_mut().push((epoch, reader.positions()));
                     let next = (epoch + 1).max(target);
-                    ctl.target.fetch_max(next, Ordering::AcqRel);
+                    ctl.raise_target(next);
                     epoch = next;
                     c.downgrade(&epoch);
                     in_epoch = 0;
@@ -159,8 +184,10 @@ pub fn epoch_source<'s>(
                 }
                 if got > 0 || close {
                     activator.activate();
+                } else if in_epoch == 0 && !backpressured && last_record.elapsed() >= IDLE_AFTER {
+                    activator.activate_after(IDLE_POLL);
                 } else {
-                    activator.activate_after(Duration::from_millis(2));
+                    activator.activate_after(BUSY_POLL);
                 }
             }
         },
