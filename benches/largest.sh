@@ -11,10 +11,12 @@
 # ~/.cache/kmflow/baseline as benches/replay.sh does, then this checkout), alternately: kmflow
 # starts on a fresh state, reading a fresh live topic; then COUNT times, one largest killmail
 # (new characters, corporations and alliances each time) is produced with `kmflow import`, and
-# the script waits until the API shows it committed. "Work" is the CPU time kmflow spent from
-# the first produce until 2 s after the last commit (user + system time of all its threads,
-# /proc/PID/stat), less what as long a wait costs when idle (its timers and the script's
-# polling, measured for 3 s after a small warm-up killmail), divided by COUNT. The wall time is produce → visible in the API, which includes the
+# the script waits until the API shows it committed. "Work" is the CPU time kmflow's own
+# threads spent from the first produce until 2 s after the last commit (/proc/PID/task/*/
+# schedstat), less what as long a wait costs when idle (its timers and the script's polling,
+# measured for 3 s after a small warm-up killmail), divided by COUNT. RocksDB's background
+# threads (memtable flushes, compactions: deferred, and shared by every write) are shown
+# apart; they vary with when a flush happens to fall. The wall time is produce → visible in the API, which includes the
 # checkpoint interval. `cargo bench --bench largest` splits the same path into its steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,8 +79,15 @@ until (exec 3<>/dev/tcp/127.0.0.1/$BPORT) 2>/dev/null; do sleep 0.1; done
 
 APORT=$(free_port)
 API="http://127.0.0.1:$APORT"
-# utime + stime of the whole process (exited threads included), in ns (10 ms ticks).
-cpu_ns() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($14 + $15) * 1e9 / hz}' /proc/"$KPID"/stat; }
+# CPU time (ns) of kmflow's own threads (workers, checkpointer, Kafka client, API), and of
+# RocksDB's background threads (flushes and compactions, deferred and shared by every write),
+# from /proc/PID/task/*/schedstat.
+cpu_ns() { # $1: own | rocksdb
+  for t in /proc/"$KPID"/task/*; do
+    case "$(cat "$t/comm" 2>/dev/null)" in rocksdb*) k=rocksdb ;; *) k=own ;; esac
+    if [ "$k" = "$1" ]; then cut -d' ' -f1 "$t/schedstat" 2>/dev/null || true; fi
+  done | awk '{s += $1} END {printf "%.0f\n", s}'
+}
 now_ns() { date +%s%N; }
 committed() {
   curl -s -X POST "$API/v1/characters:batch" -d '{"ids":[]}' |
@@ -100,17 +109,18 @@ run() { # $1 label, $2 binary, $3 level, $4 run number; prints "label level work
   sleep 2
   # Idle: what 3 s of the same polling costs.
   local c0 t0 c1 t1 idle works="" walls=""
-  c0=$(cpu_ns); t0=$(now_ns)
+  c0=$(cpu_ns own); t0=$(now_ns)
   for _ in $(seq 60); do committed "$topic" >/dev/null; sleep 0.05; done
-  c1=$(cpu_ns); t1=$(now_ns)
+  c1=$(cpu_ns own); t1=$(now_ns)
   idle=$(python3 -c "print(($c1 - $c0) / ($t1 - $t0))")
   local c_start t_start perf_pid=""
   # PERF=dir: profile this checkout's binary over the measured killmails (perf record -g).
   if [ -n "${PERF:-}" ] && [ "$1" = current ]; then
-    perf record -g -F 999 -p "$KPID" -o "${PERF}/perf-$3.data" >/dev/null 2>&1 &
+    perf record ${PERF_OPTS:--g -F 999} -p "$KPID" -o "${PERF}/perf-$3.data" >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  c_start=$(cpu_ns); t_start=$(now_ns)
+  local r_start r1
+  c_start=$(cpu_ns own); r_start=$(cpu_ns rocksdb); t_start=$(now_ns)
   for c in $(seq 0 $((COUNT - 1))); do
     t0=$(now_ns)
     "$WORK/kmflow" import "$WORK/km$c.json" --topic "$topic" --brokers "127.0.0.1:$BPORT" >>"$WORK/import.log" 2>&1
@@ -120,9 +130,10 @@ run() { # $1 label, $2 binary, $3 level, $4 run number; prints "label level work
   done
   # What a killmail's commit leaves to do afterwards (flushes, the live feed) counts too.
   for _ in $(seq 40); do committed "$topic" >/dev/null; sleep 0.05; done
-  c1=$(cpu_ns); t1=$(now_ns)
+  c1=$(cpu_ns own); r1=$(cpu_ns rocksdb); t1=$(now_ns)
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
   works=$(python3 -c "print(round((($c1 - $c_start) - $idle * ($t1 - $t_start)) / 1e6 / $COUNT, 1))")
+  works="$works $(python3 -c "print(round(($r1 - $r_start) / 1e6 / $COUNT, 1))")"
   kill -TERM "$KPID"; wait "$KPID" 2>/dev/null || true
   rm -rf "$state"
   echo "$1|$3|$works|$walls"
@@ -141,14 +152,14 @@ done
 python3 - "$RESULTS" "$BASELINE_REF" <<'EOF'
 import statistics, sys
 rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
-print(f"  {'binary':<22} {'statistics':<10} {'work per killmail (ms)':<24} {'produce to visible (ms), median':<30}")
+print(f"  {'binary':<22} {'statistics':<10} {'work per killmail (ms)':<24} {'+ RocksDB background (ms)':<27} {'produce to visible (ms), median':<30}")
 median = {}
 for label, level, works, walls in rows:
-    w = [float(x) for x in works.split()]
+    own, background = (float(x) for x in works.split())
     t = [float(x) for x in walls.split()]
-    median[(label, level)] = statistics.median(w)
+    median[(label, level)] = own
     name = f"baseline {sys.argv[2]}" if label == "baseline" else "kmflow (this checkout)"
-    print(f"  {name:<22} {level:<10} {statistics.median(w):>8.1f}{'':<16} {statistics.median(t):>8.0f}")
+    print(f"  {name:<22} {level:<10} {own:>8.1f}{'':<16} {background:>8.1f}{'':<19} {statistics.median(t):>8.0f}")
 for level in sorted({l for _, l in median}):
     if ("baseline", level) in median and ("current", level) in median:
         print(f"  {level}: this checkout does {median[('current', level)] / median[('baseline', level)]:.2f}x the baseline's work")

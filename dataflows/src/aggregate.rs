@@ -121,6 +121,14 @@ impl Writes {
         self.len() == 0
     }
 
+    /// The shards' maps the parts hold, emptied, for reuse ([`crate::shard::Checkpoints::recycle`]).
+    pub fn into_maps(self) -> impl Iterator<Item = DeltaMap> {
+        self.parts.into_iter().map(|mut p| {
+            p.deltas.drain();
+            p.deltas
+        })
+    }
+
     /// Adds the parts of `other` (no write is copied).
     pub fn append(&mut self, other: Writes) {
         self.parts.extend(other.parts);

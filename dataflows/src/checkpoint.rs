@@ -184,6 +184,11 @@ impl<M: Clone> CheckpointCoordinator<M> {
         self.cut()
     }
 
+    /// Hands the maps of a written batch's `writes` back to the shards for reuse.
+    pub fn recycle(&self, writes: Writes) {
+        self.checkpoints.recycle(writes);
+    }
+
     /// Acknowledges that the last batch is durable: the next checkpoint may start.
     pub fn committed(&mut self) {
         self.committed_frontier = self.target;

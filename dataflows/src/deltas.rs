@@ -43,6 +43,17 @@ impl DeltaMap {
         self.entries.is_empty()
     }
 
+    /// How many statistics it holds room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+
+    /// Takes every entry out, in insertion order, and keeps the map's memory for reuse.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, (StatKey, Stats)> {
+        self.index.clear();
+        self.entries.drain(..)
+    }
+
     /// Adds `delta` to the statistic `key`.
     pub fn merge(&mut self, key: StatKey, delta: &Stats) {
         let h = hash(&key);

@@ -112,10 +112,11 @@ pub fn run_on(
         let mut coordinator = CheckpointCoordinator::<()>::new(workers, start, ckpt);
         let mut snapshots = Vec::new();
         for report in rx {
-            if let Some(batch) = coordinator.offer(report) {
+            if let Some(mut batch) = coordinator.offer(report) {
                 let now = wall.as_ref().map_or(i64::MAX, |w| w(batch.last_epoch));
                 checkpointer_store.apply(&batch, now);
                 coordinator.committed();
+                coordinator.recycle(std::mem::take(&mut batch.writes));
                 if snapshots_wanted {
                     let s = checkpointer_store.snapshot();
                     let (stats, ranks) = s.served();

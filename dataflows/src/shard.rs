@@ -100,7 +100,12 @@ pub struct Checkpoints {
     target: AtomicU64,
     /// The shards' operators, activated (from the checkpointer's thread) on every request.
     shards: std::sync::Mutex<Vec<timely::scheduling::SyncActivator>>,
+    /// Emptied maps of written checkpoints, which shards take for their next epochs.
+    spare: std::sync::Mutex<Vec<DeltaMap>>,
 }
+
+/// At most this many emptied maps are kept for reuse (two per worker of a 2-worker process).
+const SPARE_MAPS: usize = 4;
 
 impl Checkpoints {
     /// `start`: the first epoch of this run (nothing below it is flushed again).
@@ -108,7 +113,29 @@ impl Checkpoints {
         Checkpoints {
             target: AtomicU64::new(start),
             shards: Default::default(),
+            spare: Default::default(),
         }
+    }
+
+    /// Keeps the maps of a written checkpoint's `writes` for the shards' next epochs: a map
+    /// the size of an epoch is tens of megabytes, and a fresh one is first touched page by
+    /// page (the kernel zeroing each), which was a fifth of the largest killmail's CPU.
+    pub fn recycle(&self, writes: Writes) {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        for map in writes.into_maps() {
+            if spare.len() >= SPARE_MAPS {
+                break;
+            }
+            if map.capacity() > 0 {
+                spare.push(map);
+            }
+        }
+    }
+
+    /// An empty map for a shard's epoch: a recycled one if any.
+    fn map(&self) -> DeltaMap {
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        spare.pop().unwrap_or_default()
     }
 
     /// Wakes `shard` on every request from now on.
@@ -337,7 +364,7 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
                 move |(input, frontier), _output| {
                     input.for_each(|cap, data| {
                         let epoch = *cap.least().expect("a message stamp has a time");
-                        let map = pending.entry(epoch).or_default();
+                        let map = pending.entry(epoch).or_insert_with(|| checkpoints.map());
                         for (key, delta) in data.drain(..) {
                             map.merge(key, &delta);
                         }

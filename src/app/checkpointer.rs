@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use kmflow_dataflows::aggregate::StatOp;
+use kmflow_dataflows::aggregate::{StatOp, Writes};
 use kmflow_dataflows::checkpoint::{CheckpointBatch, CheckpointCoordinator, ToCoordinator};
 use kmflow_dataflows::EntityKind;
 
@@ -113,7 +113,7 @@ impl Checkpointer<'_> {
             match written {
                 Ok(meta) => {
                     coordinator.committed();
-                    self.written(batch, &meta, produced, t0);
+                    coordinator.recycle(self.written(batch, &meta, produced, t0));
                 }
                 Err(e) => {
                     self.failed(&e);
@@ -186,8 +186,9 @@ impl Checkpointer<'_> {
                         }
                         Phase::Prepared(prepared) => {
                             let (p, batch, produced) = *prepared;
-                            if let Err(e) = self.commit_agreed(p, &votes, dir, batch, produced) {
-                                break Err(e);
+                            match self.commit_agreed(p, &votes, dir, batch, produced) {
+                                Ok(writes) => coordinator.recycle(writes),
+                                Err(e) => break Err(e),
                             }
                             coordinator.committed();
                         }
@@ -237,7 +238,7 @@ impl Checkpointer<'_> {
         dir: &Path,
         batch: CheckpointBatch<Vec<Position>>,
         produced: Vec<i64>,
-    ) -> Result<(), StateError> {
+    ) -> Result<Writes, StateError> {
         let (mut max_time, mut wall) = (None, i64::MIN);
         for v in votes {
             match v {
@@ -257,8 +258,7 @@ impl Checkpointer<'_> {
         if let Err(e) = crate::cluster::prepared::remove(dir) {
             tracing::warn!(error = %e, "cannot delete the prepared checkpoint (written already; it is dropped at the next start)");
         }
-        self.written(batch, &meta, produced, t0);
-        Ok(())
+        Ok(self.written(batch, &meta, produced, t0))
     }
 
     /// Where every partition of this process stands, from the stored state.
@@ -279,14 +279,15 @@ impl Checkpointer<'_> {
         }
     }
 
-    /// After a checkpoint is durable: metrics, the first-query hint, the feed.
+    /// After a checkpoint is durable: metrics, the first-query hint, the feed. Gives back
+    /// the batch's writes, whose maps the shards reuse.
     fn written(
         &self,
         mut batch: CheckpointBatch<Vec<Position>>,
         meta: &CheckpointMeta,
         produced: Vec<i64>,
         t0: Instant,
-    ) {
+    ) -> Writes {
         let now_ms = crate::source::unix_ms_now();
         for ms in produced {
             let age = (now_ms - ms).max(0) as f64 / 1000.0;
@@ -297,6 +298,7 @@ impl Checkpointer<'_> {
             self.hinted.set(self.hint(&batch));
         }
         self.feed.publish(&mut batch);
+        batch.writes
     }
 
     fn failed(&self, e: &StateError) {
