@@ -104,8 +104,9 @@ pub struct Checkpoints {
     spare: std::sync::Mutex<Vec<DeltaMap>>,
 }
 
-/// At most this many emptied maps are kept for reuse (two per worker of a 2-worker process).
-const SPARE_MAPS: usize = 4;
+/// The emptied maps kept for reuse hold room for at most this many statistics in all
+/// (~100 MiB: two epochs of a full-statistics replay on 2 workers).
+const SPARE_ENTRIES: usize = 1 << 19;
 
 impl Checkpoints {
     /// `start`: the first epoch of this run (nothing below it is flushed again).
@@ -122,11 +123,10 @@ impl Checkpoints {
     /// page (the kernel zeroing each), which was a fifth of the largest killmail's CPU.
     pub fn recycle(&self, writes: Writes) {
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut room = SPARE_ENTRIES.saturating_sub(spare.iter().map(DeltaMap::capacity).sum());
         for map in writes.into_maps() {
-            if spare.len() >= SPARE_MAPS {
-                break;
-            }
-            if map.capacity() > 0 {
+            if map.capacity() > 0 && map.capacity() <= room {
+                room -= map.capacity();
                 spare.push(map);
             }
         }
