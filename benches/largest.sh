@@ -12,12 +12,12 @@
 # starts on a fresh state, reading a fresh live topic; then COUNT times, one largest killmail
 # (new characters, corporations and alliances each time) is produced with `kmflow import`, and
 # the script waits until the API shows it committed. "Work" is the CPU time kmflow's own
-# threads spent from the first produce until 2 s after the last commit (/proc/PID/task/*/
-# schedstat), less what as long a wait costs when idle (its timers and the script's polling,
-# measured for 3 s after a small warm-up killmail), divided by COUNT. RocksDB's background
-# threads (memtable flushes, compactions: deferred, and shared by every write) are shown
-# apart; they vary with when a flush happens to fall. The wall time is produce → visible in the API, which includes the
-# checkpoint interval. `cargo bench --bench largest` splits the same path into its steps.
+# threads spent from the first produce until 2 s after the last commit (see cpu_ns), less
+# what as long a wait costs when idle (its timers and the script's polling, measured for 3 s
+# after a small warm-up killmail), divided by COUNT. RocksDB's background threads (memtable
+# flushes, compactions: deferred, and shared by every write) are shown apart; they vary with
+# when a flush happens to fall. The wall time is produce → visible in the API, which includes
+# the checkpoint interval. `cargo bench --bench largest` splits the same path into its steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -79,14 +79,24 @@ until (exec 3<>/dev/tcp/127.0.0.1/$BPORT) 2>/dev/null; do sleep 0.1; done
 
 APORT=$(free_port)
 API="http://127.0.0.1:$APORT"
-# CPU time (ns) of kmflow's own threads (workers, checkpointer, Kafka client, API), and of
-# RocksDB's background threads (flushes and compactions, deferred and shared by every write),
-# from /proc/PID/task/*/schedstat.
-cpu_ns() { # $1: own | rocksdb
+# CPU time (ns) of kmflow's own threads (workers, checkpointer, Kafka client, API): the
+# process's total from /proc/PID/stat (exited threads included; 10 ms ticks) less RocksDB's
+# background threads (flushes and compactions, deferred and shared by every write; they live
+# as long as the process), which are /proc/PID/task/*/schedstat of the threads named rocksdb*.
+rocksdb_ns() {
   for t in /proc/"$KPID"/task/*; do
-    case "$(cat "$t/comm" 2>/dev/null)" in rocksdb*) k=rocksdb ;; *) k=own ;; esac
-    if [ "$k" = "$1" ]; then cut -d' ' -f1 "$t/schedstat" 2>/dev/null || true; fi
+    case "$(cat "$t/comm" 2>/dev/null)" in
+      rocksdb*) cut -d' ' -f1 "$t/schedstat" 2>/dev/null || true ;;
+    esac
   done | awk '{s += $1} END {printf "%.0f\n", s}'
+}
+cpu_ns() { # $1: own | rocksdb
+  [ -d /proc/"$KPID" ] || { echo "largest: kmflow exited (see its log)" >&2; cat "$WORK/kmflow.log" >&2; exit 1; }
+  local r total
+  r=$(rocksdb_ns)
+  if [ "$1" = rocksdb ]; then echo "$r"; return; fi
+  total=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($14 + $15) * 1e9 / hz}' /proc/"$KPID"/stat)
+  echo $((total - r))
 }
 now_ns() { date +%s%N; }
 committed() {

@@ -118,8 +118,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Where bincode's varint changes width (zigzag 250/251, the u16, u32 and u64 steps).
+    const EDGES: [i128; 12] = [
+        125,
+        -126,
+        32767,
+        32768,
+        -32768,
+        -32769,
+        (1 << 31) - 1,
+        1 << 31,
+        -(1 << 31) - 1,
+        (1 << 63) - 1,
+        1 << 63,
+        -(1 << 63) - 1,
+    ];
+
     fn any_i64() -> impl Strategy<Value = i64> {
         prop_oneof![
+            proptest::sample::select(&EDGES[..9]).prop_map(|e| e as i64),
+            Just(i64::MAX),
             -300i64..300,
             -70_000i64..70_000,
             any::<i32>().prop_map(i64::from),
@@ -131,6 +149,7 @@ mod tests {
 
     fn any_i128() -> impl Strategy<Value = i128> {
         prop_oneof![
+            proptest::sample::select(&EDGES[..]),
             any_i64().prop_map(i128::from),
             any::<i128>(),
             Just(i128::MIN),
