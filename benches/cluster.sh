@@ -29,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 say() { echo "cluster: $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/lib.sh
 now() { date +%s.%N; }
 
 # Sum of the committed next offsets (= killmails committed) as the API reports them.

@@ -55,7 +55,7 @@ RES="$WORK/results"
 put() { echo "$1=$2" >>"$RES"; }
 now() { date +%s.%N; }
 say() { echo "e2e: $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/lib.sh
 
 # 1. The killmails.
 say "generating $N killmails"

@@ -27,17 +27,8 @@ COUNT="${COUNT:-7}"
 BASELINE_REF="${BASELINE_REF:-04e8aec}"
 LEVELS="${LEVELS:-full all-time}"
 scripts/provision.sh
-BASE_DIR="${HOME}/.cache/kmflow/baseline"
-BASELINE="${BASE_DIR}/kmflow-$(git rev-parse --short "$BASELINE_REF")"
-mkdir -p "$BASE_DIR"
-if [ ! -x "$BASELINE" ]; then
-  echo "largest: building the baseline ${BASELINE_REF} (same target dir, so RocksDB is reused)" >&2
-  WT=$(mktemp -d)
-  git worktree add -q --detach "$WT" "$BASELINE_REF"
-  (cd "$WT" && cargo build --release --bin kmflow -q)
-  cp "${CARGO_TARGET_DIR}/release/kmflow" "$BASELINE"
-  git worktree remove --force "$WT"
-fi
+. benches/lib.sh
+baseline_binary "$BASELINE_REF"
 cargo build --release --bin kmflow -q
 WORK=$(mktemp -d)
 cp "${CARGO_TARGET_DIR}/release/kmflow" "$WORK/kmflow"
@@ -47,7 +38,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The killmails: copy c has characters 90,000,000 + 100,000·c + i, as gen::largest_killmail.
 python3 - "$WORK" "$COUNT" <<'EOF'

@@ -24,18 +24,9 @@ WORKERS="${WORKERS:-1 2}"
 BASELINE_REF="${BASELINE_REF:-bd9c3de}"
 STATIC="$(cd .. && pwd)/shared/data/static"
 
-BASE_DIR="${HOME}/.cache/kmflow/baseline"
+. benches/lib.sh
+baseline_binary "$BASELINE_REF"
 BASE_SHA=$(git rev-parse --short "$BASELINE_REF")
-BASELINE="${BASE_DIR}/kmflow-${BASE_SHA}"
-mkdir -p "$BASE_DIR"
-if [ ! -x "$BASELINE" ]; then
-  echo "replay: building the baseline ${BASE_SHA} (same target dir, so RocksDB is reused)" >&2
-  WT=$(mktemp -d)
-  git worktree add -q --detach "$WT" "$BASELINE_REF"
-  (cd "$WT" && cargo build --release --bin kmflow -q)
-  cp "${CARGO_TARGET_DIR}/release/kmflow" "$BASELINE"
-  git worktree remove --force "$WT"
-fi
 if [ -z "${KMFLOW_BIN:-}" ]; then cargo build --release --bin kmflow -q; fi
 [ -n "${SKIP_FLOOR:-}" ] || cargo build --release -p kmflow-dataflows --example floor_full -q
 CURRENT="${KMFLOW_BIN:-${CARGO_TARGET_DIR}/release/kmflow}"

@@ -389,7 +389,28 @@ fn real_killmails_through_kafka_with_restarts() {
     );
     assert_eq!(metric_sum(&metrics, "kmflow_decode_failures_total"), 0.0);
 
-    // Undecodable messages: counted, kept with their position, nothing else changes.
+    dead_letters_are_kept(&broker, &k, messages);
+
+    // Overlapping replay of the zkb samples: duplicates only, no answer changes.
+    common::import(&broker, TOPIC, &[data.join("zkb-api")]);
+    let total = messages as i64 + 3 + 427;
+    wait_until("re-import", Duration::from_secs(120), || {
+        common::committed_total(&k) == Some(total)
+    });
+    assert_eq!(assert_matches(&k, &expected, &picks), before);
+
+    let answers = Answers {
+        expected: &expected,
+        picks: &picks,
+        before: &before,
+        full: &full,
+    };
+    same_after_stop_and_crash(&mut k, &answers, total);
+    assert!(k.stop());
+}
+
+/// Undecodable messages: counted, kept with their position, nothing else changes.
+fn dead_letters_are_kept(broker: &Broker, k: &Kmflow, messages: usize) {
     let bad = tempfile::Builder::new()
         .suffix(".jsonl")
         .tempfile()
@@ -417,7 +438,7 @@ fn real_killmails_through_kafka_with_restarts() {
         .unwrap();
     assert!(!status.success(), "import exits non-zero when records fail");
     wait_until("dead letters", Duration::from_secs(120), || {
-        common::committed_total(&k) == Some(messages as i64 + 3)
+        common::committed_total(k) == Some(messages as i64 + 3)
     });
     wait_until("dead letters counted", Duration::from_secs(10), || {
         metric_sum(
@@ -431,16 +452,19 @@ fn real_killmails_through_kafka_with_restarts() {
     assert!(letters.iter().all(|d| d["topic"] == TOPIC
         && d["offset"].is_i64()
         && !d["error"].as_str().unwrap().is_empty()));
+}
 
-    // Overlapping replay of the zkb samples: duplicates only, no answer changes.
-    common::import(&broker, TOPIC, &[data.join("zkb-api")]);
-    let total = messages as i64 + 3 + 427;
-    wait_until("re-import", Duration::from_secs(120), || {
-        common::committed_total(&k) == Some(total)
-    });
-    assert_eq!(assert_matches(&k, &expected, &picks), before);
+/// What a kmflow that imported the real killmails must keep answering.
+struct Answers<'a> {
+    expected: &'a BTreeMap<EntityKey, Stats>,
+    picks: &'a [(EntityKind, Vec<u64>)],
+    before: &'a Value,
+    full: &'a Full,
+}
 
-    // Clean stop and start: same answers, nothing re-read, nothing committed anew.
+/// A clean stop and start, then a crash (SIGKILL) and start: the same answers, nothing read
+/// again, nothing committed anew; `total` records committed throughout. Leaves it running.
+fn same_after_stop_and_crash(k: &mut Kmflow, a: &Answers, total: i64) {
     assert!(k.stop(), "kmflow exits cleanly on SIGTERM");
     let restart = Instant::now();
     k.spawn();
@@ -451,7 +475,7 @@ fn real_killmails_through_kafka_with_restarts() {
         "e2e: restart to ready in {:.2}s",
         restart.elapsed().as_secs_f64()
     );
-    assert_eq!(assert_matches(&k, &expected, &picks), before);
+    assert_eq!(&assert_matches(k, a.expected, a.picks), a.before);
     std::thread::sleep(Duration::from_secs(2));
     let (_, metrics) = get_text(&k.url("/metrics"));
     assert_eq!(
@@ -459,7 +483,7 @@ fn real_killmails_through_kafka_with_restarts() {
         0.0,
         "no record re-read"
     );
-    assert_eq!(common::committed_total(&k), Some(total));
+    assert_eq!(common::committed_total(k), Some(total));
 
     // Crash (SIGKILL) and restart: still the same.
     k.crash();
@@ -467,10 +491,9 @@ fn real_killmails_through_kafka_with_restarts() {
     wait_until("ready after crash", Duration::from_secs(60), || {
         get_json(&k.url("/readyz")).0 == 200
     });
-    assert_eq!(assert_matches(&k, &expected, &picks), before);
-    assert_eq!(common::committed_total(&k), Some(total));
-    assert_leaderboards(&k, &full);
-    assert!(k.stop());
+    assert_eq!(&assert_matches(k, a.expected, a.picks), a.before);
+    assert_eq!(common::committed_total(k), Some(total));
+    assert_leaderboards(k, a.full);
 }
 
 /// The version order through the broker and across a restart: a live re-appraisal, then a

@@ -21,6 +21,7 @@ pub mod stats;
 pub mod store;
 pub mod time;
 pub mod version;
+pub mod wake;
 
 pub use model::{EntityKey, EntityKind, Killmail, RawRecord, SourcePos, StoredKillmail};
 pub use stats::{Seen, Stats, Sums};

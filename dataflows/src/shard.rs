@@ -49,6 +49,7 @@ use crate::keys::{Dim, RankKey, StatKey};
 use crate::model::EntityKey;
 use crate::stats::Stats;
 use crate::store::{StateStore, StoreError};
+use crate::wake::Wakers;
 
 /// The fixed number of key groups. Changing it changes nothing stored (keys are not prefixed
 /// by group); it only bounds how finely statistics can be spread over workers or processes.
@@ -99,7 +100,7 @@ pub fn killmail_owner(id: u64, workers: usize) -> usize {
 pub struct Checkpoints {
     target: AtomicU64,
     /// The shards' operators, activated (from the checkpointer's thread) on every request.
-    shards: std::sync::Mutex<Vec<timely::scheduling::SyncActivator>>,
+    shards: Wakers,
     /// Emptied maps of written checkpoints, which shards take for their next epochs.
     spare: std::sync::Mutex<Vec<DeltaMap>>,
 }
@@ -138,14 +139,6 @@ impl Checkpoints {
         spare.pop().unwrap_or_default()
     }
 
-    /// Wakes `shard` on every request from now on.
-    fn wake_on_request(&self, shard: timely::scheduling::SyncActivator) {
-        self.shards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(shard);
-    }
-
     /// Every epoch below this is to be flushed.
     pub fn target(&self) -> u64 {
         self.target.load(Ordering::Acquire)
@@ -155,10 +148,7 @@ impl Checkpoints {
     /// shards. A shard whose worker has stopped cannot be woken, which is fine.
     pub fn request(&self, target: u64) {
         if self.target.fetch_max(target, Ordering::AcqRel) < target {
-            let shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
-            for shard in shards.iter() {
-                let _ = shard.activate();
-            }
+            self.shards.wake();
         }
     }
 }
@@ -354,8 +344,7 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
             exchange,
             "Shard",
             move |cap, info| {
-                checkpoints
-                    .wake_on_request(scope.worker().sync_activator_for(info.address.to_vec()));
+                checkpoints.shards.register(&scope, &info.address);
                 let activator = scope.activator_for(info.address);
                 let mut held = Some(cap.delayed(&start));
                 let mut flushed = start;

@@ -12,7 +12,7 @@ pub mod kafka;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
@@ -20,6 +20,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 
 use kmflow_dataflows::store::StateStore;
+use kmflow_dataflows::wake::Wakers;
 use kmflow_dataflows::RawRecord;
 
 /// Where a partition stands: the next offset to read, and the fingerprint of the message just
@@ -63,7 +64,7 @@ pub struct EpochControl {
     pub max_wait: Duration,
     pub max_inflight: u64,
     /// Every worker's source, woken when the target rises (they do not poll for it).
-    sources: std::sync::Mutex<Vec<timely::scheduling::SyncActivator>>,
+    sources: Wakers,
 }
 
 impl EpochControl {
@@ -97,11 +98,7 @@ impl EpochControl {
     /// a source that closed one), waking them if that raises the target.
     pub fn raise_target(&self, epoch: u64) {
         if self.target.fetch_max(epoch, Ordering::AcqRel) < epoch {
-            let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-            for source in sources.iter() {
-                // A source whose worker has stopped cannot be woken, which is fine.
-                let _ = source.activate();
-            }
+            self.sources.wake();
         }
     }
 }
@@ -132,10 +129,7 @@ pub fn epoch_source<'s>(
         scope,
         "Source",
         move |cap, info| {
-            ctl.sources
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(scope.worker().sync_activator_for(info.address.to_vec()));
+            ctl.sources.register(&scope, &info.address);
             let activator = scope.activator_for(info.address);
             let mut last_record = Instant::now();
             let mut cap = Some(cap.delayed(&start));
