@@ -91,11 +91,20 @@ impl DeltaMap {
         self.entries[i].1 = value;
     }
 
-    /// Adds every delta of `other`.
-    pub fn absorb(&mut self, other: DeltaMap) {
-        for (key, delta) in other.entries {
+    /// Adds every delta of `other`, which is left empty (its memory kept for reuse).
+    pub fn absorb(&mut self, other: &mut DeltaMap) {
+        for (key, delta) in other.drain() {
             self.merge(key, &delta);
         }
+    }
+
+    /// Sums `self` and `other` into the larger of the two and returns the other, emptied.
+    pub fn sum_with(&mut self, mut other: DeltaMap) -> DeltaMap {
+        if other.len() > self.len() {
+            std::mem::swap(self, &mut other);
+        }
+        self.absorb(&mut other);
+        other
     }
 
     /// The summed delta of `key`, if it was touched.
@@ -147,6 +156,20 @@ impl FromIterator<(StatKey, Stats)> for DeltaMap {
             map.merge(k, &d);
         }
         map
+    }
+}
+
+/// A map crosses processes (a cluster's exchange) as its entries; the index is rebuilt.
+impl serde::Serialize for DeltaMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(&self.entries)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeltaMap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<(StatKey, Stats)>::deserialize(deserializer)?;
+        Ok(entries.into_iter().collect())
     }
 }
 

@@ -27,13 +27,11 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use crate::checkpoint::{DeltaMap, SinkItem, SinkReport};
 use crate::contrib::{for_each_contribution, StatsLevel};
 use crate::decode::decode;
-use crate::keys::StatKey;
 use crate::model::{
     DeadLetter, Killmail, RawRecord, SourcePos, StoredKillmail, DEAD_LETTER_MAX_PAYLOAD,
 };
-use crate::shard::{Checkpoints, ShardFlush, ShardHooks, ShardStats};
+use crate::shard::{key_group, owner, Checkpoints, ShardFlush, ShardHooks, ShardStats};
 use crate::static_data::StaticData;
-use crate::stats::Stats;
 use crate::store::{StateStore, StoreError};
 use crate::version::{upsert as upsert_version, Upsert};
 
@@ -176,7 +174,7 @@ where
         UpsertOut::Fact(km, epoch, diff) => Some((km, epoch, diff)),
         UpsertOut::State(..) | UpsertOut::Clock(..) => None,
     });
-    let flushed = combine(facts, level).shard_stats(ShardHooks {
+    let flushed = combine(facts, level, checkpoints.clone()).shard_stats(ShardHooks {
         store,
         checkpoints,
         start,
@@ -193,46 +191,47 @@ where
     probe
 }
 
-/// Pending per-epoch deltas of one worker, with the capability to emit them.
-type EpochDeltas = (Capability<u64>, DeltaMap);
+/// Pending per-epoch deltas of one worker, with the capability to emit them: one map per
+/// worker that owns statistics.
+type EpochDeltas = (Capability<u64>, Vec<DeltaMap>);
 
 /// Explodes every killmail version into its contributions (negated for a retraction) and sums
-/// them per epoch and statistic in a hash map, emitting one delta per statistic when the
-/// frontier passes the epoch: differential's `explode` + `consolidate`, fused, so the fan-out
-/// (tens of statistics per participant) is never materialized as records. This is the local
-/// half of a local-global aggregation: each worker combines its own killmails before the
-/// deltas are exchanged to the shards that own them.
+/// them per epoch and statistic in hash maps, one per shard (the worker that owns the
+/// statistics), emitting each map whole when the frontier passes the epoch: differential's
+/// `explode` + `consolidate`, fused, so the fan-out (tens of statistics per participant) is
+/// never materialized as records. This is the local half of a local-global aggregation: each
+/// worker combines its own killmails, and the shard takes a map in (or adopts it, when it is
+/// the epoch's first) instead of receiving and summing its entries one by one.
 fn combine<'s>(
     facts: StreamVec<'s, u64, (Killmail, u64, isize)>,
     level: StatsLevel,
-) -> StreamVec<'s, u64, (StatKey, Stats)> {
+    checkpoints: Arc<Checkpoints>,
+) -> StreamVec<'s, u64, (usize, DeltaMap)> {
+    let peers = facts.scope().peers();
     facts.unary_frontier(Pipeline, "Combine", move |_cap, _info| {
         let mut pending: BTreeMap<u64, EpochDeltas> = BTreeMap::new();
-        // Each epoch's map starts with the size of the last one: no growth on the way. The
-        // last map emitted is reused when it is not much larger than that: a map the size of
-        // an epoch is tens of megabytes, and a fresh one is first touched page by page (the
-        // kernel zeroing each), which was a fifth of the largest killmail's CPU.
+        // Each epoch's maps start with room for the last one's statistics (or are recycled
+        // maps of written checkpoints): a map the size of an epoch is tens of megabytes, and a
+        // fresh one growing on the way is first touched page by page (the kernel zeroing each),
+        // which was a fifth of the largest killmail's CPU.
         let mut capacity = 0;
-        let mut spare: Option<DeltaMap> = None;
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {
                 let t = epoch_of(&cap);
                 let entry = pending.entry(t).or_insert_with(|| {
-                    (
-                        cap.retain_least(0).expect("input capability for output 0"),
-                        spare
-                            .take()
-                            .unwrap_or_else(|| DeltaMap::with_capacity(capacity)),
-                    )
+                    let maps = (0..peers).map(|_| checkpoints.map(capacity)).collect();
+                    let cap = cap.retain_least(0).expect("input capability for output 0");
+                    (cap, maps)
                 });
-                let sums = &mut entry.1;
+                let maps = &mut entry.1;
                 for batch in data {
                     for (km, _epoch, diff) in batch.drain(..) {
                         for_each_contribution(&km, level, |key, s| {
+                            let map = &mut maps[owner(key_group(key.entity), peers)];
                             if diff < 0 {
-                                sums.merge(key, &s.retraction());
+                                map.merge(key, &s.retraction());
                             } else {
-                                sums.merge(key, &s);
+                                map.merge(key, &s);
                             }
                         });
                     }
@@ -242,16 +241,15 @@ fn combine<'s>(
                 if frontier.less_equal(&epoch) {
                     break;
                 }
-                let (cap, mut deltas) = pending.remove(&epoch).expect("first key");
-                capacity = deltas.len();
+                let (cap, maps) = pending.remove(&epoch).expect("first key");
+                capacity = maps.iter().map(DeltaMap::len).max().unwrap_or(0);
                 let mut session = output.session(&cap);
-                for (key, d) in deltas.drain() {
-                    if !d.is_empty() {
-                        session.give((key, d));
+                for (worker, map) in maps.into_iter().enumerate() {
+                    if map.is_empty() {
+                        checkpoints.keep([map]);
+                    } else {
+                        session.give((worker, map));
                     }
-                }
-                if deltas.capacity() <= 4 * capacity.max(1 << 12) {
-                    spare = Some(deltas);
                 }
             }
         }

@@ -33,6 +33,7 @@
 //! next to its previous position cheaply, while hash order makes every insert search (1.9x
 //! the replay rate at 100k; the checkpointer fell from 26% of the CPU profile to 13%).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -123,20 +124,31 @@ impl Checkpoints {
     /// the size of an epoch is tens of megabytes, and a fresh one is first touched page by
     /// page (the kernel zeroing each), which was a fifth of the largest killmail's CPU.
     pub fn recycle(&self, writes: Writes) {
+        self.keep(writes.into_maps());
+    }
+
+    /// Keeps emptied `maps` for reuse, within [`SPARE_ENTRIES`].
+    pub fn keep(&self, maps: impl IntoIterator<Item = DeltaMap>) {
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
         let mut room = SPARE_ENTRIES.saturating_sub(spare.iter().map(DeltaMap::capacity).sum());
-        for map in writes.into_maps() {
+        for mut map in maps {
             if map.capacity() > 0 && map.capacity() <= room {
                 room -= map.capacity();
+                map.drain();
                 spare.push(map);
             }
         }
     }
 
-    /// An empty map for a shard's epoch: a recycled one if any.
-    fn map(&self) -> DeltaMap {
+    /// An empty map for an epoch's deltas: the largest recycled one, or a new one with room
+    /// for `n` statistics.
+    pub fn map(&self, n: usize) -> DeltaMap {
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
-        spare.pop().unwrap_or_default()
+        let largest = (0..spare.len()).max_by_key(|&i| spare[i].capacity());
+        match largest {
+            Some(i) => spare.swap_remove(i),
+            None => DeltaMap::with_capacity(n),
+        }
     }
 
     /// Every epoch below this is to be flushed.
@@ -311,18 +323,19 @@ pub struct ShardHooks<F> {
 /// How long a shard waits before retrying a flush whose reads failed.
 const FLUSH_RETRY: Duration = Duration::from_millis(200);
 
-/// The sharded statistics operator, as an extension of a stream of per-epoch deltas.
+/// The sharded statistics operator, as an extension of a stream of per-epoch deltas, each a
+/// map of one shard's statistics with the worker that owns them.
 pub trait ShardStats<'s> {
-    /// Exchanges the deltas by key group and keeps each worker's share until the checkpointer's
-    /// next checkpoint, when the shard hands its writes to `hooks.flush`. The returned stream
-    /// carries nothing; its frontier is the epoch this shard has flushed through, so a probe
-    /// on it shows what is flushed.
+    /// Sends each map to the worker that owns its statistics and keeps each worker's share
+    /// until the checkpointer's next checkpoint, when the shard hands its writes to
+    /// `hooks.flush`. The returned stream carries nothing; its frontier is the epoch this
+    /// shard has flushed through, so a probe on it shows what is flushed.
     fn shard_stats<F>(self, hooks: ShardHooks<F>) -> StreamVec<'s, u64, SinkItem>
     where
         F: FnMut(ShardFlush) + 'static;
 }
 
-impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
+impl<'s> ShardStats<'s> for StreamVec<'s, u64, (usize, DeltaMap)> {
     fn shard_stats<F>(self, hooks: ShardHooks<F>) -> StreamVec<'s, u64, SinkItem>
     where
         F: FnMut(ShardFlush) + 'static,
@@ -336,10 +349,9 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
             on_store_error,
         } = hooks;
         let scope = self.scope();
-        let (worker, peers) = (scope.index(), scope.peers());
-        let exchange = Exchange::new(move |(k, _): &(StatKey, Stats)| {
-            owner(key_group(k.entity), peers) as u64
-        });
+        let worker = scope.index();
+        // A map moves whole (between threads of one process, without a copy of its entries).
+        let exchange = Exchange::new(|(owner, _): &(usize, DeltaMap)| *owner as u64);
         self.unary_frontier::<CapacityContainerBuilder<Vec<SinkItem>>, _, _, _>(
             exchange,
             "Shard",
@@ -353,24 +365,25 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (StatKey, Stats)> {
                 move |(input, frontier), _output| {
                     input.for_each(|cap, data| {
                         let epoch = *cap.least().expect("a message stamp has a time");
-                        let map = pending.entry(epoch).or_insert_with(|| checkpoints.map());
-                        for (key, delta) in data.drain(..) {
-                            map.merge(key, &delta);
+                        for (owner, map) in data.drain(..) {
+                            debug_assert_eq!(owner, worker, "exchanged to its owner");
+                            match pending.entry(epoch) {
+                                Entry::Vacant(e) => {
+                                    e.insert(map);
+                                }
+                                Entry::Occupied(mut e) => {
+                                    checkpoints.keep([e.get_mut().sum_with(map)]);
+                                }
+                            }
                         }
                     });
                     let Some(cap) = held.as_mut() else { return };
                     let target = checkpoints.target();
                     if target > flushed && !frontier.less_than(&target) {
                         let rest = pending.split_off(&target);
-                        // The largest epoch's map takes in the others.
-                        let mut maps: Vec<DeltaMap> = std::mem::replace(&mut pending, rest)
-                            .into_values()
-                            .collect();
-                        maps.sort_by_key(|m| std::cmp::Reverse(m.len()));
-                        let mut maps = maps.into_iter();
-                        let mut dirty = maps.next().unwrap_or_default();
-                        for map in maps {
-                            dirty.absorb(map);
+                        let mut dirty = DeltaMap::default();
+                        for map in std::mem::replace(&mut pending, rest).into_values() {
+                            checkpoints.keep([dirty.sum_with(map)]);
                         }
                         match plan_flush(&*store, &mut cache, dirty) {
                             Ok(writes) => {
