@@ -4,6 +4,13 @@
 //! Byte encodings are big-endian so RocksDB orders keys by entity, then dimension, then value:
 //! an entity's all-time key is the 9-byte [`EntityKey::to_bytes`], every other dimension of it
 //! extends that prefix, so one prefix scan reads all of an entity.
+//!
+//! Stored, an entity's breakdowns (victim ship group, ship flown, system, hour of week) are one
+//! row, [`StatKey::breakdowns_key`]: a list of `(tag, bucket, statistics)` the RocksDB merge
+//! operator adds lists into. A killmail touches one bucket of each of them for every entity on
+//! it, and an entity's buckets are touched again and again, so one row for the four halves
+//! what a checkpoint writes. They are read whole anyway (an entity page shows them all). The
+//! keys above stay the statistics' names everywhere else (the dataflow, the memory store).
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +72,29 @@ impl Dim {
         }
     }
 
+    /// The tag and bucket of a breakdown dimension, which is stored in its entity's
+    /// breakdowns row ([`StatKey::breakdowns_key`]).
+    pub fn breakdown(self) -> Option<(u8, u32)> {
+        match self {
+            Dim::Group(x) => Some((tag::GROUP, x)),
+            Dim::Ship(x) => Some((tag::SHIP, x)),
+            Dim::System(x) => Some((tag::SYSTEM, x)),
+            Dim::Hour(h) => Some((tag::HOUR, h as u32)),
+            _ => None,
+        }
+    }
+
+    /// The breakdown dimension of `tag` and `bucket` (the inverse of [`Dim::breakdown`]).
+    pub fn from_breakdown(tag: u8, bucket: u32) -> Option<Dim> {
+        match tag {
+            tag::GROUP => Some(Dim::Group(bucket)),
+            tag::SHIP => Some(Dim::Ship(bucket)),
+            tag::SYSTEM => Some(Dim::System(bucket)),
+            tag::HOUR => u8::try_from(bucket).ok().map(Dim::Hour),
+            _ => None,
+        }
+    }
+
     /// The day of an entity's day bucket: the buckets rolling windows are maintained from.
     pub fn day(self) -> Option<i32> {
         match self {
@@ -84,6 +114,8 @@ pub mod tag {
     pub const HOUR: u8 = 7;
     pub const MEMBER: u8 = 8;
     pub const MEMBER_DAY: u8 = 9;
+    /// The stored row of an entity's breakdowns (group, ship, system and hour buckets).
+    pub const BREAKDOWNS: u8 = 10;
 }
 
 /// Days are stored offset so negative days (before 1970) still sort in order.
@@ -257,6 +289,23 @@ impl StatKey {
     pub fn from_day_major_bytes(b: &[u8]) -> Option<StatKey> {
         let k = StatKey::from_bytes(b.get(4..)?)?;
         (k.dim.day() == day_from(&b[..4])).then_some(k)
+    }
+
+    /// The stored key of `entity`'s breakdowns row, in the `stats` table (see the module
+    /// docs): the entity and [`tag::BREAKDOWNS`].
+    pub fn breakdowns_key(entity: EntityKey) -> [u8; 10] {
+        let mut b = [0u8; 10];
+        b[..9].copy_from_slice(&entity.to_bytes());
+        b[9] = tag::BREAKDOWNS;
+        b
+    }
+
+    /// The entity of a breakdowns row's key, `None` for any other key.
+    pub fn breakdowns_entity(b: &[u8]) -> Option<EntityKey> {
+        match b {
+            [entity @ .., tag::BREAKDOWNS] if b.len() == 10 => EntityKey::from_bytes(entity),
+            _ => None,
+        }
     }
 
     /// The prefix of every key of `entity` with dimension tag `tag` (see [`tag`]).

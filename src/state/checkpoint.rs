@@ -60,7 +60,25 @@ impl RocksState {
             StatTable::Days => days_cf,
         };
         let mut buf = Vec::with_capacity(64);
+        // The breakdown buckets of one entity, gathered into one merge of its breakdowns row
+        // (they come in key order: an entity's buckets one after another).
+        let mut row: (Option<EntityKey>, Vec<u8>) = (None, Vec::with_capacity(1024));
+        let merge_row = |wb: &mut WriteBatch, row: &mut (Option<EntityKey>, Vec<u8>)| {
+            if let (Some(entity), false) = (row.0.take(), row.1.is_empty()) {
+                wb.merge_cf(stats_cf, StatKey::breakdowns_key(entity), &row.1);
+            }
+            row.1.clear();
+        };
         for (op, k, v) in batch.writes.stats() {
+            if row.0.is_some_and(|e| e != k.entity) {
+                merge_row(&mut wb, &mut row);
+            }
+            if k.dim.breakdown().is_some() {
+                debug_assert_eq!(op, StatOp::Merge, "breakdowns are only merged");
+                row.0 = Some(k.entity);
+                breakdowns::push(&mut row.1, k.dim, v, &mut buf);
+                continue;
+            }
             let (table, key) = k.stored();
             match op {
                 StatOp::Put => {
@@ -74,6 +92,7 @@ impl RocksState {
                 StatOp::Delete => wb.delete_cf(cf_of(table), key),
             }
         }
+        merge_row(&mut wb, &mut row);
         for (r, put) in batch.writes.ranks() {
             match put {
                 true => wb.put_cf(ranks_cf, r.to_bytes(), []),

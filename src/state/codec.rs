@@ -97,6 +97,19 @@ pub(super) fn merge_stats(
     Some(encode_stats(&acc))
 }
 
+/// The merge operator of the `stats` column family: an entity's breakdowns row merges as a
+/// list of buckets ([`super::breakdowns`]), every other row as [`merge_stats`].
+pub(super) fn merge_stats_table(
+    key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    match StatKey::breakdowns_entity(key) {
+        Some(_) => super::breakdowns::merge(existing, operands),
+        None => merge_stats(key, existing, operands),
+    }
+}
+
 /// A stored statistic; a merge can leave an all-zero value behind, which reads as absent.
 pub(super) fn stored_stats(b: &[u8]) -> Result<Option<Stats>, StateError> {
     decode_stats(b).map(|s| (!s.is_empty()).then_some(s))

@@ -35,6 +35,12 @@ impl RocksState {
         let mut out = BTreeMap::new();
         for item in self.db.iterator_cf(self.cf(CF_STATS), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Some(entity) = StatKey::breakdowns_entity(&k) {
+                for (dim, s) in super::breakdowns::decode(&v)? {
+                    out.insert(StatKey::new(entity, dim), s);
+                }
+                continue;
+            }
             let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
             if let Some(s) = stored_stats(&v)? {
                 out.insert(key, s);

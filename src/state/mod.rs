@@ -4,7 +4,8 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `killmails` | killmail id (u64 BE) | bincode [`StoredKillmail`]: the upsert state |
-//! | `stats` | [`StatKey::to_bytes`]: entity, then dimension (all time, month, window, breakdowns, roster) | varint bincode [`Stats`] |
+//! | `stats` | [`StatKey::to_bytes`]: entity, then dimension (all time, month, roster) | varint bincode [`Stats`] |
+//! | `stats` | [`StatKey::breakdowns_key`]: entity, then [`tag::BREAKDOWNS`] | the entity's group, ship, system and hour buckets ([`breakdowns`]) |
 //! | `days` | [`StatKey::day_major_bytes`]: day, then entity | varint bincode [`Stats`]: the day buckets windows slide over |
 //! | `ranks` | [`RankKey::to_bytes`]: kind, window, metric, value descending, id | empty: the leaderboards |
 //! | `dead_letters` | epoch (u64 BE), index in the checkpoint (u32 BE): oldest first | JSON [`DeadLetterRecord`] |
@@ -14,6 +15,7 @@
 //! Durability: the WAL is on and every commit is written with `sync = true`, so a commit that
 //! returned survives a crash or power loss; a commit interrupted by a crash is absent as a whole.
 
+mod breakdowns;
 mod checkpoint;
 pub use checkpoint::PreparedCheckpoint;
 mod codec;
@@ -21,8 +23,8 @@ mod dump;
 pub use dump::Table;
 mod query;
 
-use codec::merge_stats;
 pub use codec::{decode_stats, encode_stats};
+use codec::{merge_stats, merge_stats_table};
 use query::WindowBoards;
 pub use query::{
     AsOf, DeadLetterFilter, EntityView, RankedEntry, ViewParts, DEAD_LETTER_SCAN,
@@ -72,7 +74,8 @@ const ALL_CFS: [&str; 7] = [
 /// The layout of the stored state this build reads and writes. A state written in another
 /// layout is refused at open (replay it into a fresh directory) rather than misread.
 /// 2: version keys in the upsert state (R2Z2 sequence) and dead letters keyed by epoch.
-pub const STATE_FORMAT: u32 = 2;
+/// 3: an entity's breakdowns in one row.
+pub const STATE_FORMAT: u32 = 3;
 
 /// What the last checkpoint covered; served as `as_of`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,7 +224,10 @@ impl RocksState {
                 rocksdb::DBCompressionType::Lz4,
                 rocksdb::DBCompressionType::Lz4,
             ]);
-            if name == CF_STATS || name == CF_DAYS {
+            if name == CF_STATS {
+                o.set_merge_operator_associative("kmflow_stats_table_add", merge_stats_table);
+            }
+            if name == CF_DAYS {
                 o.set_merge_operator_associative("kmflow_stats_add", merge_stats);
             }
             ColumnFamilyDescriptor::new(name, o)

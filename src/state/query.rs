@@ -34,7 +34,8 @@ impl RocksState {
         Ok((out, self.meta_at(&snap)?))
     }
 
-    /// The stored value of each key (day buckets from `days`, the rest from `stats`).
+    /// The stored value of each key (day buckets from `days`, breakdown buckets from their
+    /// entity's breakdowns row, the rest from `stats`).
     pub(super) fn get_stats(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
@@ -44,17 +45,38 @@ impl RocksState {
         let bytes: Vec<(&rocksdb::ColumnFamily, KeyBytes)> = keys
             .iter()
             .map(|k| match k.stored() {
+                _ if k.dim.breakdown().is_some() => (
+                    stats_cf,
+                    KeyBytes::from_slice(&StatKey::breakdowns_key(k.entity)),
+                ),
                 (StatTable::Days, b) => (days_cf, b),
                 (StatTable::Stats, b) => (stats_cf, b),
             })
             .collect();
         let got = snap.multi_get_cf(bytes.iter().map(|(cf, b)| (*cf, &b[..])));
         got.into_iter()
-            .map(|g| match g.map_err(|e| self.err(e))? {
+            .zip(keys)
+            .map(|(g, k)| match g.map_err(|e| self.err(e))? {
+                Some(v) if k.dim.breakdown().is_some() => breakdowns::find(&v, k.dim),
                 Some(v) => stored_stats(&v),
                 None => Ok(None),
             })
             .collect()
+    }
+
+    /// Every breakdown bucket of `entity` (group, ship, system, hour), in tag and bucket order.
+    fn breakdowns(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        entity: EntityKey,
+    ) -> Result<Vec<(Dim, Stats)>, StateError> {
+        match snap
+            .get_cf(self.cf(CF_STATS), StatKey::breakdowns_key(entity))
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => breakdowns::decode(&v),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn meta_at(
@@ -113,17 +135,16 @@ impl RocksState {
             all,
             ..Default::default()
         };
-        let dims = |t: u8| -> Result<Vec<(Dim, Stats)>, StateError> {
+        let months = |wanted: bool| -> Result<Vec<(u32, Stats)>, StateError> {
             let mut out = Vec::new();
-            for (k, v) in self.scan(
-                &snap,
-                CF_STATS,
-                &StatKey::prefix(entity, t),
-                MAX_BREAKDOWN_ROWS,
-            )? {
+            if !wanted {
+                return Ok(out);
+            }
+            let prefix = StatKey::prefix(entity, tag::MONTH);
+            for (k, v) in self.scan(&snap, CF_STATS, &prefix, MAX_BREAKDOWN_ROWS)? {
                 let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
-                if let Some(s) = stored_stats(&v)? {
-                    out.push((key.dim, s));
+                if let (Some(s), Some(month)) = (stored_stats(&v)?, key.dim.bucket()) {
+                    out.push((month, s));
                 }
             }
             Ok(out)
@@ -146,20 +167,26 @@ impl RocksState {
                 }
             }
         }
-        let buckets = |wanted: bool, t: u8| -> Result<Vec<(u32, Stats)>, StateError> {
-            if !wanted {
-                return Ok(Vec::new());
-            }
-            Ok(dims(t)?
-                .into_iter()
-                .filter_map(|(d, s)| d.bucket().map(|b| (b, s)))
-                .collect())
+        let breakdowns = match parts.groups || parts.ships || parts.systems || parts.activity {
+            true => self.breakdowns(&snap, entity)?,
+            false => Vec::new(),
         };
-        view.months = buckets(parts.months, tag::MONTH)?;
-        view.groups = buckets(parts.groups, tag::GROUP)?;
-        view.ships = buckets(parts.ships, tag::SHIP)?;
-        view.systems = buckets(parts.systems, tag::SYSTEM)?;
-        view.hours = buckets(parts.activity, tag::HOUR)?;
+        let buckets = |wanted: bool, t: u8| -> Vec<(u32, Stats)> {
+            breakdowns
+                .iter()
+                .filter(|_| wanted)
+                .filter_map(|&(d, s)| match d.breakdown() {
+                    Some((tag, bucket)) if tag == t => Some((bucket, s)),
+                    _ => None,
+                })
+                .take(MAX_BREAKDOWN_ROWS)
+                .collect()
+        };
+        view.months = months(parts.months)?;
+        view.groups = buckets(parts.groups, tag::GROUP);
+        view.ships = buckets(parts.ships, tag::SHIP);
+        view.systems = buckets(parts.systems, tag::SYSTEM);
+        view.hours = buckets(parts.activity, tag::HOUR);
         Ok((Some(view), meta))
     }
 

@@ -1,0 +1,214 @@
+//! An entity's breakdowns row ([`StatKey::breakdowns_key`]): its group, ship, system and hour
+//! buckets in one value, which the merge operator adds lists into.
+//!
+//! The value is a list of entries sorted by tag, then bucket:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | the dimension's [`tag`] (`GROUP`, `SHIP`, `SYSTEM`, `HOUR`) |
+//! | 4 | the bucket, big-endian (so the first five bytes order the entries) |
+//! | 1 | the length of the statistics that follow (an encoded [`Stats`] is at most 162 bytes) |
+//! | n | the bucket's statistics, as every other row ([`encode_stats_into`]) |
+//!
+//! A merge operand is such a list too: the buckets a checkpoint touched, with their deltas.
+//! Merging copies an entry as it is unless several lists have its bucket, so a compaction
+//! decodes only the buckets that changed; a bucket whose sum is zero is dropped (a zero
+//! statistic reads as absent everywhere).
+
+use super::codec::{decode_stats, encode_stats_into};
+use super::*;
+
+/// The header of an entry: tag and big-endian bucket, in the entries' order.
+type Header = [u8; 5];
+
+/// Appends the entry of `dim` (a breakdown dimension) with `stats` to `row`; an empty `stats`
+/// is left out. `scratch` is a reused buffer.
+pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec<u8>) {
+    let Some((tag, bucket)) = dim.breakdown() else {
+        debug_assert!(false, "{dim:?} is not a breakdown");
+        return;
+    };
+    if stats.is_empty() {
+        return;
+    }
+    encode_stats_into(stats, scratch);
+    let len = u8::try_from(scratch.len()).expect("an encoded Stats is at most 162 bytes");
+    row.push(tag);
+    row.extend_from_slice(&bucket.to_be_bytes());
+    row.push(len);
+    row.extend_from_slice(scratch);
+}
+
+/// The entries of a row or operand: header and encoded statistics. `None` if malformed.
+fn entries(mut b: &[u8]) -> Option<Vec<(Header, &[u8])>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let header: Header = b.get(..5)?.try_into().ok()?;
+        let len = *b.get(5)? as usize;
+        out.push((header, b.get(6..6 + len)?));
+        b = &b[6 + len..];
+    }
+    Some(out)
+}
+
+fn dim_of(h: &Header) -> Option<Dim> {
+    Dim::from_breakdown(h[0], u32::from_be_bytes(h[1..].try_into().ok()?))
+}
+
+/// Every non-empty bucket of a stored row, in tag and bucket order.
+pub(super) fn decode(b: &[u8]) -> Result<Vec<(Dim, Stats)>, StateError> {
+    let bad = || codec_err("bad breakdowns row");
+    let mut out = Vec::new();
+    for (h, s) in entries(b).ok_or_else(bad)? {
+        let stats = decode_stats(s)?;
+        if !stats.is_empty() {
+            out.push((dim_of(&h).ok_or_else(bad)?, stats));
+        }
+    }
+    out.sort_by_key(|(d, _)| d.breakdown());
+    Ok(out)
+}
+
+/// The statistics of bucket `dim` in a stored row, if present and non-zero.
+pub(super) fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
+    let bad = || codec_err("bad breakdowns row");
+    let (tag, bucket) = dim.breakdown().ok_or_else(bad)?;
+    let mut want = [tag, 0, 0, 0, 0];
+    want[1..].copy_from_slice(&bucket.to_be_bytes());
+    let mut sum: Option<Stats> = None;
+    for (h, s) in entries(b).ok_or_else(bad)? {
+        if h == want {
+            sum.get_or_insert_with(Stats::default)
+                .merge(&decode_stats(s)?);
+        }
+    }
+    Ok(sum.filter(|s| !s.is_empty()))
+}
+
+/// The merge of breakdowns rows: `existing` (if any) and the `operands`, in that order, bucket
+/// by bucket. `None` (a malformed row) makes RocksDB report corruption rather than guess.
+pub(super) fn merge<'a>(
+    existing: Option<&'a [u8]>,
+    operands: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<Vec<u8>> {
+    let mut all: Vec<(Header, &[u8])> = Vec::new();
+    let mut size = 0;
+    for b in existing.into_iter().chain(operands) {
+        size += b.len();
+        all.extend(entries(b)?);
+    }
+    // Stable: each list is in order already, so this interleaves them.
+    all.sort_by_key(|(h, _)| *h);
+    let mut out = Vec::with_capacity(size);
+    let mut scratch = Vec::with_capacity(64);
+    let mut rest = &all[..];
+    while let Some(((h, first), tail)) = rest.split_first() {
+        let same = tail.iter().take_while(|(t, _)| t == h).count();
+        if same == 0 {
+            out.push(h[0]);
+            out.extend_from_slice(&h[1..]);
+            out.push(first.len() as u8);
+            out.extend_from_slice(first);
+        } else {
+            let mut sum = decode_stats(first).ok()?;
+            for (_, s) in &tail[..same] {
+                sum.merge(&decode_stats(s).ok()?);
+            }
+            push(&mut out, dim_of(h)?, &sum, &mut scratch);
+        }
+        rest = &tail[same..];
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kmflow_dataflows::stats::Sums;
+    use proptest::prelude::*;
+
+    fn dim(t: u8, bucket: u32) -> Dim {
+        let tag = [tag::GROUP, tag::SHIP, tag::SYSTEM, tag::HOUR][t as usize % 4];
+        Dim::from_breakdown(
+            tag,
+            if tag == tag::HOUR {
+                bucket % 168
+            } else {
+                bucket
+            },
+        )
+        .expect("a breakdown")
+    }
+
+    fn stats(kills: i64, isk: i128) -> Stats {
+        Stats {
+            sums: Sums {
+                kills,
+                isk_destroyed_cents: isk,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn row(deltas: &[(Dim, Stats)]) -> Vec<u8> {
+        let mut sorted = deltas.to_vec();
+        sorted.sort_by_key(|(d, _)| d.breakdown());
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        for (d, s) in sorted {
+            push(&mut out, d, &s, &mut scratch);
+        }
+        out
+    }
+
+    proptest! {
+        /// Merging operands (whole, or in partial merges grouped any way, as RocksDB may) reads
+        /// back as the buckets' sums, zero sums absent: what unpacked rows would read.
+        #[test]
+        fn merges_are_bucket_sums(
+            ops in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    (0u8..4, 0u32..6),
+                    (-2i64..3, prop_oneof![Just(0i128), Just(i128::MAX / 4), -5i128..5]),
+                    0..8,
+                ),
+                1..6,
+            ),
+            split in 0usize..6,
+        ) {
+            let ops: Vec<Vec<(Dim, Stats)>> = ops
+                .iter()
+                .map(|m| m.iter().map(|(&(t, b), &(k, i))| (dim(t, b), stats(k, i))).collect())
+                .collect();
+            let mut expected: BTreeMap<Option<(u8, u32)>, (Dim, Stats)> = BTreeMap::new();
+            for (d, s) in ops.iter().flatten() {
+                expected.entry(d.breakdown()).or_insert((*d, Stats::default())).1.merge(s);
+            }
+            let expected: Vec<(Dim, Stats)> =
+                expected.into_values().filter(|(_, s)| !s.is_empty()).collect();
+            let rows: Vec<Vec<u8>> = ops.iter().map(|o| row(o)).collect();
+            let whole = merge(None, rows.iter().map(|r| &r[..])).unwrap();
+            prop_assert_eq!(decode(&whole).unwrap(), expected.clone());
+            // A partial merge of the first operands, then a full merge onto it.
+            let split = split.min(rows.len());
+            let partial = merge(None, rows[..split].iter().map(|r| &r[..])).unwrap();
+            let full = merge(Some(&partial), rows[split..].iter().map(|r| &r[..])).unwrap();
+            prop_assert_eq!(decode(&full).unwrap(), expected.clone());
+            for (d, s) in &expected {
+                prop_assert_eq!(find(&full, *d).unwrap(), Some(*s));
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_row_is_an_error_not_a_guess() {
+        let good = row(&[(Dim::System(30000142), stats(1, 5))]);
+        for cut in 1..good.len() {
+            assert!(merge(Some(&good[..cut]), []).is_none(), "cut at {cut}");
+            assert!(decode(&good[..cut]).is_err());
+        }
+        let mut bad_tag = good.clone();
+        bad_tag[0] = 99;
+        assert!(decode(&bad_tag).is_err());
+    }
+}
