@@ -27,12 +27,12 @@ fn main() {
     let payload = kmflow_dataflows::gen::largest_killmail();
     for level in [StatsLevel::AllTime, StatsLevel::Full] {
         let mut best = [f64::MAX; STEPS.len() + 2];
-        let mut counts = (0, 0);
+        let mut counts = (0, 0, 0);
         for _ in 0..rounds {
             let dir = tempfile::tempdir().expect("temp dir");
             let state = RocksState::open(dir.path(), 64).expect("opens");
-            let (times, keys, writes) = one(&state, &payload, level);
-            counts = (keys, writes);
+            let (times, keys, writes, ops) = one(&state, &payload, level);
+            counts = (keys, writes, ops);
             for (b, t) in best.iter_mut().zip(times) {
                 *b = b.min(t);
             }
@@ -43,9 +43,10 @@ fn main() {
             .map(|(s, t)| format!("{s} {t:.1}"))
             .collect();
         println!(
-            "{level:?}: {} statistics, {} writes; best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
+            "{level:?}: {} statistics, {} writes ({} RocksDB operations); best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
             counts.0,
             counts.1,
+            counts.2,
             steps.join(", "),
             best[STEPS.len()],
             best[STEPS.len() + 1],
@@ -54,8 +55,9 @@ fn main() {
 }
 
 /// One commit of the killmail into `state`: milliseconds per step, then CPU and wall for the
-/// whole; the statistics and writes it made.
-fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usize, usize) {
+/// whole; the statistics and writes it made, and the RocksDB operations they took (an entity's
+/// breakdown buckets are one).
+fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usize, usize, usize) {
     let topics = vec!["killmails".to_string()];
     let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 1i64)]))]);
     let cpu0 = cpu_ms();
@@ -91,6 +93,7 @@ fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usiz
         .prepare_checkpoint(&b, &topics, &offsets, &BTreeMap::new())
         .expect("batch");
     let t4 = Instant::now();
+    let ops = prepared.batch.len();
     let clock = state.clock().advance(prepared.max_time, i64::MAX);
     state.commit_prepared(prepared, clock).expect("commit");
     let t5 = Instant::now();
@@ -105,7 +108,7 @@ fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usiz
         cpu,
         ms(t0, t5),
     ];
-    (times, keys, n)
+    (times, keys, n, ops)
 }
 
 /// CPU time of this thread (user + system), in milliseconds.

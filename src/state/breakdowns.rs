@@ -57,11 +57,28 @@ fn dim_of(h: &Header) -> Option<Dim> {
 
 /// Every non-empty bucket of a stored row, in tag and bucket order.
 pub(super) fn decode(b: &[u8]) -> Result<Vec<(Dim, Stats)>, StateError> {
+    decode_tags(b, |_| true, usize::MAX)
+}
+
+/// The non-empty buckets of a stored row whose tag is `wanted`, at most `cap` of each tag (the
+/// first by bucket), in tag and bucket order. Only those are decoded: a row has as many buckets
+/// as its entity has distinct systems and ships, which a producer decides, so what a read costs
+/// beyond skipping entries is bounded by `cap`.
+pub(super) fn decode_tags(
+    b: &[u8],
+    wanted: impl Fn(u8) -> bool,
+    cap: usize,
+) -> Result<Vec<(Dim, Stats)>, StateError> {
     let bad = || codec_err("bad breakdowns row");
     let mut out = Vec::new();
+    let mut taken = [0usize; 256];
     for (h, s) in entries(b).ok_or_else(bad)? {
+        if !wanted(h[0]) || taken[h[0] as usize] >= cap {
+            continue;
+        }
         let stats = decode_stats(s)?;
         if !stats.is_empty() {
+            taken[h[0] as usize] += 1;
             out.push((dim_of(&h).ok_or_else(bad)?, stats));
         }
     }
@@ -198,6 +215,28 @@ mod tests {
                 prop_assert_eq!(find(&full, *d).unwrap(), Some(*s));
             }
         }
+    }
+
+    /// A read decodes the wanted tags, at most `cap` buckets each, the first by bucket, from
+    /// however large a row.
+    #[test]
+    fn reads_are_capped_per_tag() {
+        let mut deltas: Vec<(Dim, Stats)> =
+            (0..50_000).map(|i| (Dim::System(i), stats(1, 0))).collect();
+        deltas.extend((0..30).map(|i| (Dim::Ship(i), stats(2, 0))));
+        deltas.push((Dim::Hour(3), stats(0, 0)));
+        let r = row(&deltas);
+        let got = decode_tags(&r, |t| t == tag::SHIP || t == tag::SYSTEM, 10).unwrap();
+        let expected: Vec<(Dim, Stats)> = (0..10)
+            .map(|i| (Dim::Ship(i), stats(2, 0)))
+            .chain((0..10).map(|i| (Dim::System(i), stats(1, 0))))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            decode(&r).unwrap().len(),
+            50_030,
+            "the empty hour bucket is not stored"
+        );
     }
 
     #[test]

@@ -64,17 +64,19 @@ impl RocksState {
             .collect()
     }
 
-    /// Every breakdown bucket of `entity` (group, ship, system, hour), in tag and bucket order.
+    /// The breakdown buckets of `entity` whose tag (group, ship, system, hour) is `wanted`, at
+    /// most [`MAX_BREAKDOWN_ROWS`] of each, in tag and bucket order.
     fn breakdowns(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
         entity: EntityKey,
+        wanted: impl Fn(u8) -> bool,
     ) -> Result<Vec<(Dim, Stats)>, StateError> {
         match snap
             .get_cf(self.cf(CF_STATS), StatKey::breakdowns_key(entity))
             .map_err(|e| self.err(e))?
         {
-            Some(v) => breakdowns::decode(&v),
+            Some(v) => breakdowns::decode_tags(&v, wanted, MAX_BREAKDOWN_ROWS),
             None => Ok(Vec::new()),
         }
     }
@@ -167,8 +169,15 @@ impl RocksState {
                 }
             }
         }
+        let wanted = |t: u8| match t {
+            tag::GROUP => parts.groups,
+            tag::SHIP => parts.ships,
+            tag::SYSTEM => parts.systems,
+            tag::HOUR => parts.activity,
+            _ => false,
+        };
         let breakdowns = match parts.groups || parts.ships || parts.systems || parts.activity {
-            true => self.breakdowns(&snap, entity)?,
+            true => self.breakdowns(&snap, entity, wanted)?,
             false => Vec::new(),
         };
         let buckets = |wanted: bool, t: u8| -> Vec<(u32, Stats)> {
@@ -179,7 +188,6 @@ impl RocksState {
                     Some((tag, bucket)) if tag == t => Some((bucket, s)),
                     _ => None,
                 })
-                .take(MAX_BREAKDOWN_ROWS)
                 .collect()
         };
         view.months = months(parts.months)?;
