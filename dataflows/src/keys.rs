@@ -5,12 +5,12 @@
 //! an entity's all-time key is the 9-byte [`EntityKey::to_bytes`], every other dimension of it
 //! extends that prefix, so one prefix scan reads all of an entity.
 //!
-//! Stored, an entity's breakdowns (victim ship group, ship flown, system, hour of week) are one
-//! row, [`StatKey::breakdowns_key`]: a list of `(tag, bucket, statistics)` the RocksDB merge
-//! operator adds lists into. A killmail touches one bucket of each of them for every entity on
-//! it, and an entity's buckets are touched again and again, so one row for the four halves
-//! what a checkpoint writes. They are read whole anyway (an entity page shows them all). The
-//! keys above stay the statistics' names everywhere else (the dataflow, the memory store).
+//! Stored, an entity's breakdowns (month, victim ship group, ship flown, system, hour of week)
+//! are one row, [`StatKey::breakdowns_key`]: a list of `(tag, bucket, statistics)` the RocksDB
+//! merge operator adds lists into. A killmail touches one bucket of each of them for every
+//! entity on it, and an entity's buckets are touched again and again, so one row for the five
+//! halves what a checkpoint writes. They are read whole anyway (an entity page shows them all).
+//! The keys above stay the statistics' names everywhere else (the dataflow, the memory store).
 
 use serde::{Deserialize, Serialize};
 
@@ -72,10 +72,11 @@ impl Dim {
         }
     }
 
-    /// The tag and bucket of a breakdown dimension, which is stored in its entity's
-    /// breakdowns row ([`StatKey::breakdowns_key`]).
+    /// The tag and bucket of a breakdown dimension (a month, group, ship, system or hour),
+    /// which is stored in its entity's breakdowns row ([`StatKey::breakdowns_key`]).
     pub fn breakdown(self) -> Option<(u8, u32)> {
         match self {
+            Dim::Month(x) => Some((tag::MONTH, x)),
             Dim::Group(x) => Some((tag::GROUP, x)),
             Dim::Ship(x) => Some((tag::SHIP, x)),
             Dim::System(x) => Some((tag::SYSTEM, x)),
@@ -87,6 +88,7 @@ impl Dim {
     /// The breakdown dimension of `tag` and `bucket` (the inverse of [`Dim::breakdown`]).
     pub fn from_breakdown(tag: u8, bucket: u32) -> Option<Dim> {
         match tag {
+            tag::MONTH => Some(Dim::Month(bucket)),
             tag::GROUP => Some(Dim::Group(bucket)),
             tag::SHIP => Some(Dim::Ship(bucket)),
             tag::SYSTEM => Some(Dim::System(bucket)),
@@ -114,7 +116,7 @@ pub mod tag {
     pub const HOUR: u8 = 7;
     pub const MEMBER: u8 = 8;
     pub const MEMBER_DAY: u8 = 9;
-    /// The stored row of an entity's breakdowns (group, ship, system and hour buckets).
+    /// The stored row of an entity's breakdowns (month, group, ship, system and hour buckets).
     pub const BREAKDOWNS: u8 = 10;
 }
 

@@ -1,11 +1,11 @@
-//! An entity's breakdowns row ([`StatKey::breakdowns_key`]): its group, ship, system and hour
-//! buckets in one value, which the merge operator adds lists into.
+//! An entity's breakdowns row ([`StatKey::breakdowns_key`]): its month, group, ship, system and
+//! hour buckets in one value, which the merge operator adds lists into.
 //!
 //! The value is a list of entries sorted by tag, then bucket:
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | the dimension's [`tag`] (`GROUP`, `SHIP`, `SYSTEM`, `HOUR`) |
+//! | 1 | the dimension's [`tag`] (`MONTH`, `GROUP`, `SHIP`, `SYSTEM`, `HOUR`) |
 //! | 4 | the bucket, big-endian (so the first five bytes order the entries) |
 //! | 1 | the length of the statistics that follow (an encoded [`Stats`] is at most 162 bytes) |
 //! | n | the bucket's statistics, as every other row ([`encode_stats_into`]) |
@@ -145,7 +145,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn dim(t: u8, bucket: u32) -> Dim {
-        let tag = [tag::GROUP, tag::SHIP, tag::SYSTEM, tag::HOUR][t as usize % 4];
+        let tag = [tag::MONTH, tag::GROUP, tag::SHIP, tag::SYSTEM, tag::HOUR][t as usize % 5];
         Dim::from_breakdown(
             tag,
             if tag == tag::HOUR {
@@ -185,7 +185,7 @@ mod tests {
         fn merges_are_bucket_sums(
             ops in proptest::collection::vec(
                 proptest::collection::btree_map(
-                    (0u8..4, 0u32..6),
+                    (0u8..5, 0u32..6),
                     (-2i64..3, prop_oneof![Just(0i128), Just(i128::MAX / 4), -5i128..5]),
                     0..8,
                 ),

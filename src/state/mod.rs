@@ -4,8 +4,8 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `killmails` | killmail id (u64 BE) | bincode [`StoredKillmail`]: the upsert state |
-//! | `stats` | [`StatKey::to_bytes`]: entity, then dimension (all time, month, roster) | varint bincode [`Stats`] |
-//! | `stats` | [`StatKey::breakdowns_key`]: entity, then [`tag::BREAKDOWNS`] | the entity's group, ship, system and hour buckets ([`breakdowns`]) |
+//! | `stats` | [`StatKey::to_bytes`]: entity, then dimension (all time, roster) | varint bincode [`Stats`] |
+//! | `stats` | [`StatKey::breakdowns_key`]: entity, then [`tag::BREAKDOWNS`] | the entity's month, group, ship, system and hour buckets ([`breakdowns`]) |
 //! | `days` | [`StatKey::day_major_bytes`]: day, then entity | varint bincode [`Stats`]: the day buckets windows slide over |
 //! | `ranks` | [`RankKey::to_bytes`]: kind, window, metric, value descending, id | empty: the leaderboards |
 //! | `dead_letters` | epoch (u64 BE), index in the checkpoint (u32 BE): oldest first | JSON [`DeadLetterRecord`] |
@@ -74,7 +74,7 @@ const ALL_CFS: [&str; 7] = [
 /// The layout of the stored state this build reads and writes. A state written in another
 /// layout is refused at open (replay it into a fresh directory) rather than misread.
 /// 2: version keys in the upsert state (R2Z2 sequence) and dead letters keyed by epoch.
-/// 3: an entity's breakdowns in one row.
+/// 3: an entity's breakdowns (months included) in one row.
 pub const STATE_FORMAT: u32 = 3;
 
 /// What the last checkpoint covered; served as `as_of`.

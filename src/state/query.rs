@@ -64,7 +64,7 @@ impl RocksState {
             .collect()
     }
 
-    /// The breakdown buckets of `entity` whose tag (group, ship, system, hour) is `wanted`, at
+    /// The breakdown buckets of `entity` whose tag (month, group, ship, system, hour) is `wanted`, at
     /// most [`MAX_BREAKDOWN_ROWS`] of each, in tag and bucket order.
     fn breakdowns(
         &self,
@@ -137,20 +137,6 @@ impl RocksState {
             all,
             ..Default::default()
         };
-        let months = |wanted: bool| -> Result<Vec<(u32, Stats)>, StateError> {
-            let mut out = Vec::new();
-            if !wanted {
-                return Ok(out);
-            }
-            let prefix = StatKey::prefix(entity, tag::MONTH);
-            for (k, v) in self.scan(&snap, CF_STATS, &prefix, MAX_BREAKDOWN_ROWS)? {
-                let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
-                if let (Some(s), Some(month)) = (stored_stats(&v)?, key.dim.bucket()) {
-                    out.push((month, s));
-                }
-            }
-            Ok(out)
-        };
         if let (true, Some(clock)) = (parts.windows, meta.as_ref().and_then(|m| m.clock.day())) {
             // At most 90 day buckets, read in one multi_get.
             let days: Vec<StatKey> = (clock - WINDOW_DAYS[WINDOW_DAYS.len() - 1] + 1..=clock)
@@ -170,16 +156,18 @@ impl RocksState {
             }
         }
         let wanted = |t: u8| match t {
+            tag::MONTH => parts.months,
             tag::GROUP => parts.groups,
             tag::SHIP => parts.ships,
             tag::SYSTEM => parts.systems,
             tag::HOUR => parts.activity,
             _ => false,
         };
-        let breakdowns = match parts.groups || parts.ships || parts.systems || parts.activity {
-            true => self.breakdowns(&snap, entity, wanted)?,
-            false => Vec::new(),
-        };
+        let breakdowns =
+            match parts.months || parts.groups || parts.ships || parts.systems || parts.activity {
+                true => self.breakdowns(&snap, entity, wanted)?,
+                false => Vec::new(),
+            };
         let buckets = |wanted: bool, t: u8| -> Vec<(u32, Stats)> {
             breakdowns
                 .iter()
@@ -190,7 +178,7 @@ impl RocksState {
                 })
                 .collect()
         };
-        view.months = months(parts.months)?;
+        view.months = buckets(parts.months, tag::MONTH);
         view.groups = buckets(parts.groups, tag::GROUP);
         view.ships = buckets(parts.ships, tag::SHIP);
         view.systems = buckets(parts.systems, tag::SYSTEM);
