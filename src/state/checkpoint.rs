@@ -4,7 +4,7 @@
 use super::*;
 
 use super::codec::*;
-use kmflow_dataflows::aggregate::StatOp;
+use kmflow_dataflows::aggregate::{StatOp, Writes};
 use kmflow_dataflows::keys::StatTable;
 
 /// A checkpoint built and not yet written: the `WriteBatch` of its statistics, upserts, dead
@@ -36,32 +36,16 @@ impl RocksState {
         self.commit_prepared(prepared, clock)
     }
 
-    /// Builds the `WriteBatch` of a checkpoint without writing it.
-    pub fn prepare_checkpoint<M>(
-        &self,
-        batch: &CheckpointBatch<M>,
-        topics: &[String],
-        offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
-        fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
-    ) -> Result<PreparedCheckpoint, StateError> {
-        // Sized up front (~48 bytes per encoded write, ~41 per attacker of an upsert state):
-        // grown by doubling, the batch's buffer was copied over and over (a twentieth of the
-        // largest killmail's CPU).
-        let upserts: usize = batch
-            .upserts
-            .iter()
-            .map(|(_, s)| s.killmail.attackers.len() * 48 + 512)
-            .sum();
-        let mut wb = WriteBatch::with_capacity_bytes(batch.writes.len() * 48 + upserts + 4096);
-        let (stats_cf, days_cf, ranks_cf) =
-            (self.cf(CF_STATS), self.cf(CF_DAYS), self.cf(CF_RANKS));
+    /// Adds the writes to statistics to `wb`, in the order they come (the store's key order):
+    /// an entity's breakdown buckets, one after another there, as one merge of its breakdowns
+    /// row; every other statistic as its own put, merge or delete.
+    fn stage_stats(&self, wb: &mut WriteBatch, writes: &Writes) {
+        let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
         let cf_of = |table| match table {
             StatTable::Stats => stats_cf,
             StatTable::Days => days_cf,
         };
         let mut buf = Vec::with_capacity(64);
-        // The breakdown buckets of one entity, gathered into one merge of its breakdowns row
-        // (they come in key order: an entity's buckets one after another).
         let mut row: (Option<EntityKey>, Vec<u8>) = (None, Vec::with_capacity(1024));
         let merge_row = |wb: &mut WriteBatch, row: &mut (Option<EntityKey>, Vec<u8>)| {
             if let (Some(entity), false) = (row.0.take(), row.1.is_empty()) {
@@ -69,9 +53,9 @@ impl RocksState {
             }
             row.1.clear();
         };
-        for (op, k, v) in batch.writes.stats() {
+        for (op, k, v) in writes.stats() {
             if row.0.is_some_and(|e| e != k.entity) {
-                merge_row(&mut wb, &mut row);
+                merge_row(wb, &mut row);
             }
             if k.dim.breakdown().is_some() {
                 debug_assert_eq!(op, StatOp::Merge, "breakdowns are only merged");
@@ -92,7 +76,28 @@ impl RocksState {
                 StatOp::Delete => wb.delete_cf(cf_of(table), key),
             }
         }
-        merge_row(&mut wb, &mut row);
+        merge_row(wb, &mut row);
+    }
+
+    /// Builds the `WriteBatch` of a checkpoint without writing it.
+    pub fn prepare_checkpoint<M>(
+        &self,
+        batch: &CheckpointBatch<M>,
+        topics: &[String],
+        offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
+        fingerprints: &BTreeMap<String, BTreeMap<i32, u64>>,
+    ) -> Result<PreparedCheckpoint, StateError> {
+        // Sized up front (~48 bytes per encoded write, ~41 per attacker of an upsert state):
+        // grown by doubling, the batch's buffer was copied over and over (a twentieth of the
+        // largest killmail's CPU).
+        let upserts: usize = batch
+            .upserts
+            .iter()
+            .map(|(_, s)| s.killmail.attackers.len() * 48 + 512)
+            .sum();
+        let mut wb = WriteBatch::with_capacity_bytes(batch.writes.len() * 48 + upserts + 4096);
+        self.stage_stats(&mut wb, &batch.writes);
+        let ranks_cf = self.cf(CF_RANKS);
         for (r, put) in batch.writes.ranks() {
             match put {
                 true => wb.put_cf(ranks_cf, r.to_bytes(), []),
