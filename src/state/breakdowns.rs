@@ -21,6 +21,9 @@ use super::*;
 /// The header of an entry: tag and big-endian bucket, in the entries' order.
 type Header = [u8; 5];
 
+/// An entry: its header and its encoded statistics.
+type Entry<'a> = (Header, &'a [u8]);
+
 /// Appends the entry of `dim` (a breakdown dimension) with `stats` to `row`; an empty `stats`
 /// is left out. `scratch` is a reused buffer.
 pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec<u8>) {
@@ -39,16 +42,42 @@ pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec
     row.extend_from_slice(scratch);
 }
 
-/// The entries of a row or operand: header and encoded statistics. `None` if malformed.
-fn entries(mut b: &[u8]) -> Option<Vec<(Header, &[u8])>> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let header: Header = b.get(..5)?.try_into().ok()?;
-        let len = *b.get(5)? as usize;
-        out.push((header, b.get(6..6 + len)?));
-        b = &b[6 + len..];
+/// The entries of a row or operand, one by one: header and encoded statistics; an `Err` item
+/// (then nothing) if malformed. Nothing is collected, so skipping entries costs only their
+/// headers.
+struct Entries<'a>(&'a [u8]);
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<Entry<'a>, ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.0;
+        if b.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let header: Header = b.get(..5)?.try_into().ok()?;
+            let len = *b.get(5)? as usize;
+            Some((header, b.get(6..6 + len)?, 6 + len))
+        })();
+        match entry {
+            Some((header, stats, n)) => {
+                self.0 = &b[n..];
+                Some(Ok((header, stats)))
+            }
+            None => {
+                self.0 = &[];
+                Some(Err(()))
+            }
+        }
     }
-    Some(out)
+}
+
+/// Appends an entry as it is.
+fn copy_entry(out: &mut Vec<u8>, h: &Header, stats: &[u8]) {
+    out.extend_from_slice(h);
+    out.push(stats.len() as u8);
+    out.extend_from_slice(stats);
 }
 
 fn dim_of(h: &Header) -> Option<Dim> {
@@ -72,7 +101,8 @@ pub(super) fn decode_tags(
     let bad = || codec_err("bad breakdowns row");
     let mut out = Vec::new();
     let mut taken = [0usize; 256];
-    for (h, s) in entries(b).ok_or_else(bad)? {
+    for entry in Entries(b) {
+        let (h, s) = entry.map_err(|()| bad())?;
         if !wanted(h[0]) || taken[h[0] as usize] >= cap {
             continue;
         }
@@ -93,7 +123,8 @@ pub(super) fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
     let mut want = [tag, 0, 0, 0, 0];
     want[1..].copy_from_slice(&bucket.to_be_bytes());
     let mut sum: Option<Stats> = None;
-    for (h, s) in entries(b).ok_or_else(bad)? {
+    for entry in Entries(b) {
+        let (h, s) = entry.map_err(|()| bad())?;
         if h == want {
             sum.get_or_insert_with(Stats::default)
                 .merge(&decode_stats(s)?);
@@ -104,38 +135,97 @@ pub(super) fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
 
 /// The merge of breakdowns rows: `existing` (if any) and the `operands`, in that order, bucket
 /// by bucket. `None` (a malformed row) makes RocksDB report corruption rather than guess.
+///
+/// Every list is in bucket order, so they are merged in one pass, each entry copied as bytes
+/// unless several lists have its bucket: a compaction of a large row costs about a copy of
+/// it. Many operands at once, or a list out of order, take a sort instead.
 pub(super) fn merge<'a>(
     existing: Option<&'a [u8]>,
     operands: impl IntoIterator<Item = &'a [u8]>,
 ) -> Option<Vec<u8>> {
-    let mut all: Vec<(Header, &[u8])> = Vec::new();
-    let mut size = 0;
-    for b in existing.into_iter().chain(operands) {
-        size += b.len();
-        all.extend(entries(b)?);
-    }
-    // Stable: each list is in order already, so this interleaves them.
-    all.sort_by_key(|(h, _)| *h);
+    let lists: Vec<&[u8]> = existing.into_iter().chain(operands).collect();
+    let size = lists.iter().map(|l| l.len()).sum();
     let mut out = Vec::with_capacity(size);
+    if lists.len() <= MERGE_LISTS && merge_sorted(&lists, &mut out)? {
+        return Some(out);
+    }
+    out.clear();
+    let mut all: Vec<(Header, &[u8])> = Vec::new();
+    for b in &lists {
+        for entry in Entries(b) {
+            all.push(entry.ok()?);
+        }
+    }
+    // Stable: the lists' order is kept among the entries of one bucket.
+    all.sort_by_key(|(h, _)| *h);
     let mut scratch = Vec::with_capacity(64);
     let mut rest = &all[..];
     while let Some(((h, first), tail)) = rest.split_first() {
         let same = tail.iter().take_while(|(t, _)| t == h).count();
-        if same == 0 {
-            out.push(h[0]);
-            out.extend_from_slice(&h[1..]);
-            out.push(first.len() as u8);
-            out.extend_from_slice(first);
-        } else {
-            let mut sum = decode_stats(first).ok()?;
-            for (_, s) in &tail[..same] {
-                sum.merge(&decode_stats(s).ok()?);
-            }
-            push(&mut out, dim_of(h)?, &sum, &mut scratch);
-        }
+        let group = std::iter::once(*first).chain(tail[..same].iter().map(|(_, s)| *s));
+        emit(&mut out, h, group, &mut scratch)?;
         rest = &tail[same..];
     }
     Some(out)
+}
+
+/// Lists merged in one pass at most (each step looks at every list's next entry).
+const MERGE_LISTS: usize = 16;
+
+/// Merges `lists`, each in bucket order, into `out` in one pass. `Some(false)` if a list is
+/// out of order (`out` is then incomplete), `None` if one is malformed.
+fn merge_sorted(lists: &[&[u8]], out: &mut Vec<u8>) -> Option<bool> {
+    let mut cursors: Vec<(Entries, Option<Entry>)> = Vec::with_capacity(lists.len());
+    for b in lists {
+        let mut it = Entries(b);
+        let head = it.next().transpose().ok()?;
+        cursors.push((it, head));
+    }
+    let mut scratch = Vec::with_capacity(64);
+    let mut group: Vec<&[u8]> = Vec::with_capacity(lists.len());
+    while let Some(h) = cursors
+        .iter()
+        .filter_map(|(_, head)| head.map(|(h, _)| h))
+        .min()
+    {
+        group.clear();
+        for (it, head) in cursors.iter_mut() {
+            while let Some((hh, s)) = *head {
+                if hh != h {
+                    break;
+                }
+                group.push(s);
+                *head = it.next().transpose().ok()?;
+                if head.is_some_and(|(next, _)| next < hh) {
+                    return Some(false);
+                }
+            }
+        }
+        emit(out, &h, group.iter().copied(), &mut scratch)?;
+    }
+    Some(true)
+}
+
+/// Appends the sum of one bucket's entries: the entry itself if it is alone (its tag checked),
+/// else the decoded sum, unless it is zero.
+fn emit<'a>(
+    out: &mut Vec<u8>,
+    h: &Header,
+    mut stats: impl Iterator<Item = &'a [u8]>,
+    scratch: &mut Vec<u8>,
+) -> Option<()> {
+    let dim = dim_of(h)?;
+    let first = stats.next()?;
+    let Some(second) = stats.next() else {
+        copy_entry(out, h, first);
+        return Some(());
+    };
+    let mut sum = decode_stats(first).ok()?;
+    for s in std::iter::once(second).chain(stats) {
+        sum.merge(&decode_stats(s).ok()?);
+    }
+    push(out, dim, &sum, scratch);
+    Some(())
 }
 
 #[cfg(test)]
@@ -189,7 +279,7 @@ mod tests {
                     (-2i64..3, prop_oneof![Just(0i128), Just(i128::MAX / 4), -5i128..5]),
                     0..8,
                 ),
-                1..6,
+                1..24,
             ),
             split in 0usize..6,
         ) {
@@ -236,6 +326,20 @@ mod tests {
             decode(&r).unwrap().len(),
             50_030,
             "the empty hour bucket is not stored"
+        );
+    }
+
+    /// A list out of bucket order (which no writer makes) is merged by sorting, not misread.
+    #[test]
+    fn a_list_out_of_order_is_sorted() {
+        let (a, b) = (Dim::System(1), Dim::System(2));
+        let mut unsorted = row(&[(b, stats(1, 0))]);
+        unsorted.extend(row(&[(a, stats(1, 0))]));
+        let other = row(&[(a, stats(2, 0)), (b, stats(3, 0))]);
+        let merged = merge(Some(&other), [&unsorted[..]]).unwrap();
+        assert_eq!(
+            decode(&merged).unwrap(),
+            vec![(a, stats(3, 0)), (b, stats(4, 0))]
         );
     }
 

@@ -39,7 +39,7 @@ impl RocksState {
     /// Adds the writes to statistics to `wb`, in the order they come (the store's key order):
     /// an entity's breakdown buckets, one after another there, as one merge of its breakdowns
     /// row; every other statistic as its own put, merge or delete.
-    fn stage_stats(&self, wb: &mut WriteBatch, writes: &Writes) {
+    fn stage_stats(&self, wb: &mut WriteBatch, writes: &Writes) -> Result<(), StateError> {
         let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
         let cf_of = |table| match table {
             StatTable::Stats => stats_cf,
@@ -58,7 +58,13 @@ impl RocksState {
                 merge_row(wb, &mut row);
             }
             if k.dim.breakdown().is_some() {
-                debug_assert_eq!(op, StatOp::Merge, "breakdowns are only merged");
+                if op != StatOp::Merge {
+                    // Shards put and delete only all-time rows: this is a bug, not a state to
+                    // write (a put would be added as a delta, a delete lost).
+                    return Err(StateError::Corrupt(format!(
+                        "{k:?} written as {op:?}: breakdowns are only merged"
+                    )));
+                }
                 row.0 = Some(k.entity);
                 breakdowns::push(&mut row.1, k.dim, v, &mut buf);
                 continue;
@@ -77,6 +83,7 @@ impl RocksState {
             }
         }
         merge_row(wb, &mut row);
+        Ok(())
     }
 
     /// Builds the `WriteBatch` of a checkpoint without writing it.
@@ -96,7 +103,7 @@ impl RocksState {
             .map(|(_, s)| s.killmail.attackers.len() * 48 + 512)
             .sum();
         let mut wb = WriteBatch::with_capacity_bytes(batch.writes.len() * 48 + upserts + 4096);
-        self.stage_stats(&mut wb, &batch.writes);
+        self.stage_stats(&mut wb, &batch.writes)?;
         let ranks_cf = self.cf(CF_RANKS);
         for (r, put) in batch.writes.ranks() {
             match put {

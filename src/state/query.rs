@@ -22,6 +22,28 @@ pub(super) type WindowBoards = std::collections::HashMap<
     (u64, Option<CheckpointMeta>, Vec<RankedEntry>),
 >;
 
+/// The first key after every key that starts with `prefix` (`None`: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Read options for an iterator that stops before `end`: RocksDB never reaches (nor merges)
+/// the row after a range, such as an entity's breakdowns row after its roster rows.
+fn read_before(end: Option<Vec<u8>>) -> rocksdb::ReadOptions {
+    let mut o = rocksdb::ReadOptions::default();
+    if let Some(end) = end {
+        o.set_iterate_upper_bound(end);
+    }
+    o
+}
+
 impl RocksState {
     /// All-time statistics of `keys` and the commit they reflect, all read from one snapshot.
     pub fn stats_many(
@@ -103,8 +125,9 @@ impl RocksState {
         limit: usize,
     ) -> Result<Vec<KvPair>, StateError> {
         let mut out = Vec::new();
-        let iter = snap.iterator_cf(
+        let iter = snap.iterator_cf_opt(
             self.cf(cf),
+            read_before(prefix_end(prefix)),
             IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         for item in iter {
@@ -220,8 +243,9 @@ impl RocksState {
         let start = StatKey::member_day_prefix(entity, from);
         let end = StatKey::member_day_prefix(entity, clock + 1);
         let mut sums: BTreeMap<u64, Stats> = BTreeMap::new();
-        let iter = snap.iterator_cf(
+        let iter = snap.iterator_cf_opt(
             self.cf(CF_STATS),
+            read_before(Some(end.clone())),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         for item in iter {
