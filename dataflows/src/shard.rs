@@ -140,12 +140,15 @@ impl Checkpoints {
         }
     }
 
-    /// An empty map for an epoch's deltas: the largest recycled one, or a new one with room
-    /// for `n` statistics.
+    /// An empty map for an epoch's deltas with room for `n` statistics: the smallest recycled
+    /// one that has it, else the largest recycled one (it grows), else a new one.
     pub fn map(&self, n: usize) -> DeltaMap {
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
-        let largest = (0..spare.len()).max_by_key(|&i| spare[i].capacity());
-        match largest {
+        let fits = (0..spare.len())
+            .filter(|&i| spare[i].capacity() >= n)
+            .min_by_key(|&i| spare[i].capacity());
+        let pick = fits.or_else(|| (0..spare.len()).max_by_key(|&i| spare[i].capacity()));
+        match pick {
             Some(i) => spare.swap_remove(i),
             None => DeltaMap::with_capacity(n),
         }
