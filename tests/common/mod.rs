@@ -84,14 +84,25 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = free_port();
-        let mut b = Broker {
-            child: None,
-            port,
-            advertised: port,
-        };
-        b.spawn();
-        b
+        // A port found free can be taken by another test's process before the broker binds it
+        // (the broker then exits and the port answers for someone else): try another port.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut b = Broker {
+                child: None,
+                port,
+                advertised: port,
+            };
+            b.spawn();
+            std::thread::sleep(Duration::from_millis(200));
+            if b.child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            {
+                return b;
+            }
+        }
+        panic!("the broker did not stay up on any of 5 free ports");
     }
 
     fn spawn(&mut self) {
@@ -120,19 +131,29 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str, partitions: u32) {
-        let status = Command::new(tansu_bin())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .env("RUST_LOG", "warn")
-            .status()
-            .expect("tansu topic create");
-        assert!(status.success(), "creating topic {name}");
+        // A broker that has just opened its port can still reset the first connections.
+        let create = || {
+            Command::new(tansu_bin())
+                .args([
+                    "topic",
+                    "create",
+                    name,
+                    "--partitions",
+                    &partitions.to_string(),
+                ])
+                .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+                .env("RUST_LOG", "warn")
+                .status()
+                .expect("tansu topic create")
+                .success()
+        };
+        for attempt in 1..=5 {
+            if create() {
+                return;
+            }
+            assert!(attempt < 5, "creating topic {name}: failed 5 times");
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     pub fn stop(&mut self) {
