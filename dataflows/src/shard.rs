@@ -102,7 +102,8 @@ pub struct Checkpoints {
     target: AtomicU64,
     /// The shards' operators, activated (from the checkpointer's thread) on every request.
     shards: Wakers,
-    /// Emptied maps of written checkpoints, which shards take for their next epochs.
+    /// Emptied maps (of written checkpoints, and maps summed into others), which the
+    /// combiners take for their next epochs.
     spare: std::sync::Mutex<Vec<DeltaMap>>,
 }
 
@@ -120,7 +121,7 @@ impl Checkpoints {
         }
     }
 
-    /// Keeps the maps of a written checkpoint's `writes` for the shards' next epochs: a map
+    /// Keeps the maps of a written checkpoint's `writes` for the combiners' next epochs: a map
     /// the size of an epoch is tens of megabytes, and a fresh one is first touched page by
     /// page (the kernel zeroing each), which was a fifth of the largest killmail's CPU.
     pub fn recycle(&self, writes: Writes) {
@@ -134,7 +135,11 @@ impl Checkpoints {
         for mut map in maps {
             if map.capacity() > 0 && map.capacity() <= room {
                 room -= map.capacity();
-                map.drain();
+                // Every caller's maps are emptied already; clearing a large index again would
+                // rewrite all of its control bytes for nothing.
+                if !map.is_empty() {
+                    map.drain();
+                }
                 spare.push(map);
             }
         }

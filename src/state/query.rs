@@ -186,26 +186,26 @@ impl RocksState {
             tag::HOUR => parts.activity,
             _ => false,
         };
-        let breakdowns =
-            match parts.months || parts.groups || parts.ships || parts.systems || parts.activity {
-                true => self.breakdowns(&snap, entity, wanted)?,
-                false => Vec::new(),
-            };
-        let buckets = |wanted: bool, t: u8| -> Vec<(u32, Stats)> {
+        let tags = [tag::MONTH, tag::GROUP, tag::SHIP, tag::SYSTEM, tag::HOUR];
+        let breakdowns = match tags.into_iter().any(wanted) {
+            true => self.breakdowns(&snap, entity, wanted)?,
+            false => Vec::new(),
+        };
+        // Only the wanted tags were decoded: the others come out empty.
+        let buckets = |t: u8| -> Vec<(u32, Stats)> {
             breakdowns
                 .iter()
-                .filter(|_| wanted)
                 .filter_map(|&(d, s)| match d.breakdown() {
                     Some((tag, bucket)) if tag == t => Some((bucket, s)),
                     _ => None,
                 })
                 .collect()
         };
-        view.months = buckets(parts.months, tag::MONTH);
-        view.groups = buckets(parts.groups, tag::GROUP);
-        view.ships = buckets(parts.ships, tag::SHIP);
-        view.systems = buckets(parts.systems, tag::SYSTEM);
-        view.hours = buckets(parts.activity, tag::HOUR);
+        view.months = buckets(tag::MONTH);
+        view.groups = buckets(tag::GROUP);
+        view.ships = buckets(tag::SHIP);
+        view.systems = buckets(tag::SYSTEM);
+        view.hours = buckets(tag::HOUR);
         Ok((Some(view), meta))
     }
 
