@@ -21,12 +21,29 @@ pub enum StatsLevel {
 struct Share<K> {
     key: K,
     stats: Stats,
-    /// Ship types the entity flew as an attacker (non-NPC killmails only).
-    ships: Vec<u32>,
+}
+
+/// The shares of a killmail and the ship types each flew as an attacker (non-NPC killmails
+/// only): `(share, ship)` sorted and distinct, in one list rather than a list per share (an
+/// allocation per attacker on the largest killmails).
+struct Shares<K> {
+    shares: Vec<Share<K>>,
+    ships: Vec<(u32, u32)>,
+}
+
+impl<K> Shares<K> {
+    /// The ship types of share `i`, given `at`: where the previous share's ended.
+    fn ships_of(&self, i: usize, at: &mut usize) -> &[(u32, u32)] {
+        let start = *at;
+        while self.ships.get(*at).is_some_and(|&(s, _)| s as usize == i) {
+            *at += 1;
+        }
+        &self.ships[start..*at]
+    }
 }
 
 /// Folds the rows of `km` into one [`Share`] per distinct key: `attacker_key`/`victim_key` say
-/// which key (if any) a row belongs to.
+/// which key (if any) a row belongs to; `with_ships` whether to list the ships flown.
 ///
 /// The API contract: a killmail counts once per key however many of its rows carry it; a key
 /// both attacker and victim (awox) gets a kill and a loss; NPC killmails count only as
@@ -35,15 +52,19 @@ fn shares<K: Copy + Eq + std::hash::Hash>(
     km: &Killmail,
     attacker_key: impl Fn(&Attacker) -> Option<K>,
     victim_key: Option<K>,
-) -> Vec<Share<K>> {
+    with_ships: bool,
+) -> Shares<K> {
     let npc = km.is_npc();
     let zkb = km.zkb.as_ref();
     let isk = zkb.map_or(0, |z| z.total_value_cents as i128);
     let points = zkb.map_or(0, |z| z.points);
     let solo = km.is_solo();
-    let mut out: Vec<Share<K>> = Vec::new();
+    let rows = km.attackers.len() + 1;
+    let mut out: Vec<Share<K>> = Vec::with_capacity(rows.min(1024));
+    let mut ships: Vec<(u32, u32)> = Vec::new();
     // Rows to shares by key: O(rows), whatever the number of attackers.
     let mut index: rustc_hash::FxHashMap<K, usize> = Default::default();
+    index.reserve(rows);
     let new_share = |key: K| {
         let stats = Stats::at(
             Sums {
@@ -52,11 +73,7 @@ fn shares<K: Copy + Eq + std::hash::Hash>(
             },
             km.time,
         );
-        Share {
-            key,
-            stats,
-            ships: Vec::new(),
-        }
+        Share { key, stats }
     };
     for a in &km.attackers {
         let Some(key) = attacker_key(a) else {
@@ -88,13 +105,13 @@ fn shares<K: Copy + Eq + std::hash::Hash>(
             if a.final_blow {
                 share.stats.sums.final_blows = 1;
             }
-            share.ships.extend(a.ship_type_id);
+            if with_ships {
+                ships.extend(a.ship_type_id.map(|t| (idx as u32, t)));
+            }
         }
     }
-    for share in &mut out {
-        share.ships.sort_unstable();
-        share.ships.dedup();
-    }
+    ships.sort_unstable();
+    ships.dedup();
     if let Some(key) = victim_key {
         let idx = match index.get(&key) {
             Some(&i) => i,
@@ -118,7 +135,7 @@ fn shares<K: Copy + Eq + std::hash::Hash>(
             }
         }
     }
-    out
+    Shares { shares: out, ships }
 }
 
 /// The contribution of `km` to every statistic it touches, one entry per key.
@@ -145,7 +162,15 @@ pub fn for_each_contribution(
     let hour = week_hour(km.time);
     let group = km.derived.victim_group.unwrap_or(0);
     for kind in EntityKind::ALL {
-        for share in shares(km, |a| kind.attacker_id(a), kind.victim_id(&km.victim)) {
+        let all = shares(
+            km,
+            |a| kind.attacker_id(a),
+            kind.victim_id(&km.victim),
+            true,
+        );
+        let mut at = 0;
+        for (i, share) in all.shares.iter().enumerate() {
+            let ships = all.ships_of(i, &mut at);
             let entity = EntityKey::new(kind, share.key);
             let s = share.stats;
             emit(StatKey::all(entity), s);
@@ -176,8 +201,8 @@ pub fn for_each_contribution(
                     ..Default::default()
                 };
                 emit(key(Dim::Hour(hour)), one_kill);
-                for t in &share.ships {
-                    emit(key(Dim::Ship(*t)), one_kill);
+                for &(_, t) in ships {
+                    emit(key(Dim::Ship(t)), one_kill);
                 }
             }
             if s.sums.kills > 0 || s.sums.losses > 0 || s.sums.npc_losses > 0 {
@@ -205,8 +230,9 @@ pub fn for_each_contribution(
             km,
             |a| member(a.corporation_id, a.character_id),
             member(km.victim.corporation_id, km.victim.character_id),
+            false,
         );
-        for share in rows {
+        for share in rows.shares {
             let (corp, ch) = share.key;
             let entity = EntityKey::new(EntityKind::Corporation, corp);
             emit(StatKey::new(entity, Dim::Member(ch)), share.stats);
