@@ -240,7 +240,14 @@ pub fn plan_flush(
     // The rows read come in the order they were asked for: the order below.
     let mut fetched = fetched.into_iter();
     let mut stats = Vec::with_capacity(order.len());
-    let mut ranks: Vec<(RankKey, bool)> = Vec::new();
+    // Room for the rows read and a put of each of their three leaderboard entries, so neither
+    // grows (and rehashes or copies) entry by entry on a large flush.
+    cache.rows.reserve(
+        missing
+            .len()
+            .min(cache.capacity.saturating_sub(cache.rows.len())),
+    );
+    let mut ranks: Vec<(RankKey, bool)> = Vec::with_capacity(3 * missing.len());
     let mut touched_all_time = 0;
     for &i in &order {
         // By reference first: copying every 192-byte entry out, in store order (random in
