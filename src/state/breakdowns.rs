@@ -7,7 +7,7 @@
 //! |---|---|
 //! | 1 | the dimension's [`tag`] (`MONTH`, `GROUP`, `SHIP`, `SYSTEM`, `HOUR`) |
 //! | 4 | the bucket, big-endian (so the first five bytes order the entries) |
-//! | 1 | the length of the statistics that follow (an encoded [`Stats`] is at most 162 bytes) |
+//! | 1 | the length of the statistics that follow (an encoded [`Stats`] is at most [`MAX_STATS_BYTES`], 162) |
 //! | n | the bucket's statistics, as every other row ([`encode_stats_into`]) |
 //!
 //! A merge operand is such a list too: the buckets a checkpoint touched, with their deltas.
@@ -35,7 +35,7 @@ pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec
         return;
     }
     encode_stats_into(stats, scratch);
-    let len = u8::try_from(scratch.len()).expect("an encoded Stats is at most 162 bytes");
+    let len = u8::try_from(scratch.len()).expect("an encoded Stats is at most MAX_STATS_BYTES");
     row.push(tag);
     row.extend_from_slice(&bucket.to_be_bytes());
     row.push(len);

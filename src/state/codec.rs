@@ -53,8 +53,11 @@ pub(super) fn encode_stats_into(s: &Stats, buf: &mut Vec<u8>) {
     buf.extend_from_slice(out.bytes());
 }
 
-/// The longest encoded `Stats`: 14 sums of at most 17 bytes, two times of at most 1 + 17.
-const MAX_STATS_BYTES: usize = 14 * 17 + 2 * 18;
+/// The longest encoded `Stats` (162 bytes): 12 `i64` sums of at most 9 bytes (a marker and a
+/// `u64`), 2 `i128` sums of at most 17, two times of at most 1 + 9. A breakdowns row stores
+/// the length in one byte, which this fits.
+pub(super) const MAX_STATS_BYTES: usize = 12 * 9 + 2 * 17 + 2 * (1 + 9);
+const _: () = assert!(MAX_STATS_BYTES <= u8::MAX as usize);
 
 /// Bincode varints written into a buffer on the stack.
 struct Varints {
@@ -206,6 +209,36 @@ mod tests {
             Just(i128::MIN),
             Just(i128::MAX),
         ]
+    }
+
+    /// Every field at its widest encodes to exactly `MAX_STATS_BYTES`, bincode's bytes.
+    #[test]
+    fn the_widest_stats_fill_the_buffer_exactly() {
+        let mut s = Stats::default();
+        let u = &mut s.sums;
+        for f in [
+            &mut u.involved,
+            &mut u.kills,
+            &mut u.losses,
+            &mut u.npc_losses,
+            &mut u.final_blows,
+            &mut u.solo_kills,
+            &mut u.solo_losses,
+            &mut u.solo_unknown,
+            &mut u.damage_done,
+            &mut u.damage_taken,
+            &mut u.points_destroyed,
+            &mut u.points_lost,
+        ] {
+            *f = i64::MIN;
+        }
+        (u.isk_destroyed_cents, u.isk_lost_cents) = (i128::MIN, i128::MIN);
+        (s.seen.first, s.seen.last) = (Some(i64::MIN), Some(i64::MIN));
+        let mut buf = Vec::new();
+        encode_stats_into(&s, &mut buf);
+        use bincode::Options;
+        assert_eq!(buf.len(), MAX_STATS_BYTES);
+        assert_eq!(buf, stats_codec().serialize(&s).unwrap());
     }
 
     proptest! {
