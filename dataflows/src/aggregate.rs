@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::deltas::DeltaMap;
+use crate::deltas::{prefetch, DeltaMap, PREFETCH_AHEAD};
 use crate::keys::{Metric, RankKey, StatKey, WINDOW_DAYS};
 use crate::stats::Stats;
 use crate::time::day_of;
@@ -139,7 +139,10 @@ impl Writes {
     pub fn stats(&self) -> impl Iterator<Item = (StatOp, &StatKey, &Stats)> + '_ {
         self.parts.iter().flat_map(|p| {
             let entries = p.deltas.entries();
-            p.stats.iter().map(move |&(i, op)| {
+            p.stats.iter().enumerate().map(move |(j, &(i, op))| {
+                if let Some(&(ahead, _)) = p.stats.get(j + PREFETCH_AHEAD) {
+                    prefetch(entries, ahead as usize);
+                }
                 let (key, value) = &entries[i as usize];
                 (op, key, value)
             })
@@ -157,7 +160,10 @@ impl Writes {
     pub fn iter(&self) -> impl Iterator<Item = Write> + '_ {
         self.parts.iter().flat_map(|p| {
             let entries = p.deltas.entries();
-            let stats = p.stats.iter().map(move |&(i, op)| {
+            let stats = p.stats.iter().enumerate().map(move |(j, &(i, op))| {
+                if let Some(&(ahead, _)) = p.stats.get(j + PREFETCH_AHEAD) {
+                    prefetch(entries, ahead as usize);
+                }
                 let (key, value) = entries[i as usize];
                 match op {
                     StatOp::Merge => Write::Merge(key, value),

@@ -22,6 +22,34 @@ pub struct DeltaMap {
     entries: Vec<(StatKey, Stats)>,
 }
 
+/// How many entries ahead a pass in store order (random in memory) asks for: far enough to
+/// hide a load from memory behind the work on the entries in between.
+pub const PREFETCH_AHEAD: usize = 8;
+
+/// Asks the CPU to start loading entry `i` of `entries` (if there is one) into its cache, for
+/// a pass that visits a map's entries in store order rather than in memory order: each entry
+/// there is a load from memory otherwise (on a replay, the first touch of an entry in the
+/// RocksDB batch was 80% of building it). A hint: it changes no value, and never faults.
+#[inline(always)]
+pub fn prefetch(entries: &[(StatKey, Stats)], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(entry) = entries.get(i) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        const BYTES: usize = std::mem::size_of::<(StatKey, Stats)>();
+        let start = (entry as *const (StatKey, Stats)).cast::<i8>();
+        // Every cache line the entry overlaps (it is 16-byte aligned, not 64).
+        let mut at = 0;
+        while at < BYTES + 63 {
+            // SAFETY: a prefetch only hints the cache; it reads nothing and cannot fault, and
+            // SSE (which has it) is part of every x86-64 CPU.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(at.min(BYTES - 1))) };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (entries, i);
+}
+
 fn hash(key: &StatKey) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(key)
 }

@@ -46,6 +46,7 @@ use timely::dataflow::StreamVec;
 
 use crate::aggregate::{StatOp, Writes};
 use crate::checkpoint::{DeltaMap, SinkItem};
+use crate::deltas::{prefetch, PREFETCH_AHEAD};
 use crate::keys::{Dim, RankKey, StatKey};
 use crate::model::EntityKey;
 use crate::stats::Stats;
@@ -222,11 +223,19 @@ pub fn plan_flush(
     mut dirty: DeltaMap,
 ) -> Result<Writes, (StoreError, DeltaMap)> {
     let order = store_order(dirty.entries());
-    let all_time = |&i: &u32| dirty.entries()[i as usize].0.dim == Dim::All;
-    let missing: Vec<StatKey> = order
-        .iter()
-        .filter(|i| all_time(i))
-        .map(|&i| dirty.entries()[i as usize].0)
+    // The all-time rows, in store order: each a load from memory (the entries are in the
+    // order they were first touched), so every pass over them asks for the next ones early.
+    let all_time: Vec<u32> = order.iter().filter(|p| p.all_time).map(|p| p.at).collect();
+    let ahead = |entries: &[(StatKey, Stats)], n: usize| {
+        if let Some(&i) = all_time.get(n + PREFETCH_AHEAD) {
+            prefetch(entries, i as usize);
+        }
+    };
+    let missing: Vec<StatKey> = (all_time.iter().enumerate())
+        .map(|(n, &i)| {
+            ahead(dirty.entries(), n);
+            dirty.entries()[i as usize].0
+        })
         .filter(|k| !cache.rows.contains_key(k))
         .collect();
     let fetched = match store.get_stats(&missing) {
@@ -249,13 +258,13 @@ pub fn plan_flush(
     );
     let mut ranks: Vec<(RankKey, bool)> = Vec::with_capacity(3 * missing.len());
     let mut touched_all_time = 0;
-    for &i in &order {
-        // By reference first: copying every 192-byte entry out, in store order (random in
-        // memory), was most of this loop's cost; only all-time rows need their values here.
-        if dirty.entries()[i as usize].0.dim != Dim::All {
+    for &Positioned { at: i, all_time } in &order {
+        // Only all-time rows need their entries here: the others are merged as they are.
+        if !all_time {
             stats.push((i, StatOp::Merge));
             continue;
         }
+        ahead(dirty.entries(), touched_all_time);
         let (key, delta) = dirty.entries()[i as usize];
         touched_all_time += 1;
         let old = match cache.rows.get(&key) {
@@ -305,7 +314,7 @@ pub fn plan_flush(
 /// sorts before every longer key it prefixes) in a few integer compares: typed comparisons,
 /// which walk the derived orders of `StatKey` and `Dim`, were 13% of a 20,000-attacker
 /// killmail's CPU.
-fn store_order(entries: &[(StatKey, Stats)]) -> Vec<u32> {
+fn store_order(entries: &[(StatKey, Stats)]) -> Vec<Positioned> {
     let mut order: Vec<([u64; 4], u64)> = Vec::with_capacity(entries.len());
     for (i, (k, d)) in entries.iter().enumerate() {
         if d.is_empty() {
@@ -316,11 +325,28 @@ fn store_order(entries: &[(StatKey, Stats)]) -> Vec<u32> {
         b[0] = table as u8;
         b[1..1 + key.len()].copy_from_slice(&key);
         let word = |j: usize| u64::from_be_bytes(b[8 * j..8 * j + 8].try_into().expect("8 bytes"));
-        let tail = (key.len() as u64) << 32 | i as u64;
+        // Below the length, the all-time flag orders nothing (keys are distinct): it only
+        // saves the plan a second pass over the entries, in random order, to find them.
+        let all_time = (k.dim == Dim::All) as u64;
+        let tail = (key.len() as u64) << 33 | all_time << 32 | i as u64;
         order.push(([word(0), word(1), word(2), word(3)], tail));
     }
     order.sort_unstable();
-    order.into_iter().map(|(_, tail)| tail as u32).collect()
+    order
+        .into_iter()
+        .map(|(_, tail)| Positioned {
+            at: tail as u32,
+            all_time: tail >> 32 & 1 == 1,
+        })
+        .collect()
+}
+
+/// An entry of a shard's deltas, by position, in the store's order.
+#[derive(Clone, Copy)]
+struct Positioned {
+    at: u32,
+    /// An all-time row (put or deleted with its leaderboard entries, not merged).
+    all_time: bool,
 }
 
 /// How a shard reaches the store and the checkpointer.
