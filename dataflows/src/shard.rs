@@ -267,12 +267,21 @@ pub fn plan_flush(
         ahead(dirty.entries(), touched_all_time);
         let (key, delta) = dirty.entries()[i as usize];
         touched_all_time += 1;
-        let old = match cache.rows.get(&key) {
-            Some(v) => *v,
-            None => fetched.next().flatten().unwrap_or_default(),
+        // One probe of the cache for a row it holds (updated in place), two for one read.
+        let (old, new) = match cache.rows.get_mut(&key) {
+            Some(row) => {
+                let old = *row;
+                row.merge(&delta);
+                (old, *row)
+            }
+            None => {
+                let old = fetched.next().flatten().unwrap_or_default();
+                let mut new = old;
+                new.merge(&delta);
+                cache.rows.insert(key, new);
+                (old, new)
+            }
         };
-        let mut new = old;
-        new.merge(&delta);
         if new != old {
             dirty.set_value(i as usize, new);
             stats.push((
@@ -285,7 +294,6 @@ pub fn plan_flush(
             ));
             RankKey::changes(key, &old, &new, |r, put| ranks.push((r, put)));
         }
-        cache.rows.insert(key, new);
     }
     ranks.sort_unstable_by_key(|(r, _)| r.store_order());
     // Keep the cache within its budget (after the flush: every old value above was needed):
