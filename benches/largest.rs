@@ -14,6 +14,7 @@ use kmflow::state::RocksState;
 use kmflow_dataflows::checkpoint::{CheckpointBatch, DeltaMap};
 use kmflow_dataflows::contrib::{for_each_contribution, StatsLevel};
 use kmflow_dataflows::decode::decode;
+use kmflow_dataflows::deltas::Summing;
 use kmflow_dataflows::shard::{plan_flush, AllTimeCache};
 use kmflow_dataflows::{SourcePos, StoredKillmail};
 
@@ -64,8 +65,12 @@ fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usiz
     let t0 = Instant::now();
     let km = decode(payload).expect("decodes");
     let t1 = Instant::now();
-    let mut deltas = DeltaMap::default();
-    for_each_contribution(&km, level, |k, s| deltas.merge(k, &s));
+    // As a combiner sums them (one shard here).
+    let mut deltas = [DeltaMap::default()];
+    let mut summing = Summing::default();
+    for_each_contribution(&km, level, |k, s| summing.add(&mut deltas, 0, k, s));
+    summing.finish(&mut deltas);
+    let [deltas] = deltas;
     let t2 = Instant::now();
     let keys = deltas.len();
     let mut cache = AllTimeCache::new(1 << 20);

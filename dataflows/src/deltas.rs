@@ -119,11 +119,43 @@ impl DeltaMap {
         self.entries[i].1 = value;
     }
 
+    /// Adds every delta of `deltas`, as [`DeltaMap::merge`] one by one would.
+    ///
+    /// In chunks, in two passes: the first looks every key of a chunk up by its hash alone
+    /// and asks for the entry found; the second compares keys and adds. In a map of hundreds
+    /// of thousands of entries each lookup and each entry is a load from memory: one by one,
+    /// every merge waited for its entry (the comparison that confirms it) before the next
+    /// lookup could start, and that wait was most of a replay's summing.
+    pub fn merge_all(&mut self, deltas: &[(StatKey, Stats)]) {
+        const CHUNK: usize = 32;
+        let mut found = [u32::MAX; CHUNK];
+        for chunk in deltas.chunks(CHUNK) {
+            for (slot, (key, _)) in found.iter_mut().zip(chunk) {
+                let h = hash(key);
+                // The first entry with the same 64-bit hash: almost always the key's own
+                // (the second pass checks).
+                *slot = match self.index.find(h, |&(slot_hash, _)| slot_hash == h) {
+                    Some(&(_, i)) => {
+                        prefetch(&self.entries, i as usize);
+                        i
+                    }
+                    None => u32::MAX,
+                };
+            }
+            for (&i, (key, delta)) in found.iter().zip(chunk) {
+                match self.entries.get_mut(i as usize) {
+                    Some(entry) if entry.0 == *key => entry.1.merge(delta),
+                    // New (perhaps earlier in this chunk), or another key of the same hash.
+                    _ => self.merge(*key, delta),
+                }
+            }
+        }
+    }
+
     /// Adds every delta of `other`, which is left empty (its memory kept for reuse).
     pub fn absorb(&mut self, other: &mut DeltaMap) {
-        for (key, delta) in other.drain() {
-            self.merge(key, &delta);
-        }
+        self.merge_all(&other.entries);
+        other.drain();
     }
 
     /// Sums `self` and `other` into the larger of the two and returns the other, emptied.
@@ -153,6 +185,39 @@ impl DeltaMap {
     /// The statistics and their deltas as a slice, in the order they were first touched.
     pub fn entries(&self) -> &[(StatKey, Stats)] {
         &self.entries
+    }
+}
+
+/// Deltas on their way into maps (a combiner's, one per shard), summed with
+/// [`DeltaMap::merge_all`] in chunks rather than one by one.
+#[derive(Debug, Default)]
+pub struct Summing {
+    buffers: Vec<Vec<(StatKey, Stats)>>,
+}
+
+impl Summing {
+    /// How many deltas are held for a map before they are summed into it.
+    const HELD: usize = 256;
+
+    /// Adds `delta` to statistic `key` of `maps[to]` (at the latest by [`Summing::finish`]).
+    pub fn add(&mut self, maps: &mut [DeltaMap], to: usize, key: StatKey, delta: Stats) {
+        if self.buffers.len() < maps.len() {
+            self.buffers.resize_with(maps.len(), Vec::new);
+        }
+        let held = &mut self.buffers[to];
+        held.push((key, delta));
+        if held.len() == Self::HELD {
+            maps[to].merge_all(held);
+            held.clear();
+        }
+    }
+
+    /// Sums every delta still held into its map.
+    pub fn finish(&mut self, maps: &mut [DeltaMap]) {
+        for (map, held) in maps.iter_mut().zip(&mut self.buffers) {
+            map.merge_all(held);
+            held.clear();
+        }
     }
 }
 
@@ -219,6 +284,7 @@ mod tests {
         fn sums_like_a_hash_map(updates in proptest::collection::vec((0u64..50, 0i32..4, -3i64..4), 0..400)) {
             let mut map = DeltaMap::default();
             let mut oracle: std::collections::HashMap<StatKey, Stats> = Default::default();
+            let updates_again = updates.clone();
             for (id, day, kills) in updates {
                 let d = Stats { sums: Sums { kills, ..Default::default() }, ..Default::default() };
                 map.merge(key(id, day), &d);
@@ -228,6 +294,16 @@ mod tests {
             for (k, d) in &oracle {
                 prop_assert_eq!(map.get(k), Some(d));
             }
+            // Summed in chunks (merge_all), the same sums, first touches in the same order.
+            let mut chunked = DeltaMap::default();
+            let deltas: Vec<(StatKey, Stats)> = updates_again
+                .iter()
+                .map(|&(id, day, kills)| (key(id, day), Stats { sums: Sums { kills, ..Default::default() }, ..Default::default() }))
+                .collect();
+            let (first, second) = deltas.split_at(deltas.len() / 2);
+            chunked.merge_all(first);
+            chunked.merge_all(second);
+            prop_assert_eq!(chunked.entries(), map.entries());
             let firsts: Vec<StatKey> = map.iter().map(|(k, _)| *k).collect();
             let mut dedup = firsts.clone();
             dedup.sort();

@@ -27,6 +27,7 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use crate::checkpoint::{DeltaMap, SinkItem, SinkReport};
 use crate::contrib::{for_each_contribution, StatsLevel};
 use crate::decode::decode;
+use crate::deltas::Summing;
 use crate::model::{
     DeadLetter, Killmail, RawRecord, SourcePos, StoredKillmail, DEAD_LETTER_MAX_PAYLOAD,
 };
@@ -215,6 +216,7 @@ fn combine<'s>(
         // fresh one growing on the way is first touched page by page (the kernel zeroing each),
         // which was a fifth of the largest killmail's CPU.
         let mut capacity = 0;
+        let mut summing = Summing::default();
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {
                 let t = epoch_of(&cap);
@@ -227,15 +229,13 @@ fn combine<'s>(
                 for batch in data {
                     for (km, _epoch, diff) in batch.drain(..) {
                         for_each_contribution(&km, level, |key, s| {
-                            let map = &mut maps[owner(key_group(key.entity), peers)];
-                            if diff < 0 {
-                                map.merge(key, &s.retraction());
-                            } else {
-                                map.merge(key, &s);
-                            }
+                            let to = owner(key_group(key.entity), peers);
+                            let delta = if diff < 0 { s.retraction() } else { s };
+                            summing.add(maps, to, key, delta);
                         });
                     }
                 }
+                summing.finish(maps);
             });
             while let Some((&epoch, _)) = pending.first_key_value() {
                 if frontier.less_equal(&epoch) {
