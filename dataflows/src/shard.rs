@@ -225,13 +225,13 @@ pub fn plan_flush(
     let order = store_order(dirty.entries());
     // The all-time rows, in store order: each a load from memory (the entries are in the
     // order they were first touched), so every pass over them asks for the next ones early.
-    let all_time: Vec<u32> = order.iter().filter(|p| p.all_time).map(|p| p.at).collect();
+    let all_time_rows: Vec<u32> = order.iter().filter(|p| p.all_time).map(|p| p.at).collect();
     let ahead = |entries: &[(StatKey, Stats)], n: usize| {
-        if let Some(&i) = all_time.get(n + PREFETCH_AHEAD) {
+        if let Some(&i) = all_time_rows.get(n + PREFETCH_AHEAD) {
             prefetch(entries, i as usize);
         }
     };
-    let missing: Vec<StatKey> = (all_time.iter().enumerate())
+    let missing: Vec<StatKey> = (all_time_rows.iter().enumerate())
         .map(|(n, &i)| {
             ahead(dirty.entries(), n);
             dirty.entries()[i as usize].0
