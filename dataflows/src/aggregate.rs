@@ -137,16 +137,7 @@ impl Writes {
     /// The writes to statistics, part by part, by reference: what a write does, the key and
     /// the delta (`Merge`) or new value (`Put`).
     pub fn stats(&self) -> impl Iterator<Item = (StatOp, &StatKey, &Stats)> + '_ {
-        self.parts.iter().flat_map(|p| {
-            let entries = p.deltas.entries();
-            p.stats.iter().enumerate().map(move |(j, &(i, op))| {
-                if let Some(&(ahead, _)) = p.stats.get(j + PREFETCH_AHEAD) {
-                    prefetch(entries, ahead as usize);
-                }
-                let (key, value) = &entries[i as usize];
-                (op, key, value)
-            })
-        })
+        self.parts.iter().flat_map(WritesPart::stats)
     }
 
     /// The leaderboard entries to put (`true`) or delete, part by part.
@@ -159,23 +150,31 @@ impl Writes {
     /// Every write, part by part.
     pub fn iter(&self) -> impl Iterator<Item = Write> + '_ {
         self.parts.iter().flat_map(|p| {
-            let entries = p.deltas.entries();
-            let stats = p.stats.iter().enumerate().map(move |(j, &(i, op))| {
-                if let Some(&(ahead, _)) = p.stats.get(j + PREFETCH_AHEAD) {
-                    prefetch(entries, ahead as usize);
-                }
-                let (key, value) = entries[i as usize];
-                match op {
-                    StatOp::Merge => Write::Merge(key, value),
-                    StatOp::Put => Write::Put(key, value),
-                    StatOp::Delete => Write::Delete(key),
-                }
+            let stats = p.stats().map(|(op, &key, &value)| match op {
+                StatOp::Merge => Write::Merge(key, value),
+                StatOp::Put => Write::Put(key, value),
+                StatOp::Delete => Write::Delete(key),
             });
             let ranks = p.ranks.iter().map(|&(r, put)| match put {
                 true => Write::RankPut(r),
                 false => Write::RankDelete(r),
             });
             stats.chain(ranks)
+        })
+    }
+}
+
+impl WritesPart {
+    /// Its writes to statistics in store order, which is random in the map's memory: each
+    /// asks for the entry a few writes ahead.
+    fn stats(&self) -> impl Iterator<Item = (StatOp, &StatKey, &Stats)> + '_ {
+        let entries = self.deltas.entries();
+        self.stats.iter().enumerate().map(move |(j, &(i, op))| {
+            if let Some(&(ahead, _)) = self.stats.get(j + PREFETCH_AHEAD) {
+                prefetch(entries, ahead as usize);
+            }
+            let (key, value) = &entries[i as usize];
+            (op, key, value)
         })
     }
 }

@@ -84,7 +84,11 @@ impl DeltaMap {
 
     /// Adds `delta` to the statistic `key`.
     pub fn merge(&mut self, key: StatKey, delta: &Stats) {
-        let h = hash(&key);
+        self.merge_hashed(hash(&key), key, delta);
+    }
+
+    /// [`DeltaMap::merge`] of a key whose hash is `h`.
+    fn merge_hashed(&mut self, h: u64, key: StatKey, delta: &Stats) {
         let entries = &mut self.entries;
         let found = self
             .index
@@ -128,7 +132,8 @@ impl DeltaMap {
     /// lookup could start, and that wait was most of a replay's summing.
     pub fn merge_all(&mut self, deltas: &[(StatKey, Stats)]) {
         const CHUNK: usize = 32;
-        let mut found = [u32::MAX; CHUNK];
+        // Per key of a chunk: its hash, and the position of the first entry with that hash.
+        let mut found = [(0u64, u32::MAX); CHUNK];
         for chunk in deltas.chunks(CHUNK) {
             for (slot, (key, _)) in found.iter_mut().zip(chunk) {
                 let h = hash(key);
@@ -137,16 +142,16 @@ impl DeltaMap {
                 *slot = match self.index.find(h, |&(slot_hash, _)| slot_hash == h) {
                     Some(&(_, i)) => {
                         prefetch(&self.entries, i as usize);
-                        i
+                        (h, i)
                     }
-                    None => u32::MAX,
+                    None => (h, u32::MAX),
                 };
             }
-            for (&i, (key, delta)) in found.iter().zip(chunk) {
+            for (&(h, i), (key, delta)) in found.iter().zip(chunk) {
                 match self.entries.get_mut(i as usize) {
                     Some(entry) if entry.0 == *key => entry.1.merge(delta),
                     // New (perhaps earlier in this chunk), or another key of the same hash.
-                    _ => self.merge(*key, delta),
+                    _ => self.merge_hashed(h, *key, delta),
                 }
             }
         }
