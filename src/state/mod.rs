@@ -359,17 +359,16 @@ impl RocksState {
 
 impl StateStore for RocksState {
     fn multi_get(&self, ids: &[u64]) -> Result<Vec<Option<StoredKillmail>>, StoreError> {
-        let cf = self.cf(CF_KILLMAILS);
         let keys: Vec<[u8; 8]> = ids.iter().map(|id| id.to_be_bytes()).collect();
-        self.db
-            .multi_get_cf(keys.iter().map(|k| (cf, &k[..])))
+        let snap = self.db.snapshot();
+        self.batched_get(&snap, self.cf(CF_KILLMAILS), keys.iter().map(|k| &k[..]))
             .into_iter()
             .map(|r| match r {
                 Ok(Some(v)) => bincode::deserialize(&v)
                     .map(Some)
                     .map_err(|e| StoreError(e.to_string())),
                 Ok(None) => Ok(None),
-                Err(e) => Err(StoreError(format!("{}: {e}", self.path.display()))),
+                Err(e) => Err(StoreError(e.to_string())),
             })
             .collect()
     }

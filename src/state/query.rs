@@ -63,26 +63,55 @@ impl RocksState {
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
         keys: &[StatKey],
     ) -> Result<Vec<Option<Stats>>, StateError> {
-        let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
-        let bytes: Vec<(&rocksdb::ColumnFamily, KeyBytes)> = keys
+        // Each key's table and stored key (a breakdown bucket is found in its entity's
+        // breakdowns row), then one batched read per table.
+        let stored: Vec<(bool, KeyBytes)> = keys
             .iter()
             .map(|k| match k.stored() {
                 _ if k.dim.breakdown().is_some() => (
-                    stats_cf,
+                    false,
                     KeyBytes::from_slice(&StatKey::breakdowns_key(k.entity)),
                 ),
-                (StatTable::Days, b) => (days_cf, b),
-                (StatTable::Stats, b) => (stats_cf, b),
+                (table, b) => (table == StatTable::Days, b),
             })
             .collect();
-        let got = snap.multi_get_cf(bytes.iter().map(|(cf, b)| (*cf, &b[..])));
-        got.into_iter()
-            .zip(keys)
-            .map(|(g, k)| match g.map_err(|e| self.err(e))? {
-                Some(v) if k.dim.breakdown().is_some() => breakdowns::find(&v, k.dim),
-                Some(v) => stored_stats(&v),
-                None => Ok(None),
-            })
+        let mut out: Vec<Option<Stats>> = vec![None; keys.len()];
+        for (days, cf) in [(false, CF_STATS), (true, CF_DAYS)] {
+            let at: Vec<usize> = (0..keys.len()).filter(|&i| stored[i].0 == days).collect();
+            if at.is_empty() {
+                continue;
+            }
+            let got = self.batched_get(snap, self.cf(cf), at.iter().map(|&i| &stored[i].1[..]));
+            for (i, g) in at.into_iter().zip(got) {
+                out[i] = match g? {
+                    Some(v) if keys[i].dim.breakdown().is_some() => {
+                        breakdowns::find(&v, keys[i].dim)?
+                    }
+                    Some(v) => stored_stats(&v)?,
+                    None => None,
+                };
+            }
+        }
+        Ok(out)
+    }
+
+    /// The values of `keys` in `cf` as of `snap`, in one batched read (RocksDB's `MultiGet`
+    /// with one column family: one pass over the memtables and files, values pinned, not
+    /// copied). Keys already in order, as a checkpoint's plan asks for them, skip its sort.
+    pub(super) fn batched_get<'k>(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        cf: &rocksdb::ColumnFamily,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Vec<Result<Option<rocksdb::DBPinnableSlice<'_>>, StateError>> {
+        let keys: Vec<&[u8]> = keys.collect();
+        let sorted = keys.windows(2).all(|w| w[0] <= w[1]);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_snapshot(snap);
+        self.db
+            .batched_multi_get_cf_opt(cf, keys, sorted, &opts)
+            .into_iter()
+            .map(|r| r.map_err(|e| self.err(e)))
             .collect()
     }
 
