@@ -10,6 +10,10 @@
 //! merge operator adds lists into. A killmail touches one bucket of each of them for every
 //! entity on it, and an entity's buckets are touched again and again, so one row for the five
 //! halves what a checkpoint writes. They are read whole anyway (an entity page shows them all).
+//! Likewise a corporation's member-day buckets of one day are one row,
+//! [`StatKey::member_days_key`]: a list of `(member, statistics)`. A killmail touches one per
+//! member on it and a roster window reads whole days, so a checkpoint writes one row per
+//! corporation and day rather than one per member (state format 4).
 //! The keys above stay the statistics' names everywhere else (the dataflow, the memory store).
 
 use serde::{Deserialize, Serialize};
@@ -118,6 +122,8 @@ pub mod tag {
     pub const MEMBER_DAY: u8 = 9;
     /// The stored row of an entity's breakdowns (month, group, ship, system and hour buckets).
     pub const BREAKDOWNS: u8 = 10;
+    /// The stored row of a corporation's member-day buckets of one day.
+    pub const MEMBER_DAYS: u8 = 11;
 }
 
 /// Days are stored offset so negative days (before 1970) still sort in order.
@@ -310,17 +316,38 @@ impl StatKey {
         }
     }
 
+    /// The stored key of `corp`'s member-day row of `day`, in the `stats` table (see the
+    /// module docs): the corporation, [`tag::MEMBER_DAYS`], the day. Rows of one corporation
+    /// sort by day, so a window's rows are one range.
+    pub fn member_days_key(corp: EntityKey, day: i32) -> [u8; 14] {
+        let mut b = [0u8; 14];
+        b[..9].copy_from_slice(&corp.to_bytes());
+        b[9] = tag::MEMBER_DAYS;
+        b[10..].copy_from_slice(&day_bytes(day));
+        b
+    }
+
+    /// The corporation and day of a member-day row's key, `None` for any other key.
+    pub fn member_days_of(b: &[u8]) -> Option<(EntityKey, i32)> {
+        match b {
+            [entity @ .., tag::MEMBER_DAYS, _, _, _, _] if b.len() == 14 => {
+                Some((EntityKey::from_bytes(entity)?, day_from(&b[10..])?))
+            }
+            _ => None,
+        }
+    }
+
+    /// The entity of any stored key of the `stats` table: a statistic's, or a packed row's.
+    pub fn entity_of_stored(b: &[u8]) -> Option<EntityKey> {
+        StatKey::breakdowns_entity(b)
+            .or_else(|| StatKey::member_days_of(b).map(|(e, _)| e))
+            .or_else(|| StatKey::from_bytes(b).map(|k| k.entity))
+    }
+
     /// The prefix of every key of `entity` with dimension tag `tag` (see [`tag`]).
     pub fn prefix(entity: EntityKey, tag: u8) -> Vec<u8> {
         let mut b = entity.to_bytes().to_vec();
         b.push(tag);
-        b
-    }
-
-    /// The prefix of `corp`'s member day buckets from `day` on.
-    pub fn member_day_prefix(corp: EntityKey, day: i32) -> Vec<u8> {
-        let mut b = StatKey::prefix(corp, tag::MEMBER_DAY);
-        b.extend_from_slice(&day_bytes(day));
         b
     }
 

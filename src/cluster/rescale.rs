@@ -167,11 +167,10 @@ impl Copier<'_> {
                 let id = u64::from_be_bytes(k.try_into().map_err(|_| bad())?);
                 Some(killmail_owner(id, n))
             }
-            Table::Stats => {
-                let entity = StatKey::breakdowns_entity(k)
-                    .or_else(|| StatKey::from_bytes(k).map(|s| s.entity));
-                Some(entity_owner(entity.ok_or_else(bad)?, n))
-            }
+            Table::Stats => Some(entity_owner(
+                StatKey::entity_of_stored(k).ok_or_else(bad)?,
+                n,
+            )),
             Table::Days => Some(entity_owner(
                 StatKey::from_day_major_bytes(k).ok_or_else(bad)?.entity,
                 n,

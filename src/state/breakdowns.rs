@@ -1,12 +1,17 @@
-//! An entity's breakdowns row ([`StatKey::breakdowns_key`]): its month, group, ship, system and
-//! hour buckets in one value, which the merge operator adds lists into.
+//! The packed rows of the `stats` table: lists of statistics the merge operator adds lists
+//! into.
 //!
-//! The value is a list of entries sorted by tag, then bucket:
+//! - An entity's breakdowns row ([`StatKey::breakdowns_key`]): its month, group, ship, system
+//!   and hour buckets. An entry's header is the dimension's [`tag`] (`MONTH`, `GROUP`, `SHIP`,
+//!   `SYSTEM`, `HOUR`) and the bucket, big-endian: 5 bytes.
+//! - A corporation's member-day row of one day ([`StatKey::member_days_key`]): its members'
+//!   statistics that day. An entry's header is the member, big-endian: 8 bytes.
+//!
+//! Either value is a list of entries sorted by header:
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | the dimension's [`tag`] (`MONTH`, `GROUP`, `SHIP`, `SYSTEM`, `HOUR`) |
-//! | 4 | the bucket, big-endian (so the first five bytes order the entries) |
+//! | 5 or 8 | the header (so the first bytes order the entries) |
 //! | 1 | the length of the statistics that follow (an encoded [`Stats`] is at most [`MAX_STATS_BYTES`], 162) |
 //! | n | the bucket's statistics, as every other row ([`encode_stats_into`]) |
 //!
@@ -18,37 +23,55 @@
 use super::codec::{decode_stats, encode_stats_into};
 use super::*;
 
-/// The header of an entry: tag and big-endian bucket, in the entries' order.
-type Header = [u8; 5];
+/// The header width of a breakdowns row's entries.
+const BREAKDOWN: usize = 5;
+/// The header width of a member-day row's entries.
+const MEMBER: usize = 8;
 
 /// An entry: its header and its encoded statistics.
-type Entry<'a> = (Header, &'a [u8]);
+type Entry<'a, const H: usize> = ([u8; H], &'a [u8]);
 
-/// Appends the entry of `dim` (a breakdown dimension) with `stats` to `row`; an empty `stats`
-/// is left out. `scratch` is a reused buffer.
-pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec<u8>) {
-    let Some((tag, bucket)) = dim.breakdown() else {
-        debug_assert!(false, "{dim:?} is not a breakdown");
-        return;
-    };
+/// Appends an entry with `stats` under header `h` to `row`; an empty `stats` is left out.
+/// `scratch` is a reused buffer.
+fn push_entry<const H: usize>(
+    row: &mut Vec<u8>,
+    h: &[u8; H],
+    stats: &Stats,
+    scratch: &mut Vec<u8>,
+) {
     if stats.is_empty() {
         return;
     }
     encode_stats_into(stats, scratch);
     let len = u8::try_from(scratch.len()).expect("an encoded Stats is at most MAX_STATS_BYTES");
-    row.push(tag);
-    row.extend_from_slice(&bucket.to_be_bytes());
+    row.extend_from_slice(h);
     row.push(len);
     row.extend_from_slice(scratch);
+}
+
+/// Appends the entry of `dim` (a breakdown dimension) with `stats` to a breakdowns row.
+pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec<u8>) {
+    let Some((tag, bucket)) = dim.breakdown() else {
+        debug_assert!(false, "{dim:?} is not a breakdown");
+        return;
+    };
+    let mut h = [tag, 0, 0, 0, 0];
+    h[1..].copy_from_slice(&bucket.to_be_bytes());
+    push_entry(row, &h, stats, scratch);
+}
+
+/// Appends the entry of `member` with `stats` to a member-day row.
+pub(super) fn push_member(row: &mut Vec<u8>, member: u64, stats: &Stats, scratch: &mut Vec<u8>) {
+    push_entry(row, &member.to_be_bytes(), stats, scratch);
 }
 
 /// The entries of a row or operand, one by one: header and encoded statistics; an `Err` item
 /// (then nothing) if malformed. Nothing is collected, so skipping entries costs only their
 /// headers.
-struct Entries<'a>(&'a [u8]);
+struct Entries<'a, const H: usize>(&'a [u8]);
 
-impl<'a> Iterator for Entries<'a> {
-    type Item = Result<Entry<'a>, ()>;
+impl<'a, const H: usize> Iterator for Entries<'a, H> {
+    type Item = Result<Entry<'a, H>, ()>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let b = self.0;
@@ -56,9 +79,9 @@ impl<'a> Iterator for Entries<'a> {
             return None;
         }
         let entry = (|| {
-            let header: Header = b.get(..5)?.try_into().ok()?;
-            let len = *b.get(5)? as usize;
-            Some((header, b.get(6..6 + len)?, 6 + len))
+            let header: [u8; H] = b.get(..H)?.try_into().ok()?;
+            let len = *b.get(H)? as usize;
+            Some((header, b.get(H + 1..H + 1 + len)?, H + 1 + len))
         })();
         match entry {
             Some((header, stats, n)) => {
@@ -74,17 +97,17 @@ impl<'a> Iterator for Entries<'a> {
 }
 
 /// Appends an entry as it is.
-fn copy_entry(out: &mut Vec<u8>, h: &Header, stats: &[u8]) {
+fn copy_entry<const H: usize>(out: &mut Vec<u8>, h: &[u8; H], stats: &[u8]) {
     out.extend_from_slice(h);
     out.push(stats.len() as u8);
     out.extend_from_slice(stats);
 }
 
-fn dim_of(h: &Header) -> Option<Dim> {
+fn dim_of(h: &[u8; BREAKDOWN]) -> Option<Dim> {
     Dim::from_breakdown(h[0], u32::from_be_bytes(h[1..].try_into().ok()?))
 }
 
-/// Every non-empty bucket of a stored row, in tag and bucket order.
+/// Every non-empty bucket of a stored breakdowns row, in tag and bucket order.
 pub(super) fn decode(b: &[u8]) -> Result<Vec<(Dim, Stats)>, StateError> {
     decode_tags(b, |_| true, usize::MAX)
 }
@@ -101,7 +124,7 @@ pub(super) fn decode_tags(
     let bad = || codec_err("bad breakdowns row");
     let mut out = Vec::new();
     let mut taken = [0usize; 256];
-    for entry in Entries(b) {
+    for entry in Entries::<BREAKDOWN>(b) {
         let (h, s) = entry.map_err(|()| bad())?;
         if !wanted(h[0]) || taken[h[0] as usize] >= cap {
             continue;
@@ -116,15 +139,24 @@ pub(super) fn decode_tags(
     Ok(out)
 }
 
-/// The statistics of bucket `dim` in a stored row, if present and non-zero.
-pub(super) fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
-    let bad = || codec_err("bad breakdowns row");
-    let (tag, bucket) = dim.breakdown().ok_or_else(bad)?;
-    let mut want = [tag, 0, 0, 0, 0];
-    want[1..].copy_from_slice(&bucket.to_be_bytes());
+/// Every non-empty member of a stored member-day row, in member order.
+pub(super) fn decode_members(b: &[u8]) -> Result<Vec<(u64, Stats)>, StateError> {
+    let mut out = Vec::new();
+    for entry in Entries::<MEMBER>(b) {
+        let (h, s) = entry.map_err(|()| codec_err("bad member-day row"))?;
+        let stats = decode_stats(s)?;
+        if !stats.is_empty() {
+            out.push((u64::from_be_bytes(h), stats));
+        }
+    }
+    Ok(out)
+}
+
+/// The sum of the entries under header `want` in a stored row, if present and non-zero.
+fn find_entry<const H: usize>(b: &[u8], want: [u8; H]) -> Result<Option<Stats>, StateError> {
     let mut sum: Option<Stats> = None;
-    for entry in Entries(b) {
-        let (h, s) = entry.map_err(|()| bad())?;
+    for entry in Entries::<H>(b) {
+        let (h, s) = entry.map_err(|()| codec_err("bad packed row"))?;
         if h == want {
             sum.get_or_insert_with(Stats::default)
                 .merge(&decode_stats(s)?);
@@ -133,37 +165,70 @@ pub(super) fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
     Ok(sum.filter(|s| !s.is_empty()))
 }
 
+/// The statistics of bucket `dim` in a stored breakdowns row, if present and non-zero.
+pub(super) fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
+    let (tag, bucket) = dim
+        .breakdown()
+        .ok_or_else(|| codec_err("bad breakdowns row"))?;
+    let mut want = [tag, 0, 0, 0, 0];
+    want[1..].copy_from_slice(&bucket.to_be_bytes());
+    find_entry(b, want)
+}
+
+/// The statistics of `member` in a stored member-day row, if present and non-zero.
+pub(super) fn find_member(b: &[u8], member: u64) -> Result<Option<Stats>, StateError> {
+    find_entry(b, member.to_be_bytes())
+}
+
 /// The merge of breakdowns rows: `existing` (if any) and the `operands`, in that order, bucket
-/// by bucket. `None` (a malformed row) makes RocksDB report corruption rather than guess.
-///
-/// Every list is in bucket order, so they are merged in one pass, each entry copied as bytes
-/// unless several lists have its bucket: a compaction of a large row costs about a copy of
-/// it. Many operands at once, or a list out of order, take a sort instead.
+/// by bucket. `None` (a malformed row, or an unknown tag) makes RocksDB report corruption
+/// rather than guess.
 pub(super) fn merge<'a>(
     existing: Option<&'a [u8]>,
     operands: impl IntoIterator<Item = &'a [u8]>,
 ) -> Option<Vec<u8>> {
+    merge_lists::<BREAKDOWN>(existing, operands, |h| dim_of(h).is_some())
+}
+
+/// The merge of member-day rows, member by member (see [`merge`]).
+pub(super) fn merge_members<'a>(
+    existing: Option<&'a [u8]>,
+    operands: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<Vec<u8>> {
+    merge_lists::<MEMBER>(existing, operands, |_| true)
+}
+
+/// The merge of lists with `H`-byte headers, each header checked by `valid`.
+///
+/// Every list is in header order, so they are merged in one pass, each entry copied as bytes
+/// unless several lists have its header: a compaction of a large row costs about a copy of
+/// it. Many operands at once, or a list out of order, take a sort instead.
+fn merge_lists<'a, const H: usize>(
+    existing: Option<&'a [u8]>,
+    operands: impl IntoIterator<Item = &'a [u8]>,
+    valid: fn(&[u8; H]) -> bool,
+) -> Option<Vec<u8>> {
     let lists: Vec<&[u8]> = existing.into_iter().chain(operands).collect();
     let size = lists.iter().map(|l| l.len()).sum();
     let mut out = Vec::with_capacity(size);
-    if lists.len() <= MERGE_LISTS && merge_sorted(&lists, &mut out)? {
+    if lists.len() <= MERGE_LISTS && merge_sorted(&lists, &mut out, valid)? {
         return Some(out);
     }
     out.clear();
-    let mut all: Vec<(Header, &[u8])> = Vec::new();
+    let mut all: Vec<Entry<H>> = Vec::new();
     for b in &lists {
-        for entry in Entries(b) {
+        for entry in Entries::<H>(b) {
             all.push(entry.ok()?);
         }
     }
-    // Stable: the lists' order is kept among the entries of one bucket.
+    // Stable: the lists' order is kept among the entries of one header.
     all.sort_by_key(|(h, _)| *h);
     let mut scratch = Vec::with_capacity(64);
     let mut rest = &all[..];
     while let Some(((h, first), tail)) = rest.split_first() {
         let same = tail.iter().take_while(|(t, _)| t == h).count();
         let group = std::iter::once(*first).chain(tail[..same].iter().map(|(_, s)| *s));
-        emit(&mut out, h, group, &mut scratch)?;
+        emit(&mut out, h, group, &mut scratch, valid)?;
         rest = &tail[same..];
     }
     Some(out)
@@ -172,12 +237,16 @@ pub(super) fn merge<'a>(
 /// Lists merged in one pass at most (each step looks at every list's next entry).
 const MERGE_LISTS: usize = 16;
 
-/// Merges `lists`, each in bucket order, into `out` in one pass. `Some(false)` if a list is
+/// Merges `lists`, each in header order, into `out` in one pass. `Some(false)` if a list is
 /// out of order (`out` is then incomplete), `None` if one is malformed.
-fn merge_sorted(lists: &[&[u8]], out: &mut Vec<u8>) -> Option<bool> {
-    let mut cursors: Vec<(Entries, Option<Entry>)> = Vec::with_capacity(lists.len());
+fn merge_sorted<const H: usize>(
+    lists: &[&[u8]],
+    out: &mut Vec<u8>,
+    valid: fn(&[u8; H]) -> bool,
+) -> Option<bool> {
+    let mut cursors: Vec<(Entries<H>, Option<Entry<H>>)> = Vec::with_capacity(lists.len());
     for b in lists {
-        let mut it = Entries(b);
+        let mut it = Entries::<H>(b);
         let head = it.next().transpose().ok()?;
         cursors.push((it, head));
     }
@@ -201,20 +270,23 @@ fn merge_sorted(lists: &[&[u8]], out: &mut Vec<u8>) -> Option<bool> {
                 }
             }
         }
-        emit(out, &h, group.iter().copied(), &mut scratch)?;
+        emit(out, &h, group.iter().copied(), &mut scratch, valid)?;
     }
     Some(true)
 }
 
-/// Appends the sum of one bucket's entries: the entry itself if it is alone (its tag checked),
-/// else the decoded sum, unless it is zero.
-fn emit<'a>(
+/// Appends the sum of one header's entries: the entry itself if it is alone (its header
+/// checked), else the decoded sum, unless it is zero.
+fn emit<'a, const H: usize>(
     out: &mut Vec<u8>,
-    h: &Header,
+    h: &[u8; H],
     mut stats: impl Iterator<Item = &'a [u8]>,
     scratch: &mut Vec<u8>,
+    valid: fn(&[u8; H]) -> bool,
 ) -> Option<()> {
-    let dim = dim_of(h)?;
+    if !valid(h) {
+        return None;
+    }
     let first = stats.next()?;
     let Some(second) = stats.next() else {
         copy_entry(out, h, first);
@@ -224,7 +296,7 @@ fn emit<'a>(
     for s in std::iter::once(second).chain(stats) {
         sum.merge(&decode_stats(s).ok()?);
     }
-    push(out, dim, &sum, scratch);
+    push_entry(out, h, &sum, scratch);
     Some(())
 }
 
@@ -304,6 +376,49 @@ mod tests {
             for (d, s) in &expected {
                 prop_assert_eq!(find(&full, *d).unwrap(), Some(*s));
             }
+        }
+    }
+
+    proptest! {
+        /// Member-day rows merge the same way, member by member, over the whole id range.
+        #[test]
+        fn member_merges_are_member_sums(
+            ops in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    prop_oneof![0u64..6, Just(u64::MAX), Just(1u64 << 63)],
+                    (-2i64..3, -5i128..5),
+                    0..8,
+                ),
+                1..24,
+            ),
+            split in 0usize..6,
+        ) {
+            let mut expected: BTreeMap<u64, Stats> = BTreeMap::new();
+            for (m, &(k, i)) in ops.iter().flatten() {
+                expected.entry(*m).or_default().merge(&stats(k, i));
+            }
+            expected.retain(|_, s| !s.is_empty());
+            let expected: Vec<(u64, Stats)> = expected.into_iter().collect();
+            let rows: Vec<Vec<u8>> = ops
+                .iter()
+                .map(|o| {
+                    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+                    for (m, &(k, i)) in o {
+                        push_member(&mut out, *m, &stats(k, i), &mut scratch);
+                    }
+                    out
+                })
+                .collect();
+            let whole = merge_members(None, rows.iter().map(|r| &r[..])).unwrap();
+            prop_assert_eq!(decode_members(&whole).unwrap(), expected.clone());
+            let split = split.min(rows.len());
+            let partial = merge_members(None, rows[..split].iter().map(|r| &r[..])).unwrap();
+            let full = merge_members(Some(&partial), rows[split..].iter().map(|r| &r[..])).unwrap();
+            prop_assert_eq!(decode_members(&full).unwrap(), expected.clone());
+            for (m, s) in &expected {
+                prop_assert_eq!(find_member(&full, *m).unwrap(), Some(*s));
+            }
+            prop_assert_eq!(find_member(&full, 7).unwrap(), None);
         }
     }
 

@@ -37,8 +37,9 @@ impl RocksState {
     }
 
     /// Adds the writes to statistics to `wb`, in the order they come (the store's key order):
-    /// an entity's breakdown buckets, one after another there, as one merge of its breakdowns
-    /// row; every other statistic as its own put, merge or delete.
+    /// the statistics of a packed row (an entity's breakdown buckets; a corporation's member
+    /// days of one day), one after another there, as one merge of that row; every other
+    /// statistic as its own put, merge or delete.
     fn stage_stats(&self, wb: &mut WriteBatch, writes: &Writes) -> Result<(), StateError> {
         let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
         let cf_of = |table| match table {
@@ -46,27 +47,44 @@ impl RocksState {
             StatTable::Days => days_cf,
         };
         let mut buf = Vec::with_capacity(64);
-        let mut row: (Option<EntityKey>, Vec<u8>) = (None, Vec::with_capacity(1024));
-        let merge_row = |wb: &mut WriteBatch, row: &mut (Option<EntityKey>, Vec<u8>)| {
-            if let (Some(entity), false) = (row.0.take(), row.1.is_empty()) {
-                wb.merge_cf(stats_cf, StatKey::breakdowns_key(entity), &row.1);
+        let mut row: (Option<Packed>, Vec<u8>) = (None, Vec::with_capacity(1024));
+        let merge_row = |wb: &mut WriteBatch, row: &mut (Option<Packed>, Vec<u8>)| {
+            match (row.0.take(), row.1.is_empty()) {
+                (Some(Packed::Breakdowns(e)), false) => {
+                    wb.merge_cf(stats_cf, StatKey::breakdowns_key(e), &row.1)
+                }
+                (Some(Packed::MemberDays(corp, day)), false) => {
+                    wb.merge_cf(stats_cf, StatKey::member_days_key(corp, day), &row.1)
+                }
+                _ => {}
             }
             row.1.clear();
         };
         for (op, k, v) in writes.stats() {
-            if row.0.is_some_and(|e| e != k.entity) {
+            let packed = Packed::of(*k);
+            // The row is complete at the next packed row, or at the next entity: another
+            // statistic of its entity may sit between its entries in key order.
+            if row
+                .0
+                .is_some_and(|r| packed.map_or(r.entity() != k.entity, |p| p != r))
+            {
                 merge_row(wb, &mut row);
             }
-            if k.dim.breakdown().is_some() {
+            if let Some(p) = packed {
                 if op != StatOp::Merge {
                     // Shards put and delete only all-time rows: this is a bug, not a state to
                     // write (a put would be added as a delta, a delete lost).
                     return Err(StateError::Corrupt(format!(
-                        "{k:?} written as {op:?}: breakdowns are only merged"
+                        "{k:?} written as {op:?}: packed rows are only merged"
                     )));
                 }
-                row.0 = Some(k.entity);
-                breakdowns::push(&mut row.1, k.dim, v, &mut buf);
+                row.0 = Some(p);
+                match k.dim {
+                    Dim::MemberDay(_, member) => {
+                        breakdowns::push_member(&mut row.1, member, v, &mut buf)
+                    }
+                    dim => breakdowns::push(&mut row.1, dim, v, &mut buf),
+                }
                 continue;
             }
             let (table, key) = k.stored();
@@ -255,5 +273,30 @@ fn dead_letter_record(d: &DeadLetter, topics: &[String]) -> DeadLetterRecord {
         error: d.error.clone(),
         payload_len: d.payload_len,
         payload: String::from_utf8_lossy(&d.payload).into_owned(),
+    }
+}
+
+/// The packed row a statistic is stored in, if it is packed (see [`super::breakdowns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packed {
+    /// An entity's breakdowns row.
+    Breakdowns(EntityKey),
+    /// A corporation's member-day row of one day.
+    MemberDays(EntityKey, i32),
+}
+
+impl Packed {
+    fn entity(self) -> EntityKey {
+        match self {
+            Packed::Breakdowns(e) | Packed::MemberDays(e, _) => e,
+        }
+    }
+
+    fn of(k: StatKey) -> Option<Packed> {
+        match k.dim {
+            Dim::MemberDay(day, _) => Some(Packed::MemberDays(k.entity, day)),
+            d if d.breakdown().is_some() => Some(Packed::Breakdowns(k.entity)),
+            _ => None,
+        }
     }
 }

@@ -138,16 +138,20 @@ pub(super) fn merge_stats(
     Some(encode_stats(&acc))
 }
 
-/// The merge operator of the `stats` column family: an entity's breakdowns row merges as a
-/// list of buckets ([`super::breakdowns`]), every other row as [`merge_stats`].
+/// The merge operator of the `stats` column family: an entity's breakdowns row and a
+/// corporation's member-day rows merge as lists ([`super::breakdowns`]), every other row as
+/// [`merge_stats`].
 pub(super) fn merge_stats_table(
     key: &[u8],
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
-    match StatKey::breakdowns_entity(key) {
-        Some(_) => super::breakdowns::merge(existing, operands),
-        None => merge_stats(key, existing, operands),
+    if StatKey::breakdowns_entity(key).is_some() {
+        super::breakdowns::merge(existing, operands)
+    } else if StatKey::member_days_of(key).is_some() {
+        super::breakdowns::merge_members(existing, operands)
+    } else {
+        merge_stats(key, existing, operands)
     }
 }
 

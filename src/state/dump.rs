@@ -41,6 +41,12 @@ impl RocksState {
                 }
                 continue;
             }
+            if let Some((corp, day)) = StatKey::member_days_of(&k) {
+                for (member, s) in super::breakdowns::decode_members(&v)? {
+                    out.insert(StatKey::new(corp, Dim::MemberDay(day, member)), s);
+                }
+                continue;
+            }
             let key = StatKey::from_bytes(&k).ok_or_else(|| codec_err("bad stats key"))?;
             if let Some(s) = stored_stats(&v)? {
                 out.insert(key, s);

@@ -75,7 +75,8 @@ const ALL_CFS: [&str; 7] = [
 /// layout is refused at open (replay it into a fresh directory) rather than misread.
 /// 2: version keys in the upsert state (R2Z2 sequence) and dead letters keyed by epoch.
 /// 3: an entity's breakdowns (months included) in one row.
-pub const STATE_FORMAT: u32 = 3;
+/// 4: a corporation's member-day buckets of one day in one row.
+pub const STATE_FORMAT: u32 = 4;
 
 /// What the last checkpoint covered; served as `as_of`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -67,12 +67,16 @@ impl RocksState {
         // breakdowns row), then one batched read per table.
         let stored: Vec<(bool, KeyBytes)> = keys
             .iter()
-            .map(|k| match k.stored() {
-                _ if k.dim.breakdown().is_some() => (
+            .map(|k| match (k.dim, k.stored()) {
+                (Dim::MemberDay(day, _), _) => (
+                    false,
+                    KeyBytes::from_slice(&StatKey::member_days_key(k.entity, day)),
+                ),
+                (dim, _) if dim.breakdown().is_some() => (
                     false,
                     KeyBytes::from_slice(&StatKey::breakdowns_key(k.entity)),
                 ),
-                (table, b) => (table == StatTable::Days, b),
+                (_, (table, b)) => (table == StatTable::Days, b),
             })
             .collect();
         let mut out: Vec<Option<Stats>> = vec![None; keys.len()];
@@ -83,12 +87,11 @@ impl RocksState {
             }
             let got = self.batched_get(snap, self.cf(cf), at.iter().map(|&i| &stored[i].1[..]));
             for (i, g) in at.into_iter().zip(got) {
-                out[i] = match g? {
-                    Some(v) if keys[i].dim.breakdown().is_some() => {
-                        breakdowns::find(&v, keys[i].dim)?
-                    }
-                    Some(v) => stored_stats(&v)?,
-                    None => None,
+                out[i] = match (g?, keys[i].dim) {
+                    (Some(v), Dim::MemberDay(_, member)) => breakdowns::find_member(&v, member)?,
+                    (Some(v), dim) if dim.breakdown().is_some() => breakdowns::find(&v, dim)?,
+                    (Some(v), _) => stored_stats(&v)?,
+                    (None, _) => None,
                 };
             }
         }
@@ -269,12 +272,13 @@ impl RocksState {
             return Ok((Vec::new(), meta));
         };
         let from = clock - WINDOW_DAYS[w as usize] + 1;
-        let start = StatKey::member_day_prefix(entity, from);
-        let end = StatKey::member_day_prefix(entity, clock + 1);
+        // The corporation's member-day rows of the window's days: one range.
+        let start = StatKey::member_days_key(entity, from);
+        let end = StatKey::member_days_key(entity, clock + 1);
         let mut sums: BTreeMap<u64, Stats> = BTreeMap::new();
         let iter = snap.iterator_cf_opt(
             self.cf(CF_STATS),
-            read_before(Some(end.clone())),
+            read_before(Some(end.to_vec())),
             IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         for item in iter {
@@ -282,9 +286,11 @@ impl RocksState {
             if k[..] >= end[..] {
                 break;
             }
-            match StatKey::from_bytes(&k).map(|k| k.dim) {
-                Some(Dim::MemberDay(_, c)) => sums.entry(c).or_default().merge(&decode_stats(&v)?),
-                _ => return Err(bad()),
+            if StatKey::member_days_of(&k).is_none() {
+                return Err(bad());
+            }
+            for (c, s) in breakdowns::decode_members(&v)? {
+                sums.entry(c).or_default().merge(&s);
             }
         }
         sums.retain(|_, s| !s.is_empty());
