@@ -29,6 +29,9 @@ const MAX_ISK: f64 = 1e15;
 /// at most [`MAX_ATTACKERS`] attackers, one killmail adds at most 2·10^15 to a sum, so no
 /// realistic history comes near `i64::MAX` (9.2·10^18); the sums saturate beyond it.
 pub const MAX_DAMAGE: u64 = 100_000_000_000;
+/// The largest id (killmail, character, corporation, alliance, type, system) accepted: what
+/// the API accepts in a path, so every stored id can be asked for.
+pub const MAX_ID: u64 = i64::MAX as u64;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
@@ -231,8 +234,23 @@ fn esi_killmail(esi: RawTop, zkb: Option<RawZkb>) -> Result<Killmail, DecodeErro
         }
     };
     damage("victim.damage_taken", victim.damage_taken)?;
+    // Ids are what the API can be asked for: 1 to i64::MAX (an absent id is normal input).
+    let ident = |field, value: Option<u64>| match value {
+        Some(v) if v == 0 || v > MAX_ID => Err(DecodeError::OutOfRange(id, field, v, MAX_ID)),
+        _ => Ok(()),
+    };
+    ident("killmail_id", Some(id))?;
+    ident("solar_system_id", Some(solar_system_id.into()))?;
+    ident("victim.character_id", victim.character_id)?;
+    ident("victim.corporation_id", victim.corporation_id)?;
+    ident("victim.alliance_id", victim.alliance_id)?;
+    ident("victim.ship_type_id", victim.ship_type_id.map(u64::from))?;
     for a in &raw_attackers {
         damage("attackers[].damage_done", a.damage_done)?;
+        ident("attackers[].character_id", a.character_id)?;
+        ident("attackers[].corporation_id", a.corporation_id)?;
+        ident("attackers[].alliance_id", a.alliance_id)?;
+        ident("attackers[].ship_type_id", a.ship_type_id.map(u64::from))?;
     }
     let zkb = match zkb.or(esi.zkb) {
         None => None,
@@ -273,7 +291,7 @@ fn convert_zkb(id: u64, z: RawZkb) -> Result<Zkb, DecodeError> {
             format!("totalValue {}", z.total_value),
         ));
     }
-    if !z.points.is_finite() || z.points.abs() > 1e9 {
+    if !z.points.is_finite() || !(0.0..=1e9).contains(&z.points) {
         return Err(DecodeError::InvalidZkb(id, format!("points {}", z.points)));
     }
     Ok(Zkb {
@@ -331,6 +349,15 @@ mod tests {
             (b"\xff\xfe", "malformed_json"),
             (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{\"damage_taken\":18446744073709551615},\"solar_system_id\":1}", "out_of_range"),
             (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{},\"solar_system_id\":1,\"attackers\":[{\"damage_done\":100000000001}]}", "out_of_range"),
+            // Ids the API could not be asked for: 0, or above i64::MAX.
+            (b"{\"killmail_id\":18446744073709551615,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{},\"solar_system_id\":1}", "out_of_range"),
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{},\"solar_system_id\":0}", "out_of_range"),
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{\"character_id\":0},\"solar_system_id\":1}", "out_of_range"),
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{\"ship_type_id\":0},\"solar_system_id\":1}", "out_of_range"),
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{},\"solar_system_id\":1,\"attackers\":[{\"alliance_id\":9223372036854775808}]}", "out_of_range"),
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{},\"solar_system_id\":1,\"attackers\":[{\"corporation_id\":0}]}", "out_of_range"),
+            // Negative zkb values.
+            (b"{\"killmail_id\":3,\"killmail_time\":\"2021-11-27T00:00:00Z\",\"victim\":{},\"solar_system_id\":1,\"zkb\":{\"totalValue\":5,\"points\":-1}}", "invalid_zkb"),
         ];
         for (input, reason) in cases {
             let err = decode(input).expect_err(&String::from_utf8_lossy(input));
