@@ -121,6 +121,10 @@ pub async fn serve(
 /// The longest a stop waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// How long a connection idle for `api.idle-timeout-ms` with an answer still in flight (its
+/// client stopped reading) is given to finish before it is dropped.
+const STALLED_GRACE: Duration = Duration::from_secs(1);
+
 async fn serve_connection(
     stream: TcpStream,
     builder: hyper::server::conn::http1::Builder,
@@ -157,9 +161,14 @@ async fn serve_connection(
                 if closing {
                     return; // a client that stopped reading its answer: drop it
                 }
+                // An idle keep-alive connection closes at once. One with an answer in flight
+                // that nothing was written to for `idle` (a client that stopped reading, such
+                // as a stalled live-feed subscriber) gets a short grace, then is dropped.
                 closing = true;
                 conn.as_mut().graceful_shutdown();
-                last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                let grace = STALLED_GRACE.min(idle);
+                let since = (epoch.elapsed() + grace).saturating_sub(idle);
+                last.store(since.as_millis() as u64, Ordering::Relaxed);
             }
             _ = &mut stop, if !closing => {
                 closing = true;

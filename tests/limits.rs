@@ -140,6 +140,59 @@ fn idle_and_slow_clients_cannot_hold_the_api_or_stop_ingestion() {
     assert!(refused_metric >= 100.0, "{refused_metric} refused");
 }
 
+/// A live-feed subscriber that stops reading holds a connection slot and the checkpoint it is
+/// being sent: once nothing could be written to it for the idle timeout, it is dropped after
+/// a short grace (it used to get a second idle timeout).
+#[test]
+fn a_subscriber_that_stops_reading_is_dropped() {
+    let state = tempfile::tempdir().unwrap();
+    let env = generator_env(&[
+        ("KMFLOW__GENERATOR__RATE_PER_SEC", "20000"),
+        ("KMFLOW__API__IDLE_TIMEOUT_MS", "10000"),
+        ("KMFLOW__API__REQUEST_TIMEOUT_MS", "5000"),
+    ]);
+    let k = Kmflow::start(state.path(), &env);
+    wait_until("a first checkpoint", Duration::from_secs(30), || {
+        committed(&k) > 0.0
+    });
+    let subscribers = || {
+        try_get(&k.url("/metrics"))
+            .map(|m| metric_sum(&m, "kmflow_stream_subscribers"))
+            .unwrap_or(-1.0)
+    };
+    // Subscribes, reads the first bytes (the feed is flowing), then never reads again: the
+    // socket buffers fill within seconds at this rate.
+    let t0 = Instant::now();
+    let mut stalled = TcpStream::connect(format!("127.0.0.1:{}", k.port)).unwrap();
+    stalled
+        .write_all(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 64];
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = stalled.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+    wait_until(
+        "the subscriber to be counted",
+        Duration::from_secs(5),
+        || subscribers() == 1.0,
+    );
+    // Dropped at most ~idle + grace after its buffers filled; with a second idle timeout it
+    // would take at least 2 × idle = 20 s from the connection.
+    wait_until(
+        "the stalled subscriber to be dropped",
+        Duration::from_secs(20),
+        || subscribers() == 0.0,
+    );
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(19),
+        "dropped {took:?} after it connected"
+    );
+    drop(stalled);
+}
+
 #[test]
 fn a_stop_is_bounded_by_its_grace_and_gauges_are_set_at_start() {
     let state = tempfile::tempdir().unwrap();
