@@ -747,3 +747,50 @@ async fn hostile_requests_get_clear_json_errors() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["results"].as_array().unwrap().len(), 1);
 }
+
+/// An entity with more buckets of a breakdown than a read decodes (10,000: only unusual input
+/// makes that many, such as one character listed with 10,001 ship types) has the sections
+/// computed from part of them named in `truncated`, not silently cut.
+#[tokio::test]
+async fn truncated_breakdowns_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RocksState::open(dir.path(), 16).unwrap();
+    let attackers: Vec<Value> = (1..=10_001u32)
+        .map(|t| {
+            serde_json::json!({"character_id": 90_000_009u64, "corporation_id": 98_000_009u64,
+                "damage_done": 1, "final_blow": t == 1, "ship_type_id": t})
+        })
+        .chain([serde_json::json!({"character_id": 90_000_010u64, "ship_type_id": 587})])
+        .collect();
+    let km = serde_json::json!({"killmail_id": 20, "killmail_time": "2021-11-27T12:00:00Z",
+        "solar_system_id": 30000142, "victim": {"character_id": 90_000_011u64, "ship_type_id": 670},
+        "attackers": attackers});
+    let km = kmflow_dataflows::decode::decode(&serde_json::to_vec(&km).unwrap()).unwrap();
+    let batch = common::batch_of(&*s, &[km], 1);
+    let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 1i64)]))]);
+    s.write_checkpoint(
+        &batch,
+        &["killmails".to_string()],
+        &offsets,
+        &BTreeMap::new(),
+        i64::MAX,
+    )
+    .unwrap();
+    let mut state = AppState::new(s, Metrics::new(), &kmflow::config::Config::defaults());
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
+    let f = Fixture { _dir: dir, state };
+    let (status, body, text) = call(&f, "GET", "/v1/characters/90000009?include=all", None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        body["truncated"],
+        serde_json::json!(["top_ships"]),
+        "{text}"
+    );
+    assert_eq!(body["stats"]["kills"], 1, "{text}");
+    let (status, body, text) = call(&f, "GET", "/v1/characters/90000010?include=all", None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(body.get("truncated").is_none(), "{text}");
+    assert_eq!(body["top_ships"][0]["ship_type_id"], 587, "{text}");
+}

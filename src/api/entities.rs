@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use kmflow_dataflows::contrib::StatsLevel;
-use kmflow_dataflows::keys::WINDOW_NAMES;
+use kmflow_dataflows::keys::{tag, WINDOW_NAMES};
 use kmflow_dataflows::{EntityKey, EntityKind, Stats};
 
 use super::body::{isk, stat_fields, AsOf, Clock, Fields, Range, Selected, StatsBody};
@@ -66,6 +66,11 @@ pub struct EntityBody {
     /// Section or field → why it is null.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub unavailable: BTreeMap<String, String>,
+    /// Sections computed from part of their buckets: the entity has more than 10,000 of one
+    /// breakdown (ships flown, systems, ...; only unusual input makes that many), and only
+    /// the first 10,000 by id were read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<&'static str>,
     pub as_of: Option<AsOf>,
 }
 
@@ -243,7 +248,20 @@ fn entity_body(
         top_systems,
         activity,
         unavailable,
+        truncated: v.truncated.iter().filter_map(|&t| section_of(t)).collect(),
         as_of: AsOf::of(meta),
+    }
+}
+
+/// The section of the answer a breakdown tag feeds.
+fn section_of(t: u8) -> Option<&'static str> {
+    match t {
+        tag::MONTH => Some("months"),
+        tag::GROUP => Some("groups"),
+        tag::SHIP => Some("top_ships"),
+        tag::SYSTEM => Some("top_systems"),
+        tag::HOUR => Some("activity"),
+        _ => None,
     }
 }
 

@@ -109,24 +109,34 @@ fn dim_of(h: &[u8; BREAKDOWN]) -> Option<Dim> {
 
 /// Every non-empty bucket of a stored breakdowns row, in tag and bucket order.
 pub(super) fn decode(b: &[u8]) -> Result<Vec<(Dim, Stats)>, StateError> {
-    decode_tags(b, |_| true, usize::MAX)
+    decode_tags(b, |_| true, usize::MAX).map(|(buckets, _)| buckets)
 }
 
+/// Breakdown buckets read, and the tags of which only the first buckets were.
+pub(super) type Buckets = (Vec<(Dim, Stats)>, Vec<u8>);
+
 /// The non-empty buckets of a stored row whose tag is `wanted`, at most `cap` of each tag (the
-/// first by bucket), in tag and bucket order. Only those are decoded: a row has as many buckets
-/// as its entity has distinct systems and ships, which a producer decides, so what a read costs
-/// beyond skipping entries is bounded by `cap`.
+/// first by bucket), in tag and bucket order, and the tags that had more (in tag order). Only
+/// those are decoded: a row has as many buckets as its entity has distinct systems and ships,
+/// which a producer decides, so what a read costs beyond skipping entries is bounded by `cap`.
 pub(super) fn decode_tags(
     b: &[u8],
     wanted: impl Fn(u8) -> bool,
     cap: usize,
-) -> Result<Vec<(Dim, Stats)>, StateError> {
+) -> Result<Buckets, StateError> {
     let bad = || codec_err("bad breakdowns row");
     let mut out = Vec::new();
     let mut taken = [0usize; 256];
+    let mut truncated = Vec::new();
     for entry in Entries::<BREAKDOWN>(b) {
         let (h, s) = entry.map_err(|()| bad())?;
-        if !wanted(h[0]) || taken[h[0] as usize] >= cap {
+        if !wanted(h[0]) {
+            continue;
+        }
+        if taken[h[0] as usize] >= cap {
+            if !truncated.contains(&h[0]) {
+                truncated.push(h[0]);
+            }
             continue;
         }
         let stats = decode_stats(s)?;
@@ -136,7 +146,8 @@ pub(super) fn decode_tags(
         }
     }
     out.sort_by_key(|(d, _)| d.breakdown());
-    Ok(out)
+    truncated.sort_unstable();
+    Ok((out, truncated))
 }
 
 /// Every non-empty member of a stored member-day row, in member order.
@@ -431,12 +442,15 @@ mod tests {
         deltas.extend((0..30).map(|i| (Dim::Ship(i), stats(2, 0))));
         deltas.push((Dim::Hour(3), stats(0, 0)));
         let r = row(&deltas);
-        let got = decode_tags(&r, |t| t == tag::SHIP || t == tag::SYSTEM, 10).unwrap();
+        let (got, truncated) = decode_tags(&r, |t| t == tag::SHIP || t == tag::SYSTEM, 10).unwrap();
         let expected: Vec<(Dim, Stats)> = (0..10)
             .map(|i| (Dim::Ship(i), stats(2, 0)))
             .chain((0..10).map(|i| (Dim::System(i), stats(1, 0))))
             .collect();
         assert_eq!(got, expected);
+        assert_eq!(truncated, vec![tag::SHIP, tag::SYSTEM]);
+        let (_, truncated) = decode_tags(&r, |t| t == tag::SHIP, 30).unwrap();
+        assert!(truncated.is_empty(), "30 ships fit a cap of 30");
         assert_eq!(
             decode(&r).unwrap().len(),
             50_030,

@@ -119,19 +119,19 @@ impl RocksState {
     }
 
     /// The breakdown buckets of `entity` whose tag (month, group, ship, system, hour) is `wanted`, at
-    /// most [`MAX_BREAKDOWN_ROWS`] of each, in tag and bucket order.
+    /// most [`MAX_BREAKDOWN_ROWS`] of each, in tag and bucket order, and the tags that had more.
     fn breakdowns(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
         entity: EntityKey,
         wanted: impl Fn(u8) -> bool,
-    ) -> Result<Vec<(Dim, Stats)>, StateError> {
+    ) -> Result<breakdowns::Buckets, StateError> {
         match snap
             .get_cf(self.cf(CF_STATS), StatKey::breakdowns_key(entity))
             .map_err(|e| self.err(e))?
         {
             Some(v) => breakdowns::decode_tags(&v, wanted, MAX_BREAKDOWN_ROWS),
-            None => Ok(Vec::new()),
+            None => Ok((Vec::new(), Vec::new())),
         }
     }
 
@@ -219,10 +219,11 @@ impl RocksState {
             _ => false,
         };
         let tags = [tag::MONTH, tag::GROUP, tag::SHIP, tag::SYSTEM, tag::HOUR];
-        let breakdowns = match tags.into_iter().any(wanted) {
+        let (breakdowns, truncated) = match tags.into_iter().any(wanted) {
             true => self.breakdowns(&snap, entity, wanted)?,
-            false => Vec::new(),
+            false => (Vec::new(), Vec::new()),
         };
+        view.truncated = truncated;
         // Only the wanted tags were decoded: the others come out empty.
         let buckets = |t: u8| -> Vec<(u32, Stats)> {
             breakdowns
@@ -471,4 +472,7 @@ pub struct EntityView {
     pub systems: Vec<(u32, Stats)>,
     /// Heatmap cells (day of week × 24 + hour).
     pub hours: Vec<(u32, Stats)>,
+    /// The breakdown tags ([`tag`]) read only in part: more than [`MAX_BREAKDOWN_ROWS`]
+    /// buckets, of which the first by bucket were read.
+    pub truncated: Vec<u8>,
 }
