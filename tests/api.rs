@@ -15,6 +15,7 @@ use tower::ServiceExt;
 use kmflow::api::{app, AppState};
 use kmflow::metrics::Metrics;
 use kmflow::state::RocksState;
+use kmflow_dataflows::checkpoint::CheckpointBatch;
 use kmflow_dataflows::model::{DeadLetter, SourcePos};
 
 struct Fixture {
@@ -55,10 +56,20 @@ fn fixture() -> Fixture {
         payload_len: 1,
     });
     let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 5i64), (1, 8)]))]);
+    fixture_of(dir, s, &batch, &offsets)
+}
+
+/// The API, ready, over `s` (in `dir`) after one checkpoint of `batch` at `offsets`.
+fn fixture_of(
+    dir: tempfile::TempDir,
+    s: Arc<RocksState>,
+    batch: &CheckpointBatch<()>,
+    offsets: &BTreeMap<String, BTreeMap<i32, i64>>,
+) -> Fixture {
     s.write_checkpoint(
-        &batch,
+        batch,
         &["killmails".to_string()],
-        &offsets,
+        offsets,
         &BTreeMap::new(),
         i64::MAX,
     )
@@ -768,19 +779,7 @@ async fn truncated_breakdowns_are_named() {
     let km = kmflow_dataflows::decode::decode(&serde_json::to_vec(&km).unwrap()).unwrap();
     let batch = common::batch_of(&*s, &[km], 1);
     let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 1i64)]))]);
-    s.write_checkpoint(
-        &batch,
-        &["killmails".to_string()],
-        &offsets,
-        &BTreeMap::new(),
-        i64::MAX,
-    )
-    .unwrap();
-    let mut state = AppState::new(s, Metrics::new(), &kmflow::config::Config::defaults());
-    state
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
-    let f = Fixture { _dir: dir, state };
+    let f = fixture_of(dir, s, &batch, &offsets);
     let (status, body, text) = call(&f, "GET", "/v1/characters/90000009?include=all", None).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(
