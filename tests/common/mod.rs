@@ -264,8 +264,21 @@ impl Kmflow {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().expect("start kmflow"));
-        wait_for_port(self.port, Duration::from_secs(60));
+        let child = self.child.insert(cmd.spawn().expect("start kmflow"));
+        // Until its API listens; a process that exits first (a configuration error) fails
+        // the test at once, with its status, rather than after the whole wait.
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = child.try_wait().expect("kmflow's status") {
+                panic!("kmflow exited before its API listened: {status} (see its stderr)");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kmflow's API did not listen on {} within 60 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
