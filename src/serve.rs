@@ -66,6 +66,25 @@ pub fn effective_max_connections(configured: usize, nofile: u64) -> usize {
     configured.min(room)
 }
 
+/// Connections the kernel queues for the API before it accepts them (capped by
+/// `net.core.somaxconn`). The accept loop yields to the connections it started every so often
+/// (tokio's cooperative budget), so a burst of connects outruns it for a moment: with the
+/// default backlog of 128, a burst overflowed the queue and the connect dropped waited for
+/// TCP's retransmission, 1 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`]. Call within a tokio runtime.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's own bind: a restarted kmflow can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `router` on `listener` until `stop` is notified, within `cfg`'s limits.
 pub async fn serve(
     listener: TcpListener,

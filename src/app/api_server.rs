@@ -37,7 +37,7 @@ impl ApiServer {
             .enable_all()
             .build()?;
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind(config.api.listen))
+            .block_on(async { serve::bind(config.api.listen) })
             .with_context(|| format!("binding the API to {}", config.api.listen))?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(tokio::sync::Notify::new());
