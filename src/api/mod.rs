@@ -129,6 +129,7 @@ impl AppState {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            lower_priority_once();
             f(&state)
         })
         .await
@@ -136,6 +137,28 @@ impl AppState {
         .map_err(ApiError::internal)
     }
 }
+
+/// Gives the calling read-pool thread a lower CPU priority (nice +10) than ingestion and the
+/// runtime that accepts connections and answers `/healthz`, once per thread: on a machine
+/// with no spare core, heavy reads (rosters, leaderboards) get what is left. Linux applies it
+/// to the thread alone; elsewhere it does nothing.
+fn lower_priority_once() {
+    thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    LOWERED.with(|lowered| {
+        if lowered.replace(true) {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: plain syscalls on this thread's own id; a failure only leaves the priority.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, READ_NICE);
+        }
+    });
+}
+
+/// The nice value of the API's read-pool threads (see [`lower_priority_once`]).
+const READ_NICE: libc::c_int = 10;
 
 /// The OpenAPI 3.1 document of the API, generated from the handlers and their types.
 #[derive(OpenApi)]
