@@ -158,6 +158,7 @@ fn lower_priority_once() {
 }
 
 /// The nice value of the API's read-pool threads (see [`lower_priority_once`]).
+#[cfg(target_os = "linux")]
 const READ_NICE: libc::c_int = 10;
 
 /// The OpenAPI 3.1 document of the API, generated from the handlers and their types.
