@@ -22,6 +22,78 @@
 
 use super::codec::{decode_stats, encode_stats_into};
 use super::*;
+use kmflow_dataflows::keys::KeyBytes;
+
+/// The packed row a statistic is stored in, if it is packed: the one place that decides it,
+/// for the checkpoint's writes, the point reads and the merge operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Packed {
+    /// An entity's breakdowns row.
+    Breakdowns(EntityKey),
+    /// A corporation's member-day row of one day.
+    MemberDays(EntityKey, i32),
+}
+
+impl Packed {
+    /// The row `k` is stored in, `None` for a statistic stored on its own.
+    pub(super) fn of(k: StatKey) -> Option<Packed> {
+        match k.dim {
+            Dim::MemberDay(day, _) => Some(Packed::MemberDays(k.entity, day)),
+            d if d.breakdown().is_some() => Some(Packed::Breakdowns(k.entity)),
+            _ => None,
+        }
+    }
+
+    /// The row a stored key names, `None` for any other key.
+    pub(super) fn of_stored(key: &[u8]) -> Option<Packed> {
+        StatKey::breakdowns_entity(key)
+            .map(Packed::Breakdowns)
+            .or_else(|| StatKey::member_days_of(key).map(|(c, d)| Packed::MemberDays(c, d)))
+    }
+
+    pub(super) fn entity(self) -> EntityKey {
+        match self {
+            Packed::Breakdowns(e) | Packed::MemberDays(e, _) => e,
+        }
+    }
+
+    /// Its stored key, in the `stats` table.
+    pub(super) fn key(self) -> KeyBytes {
+        match self {
+            Packed::Breakdowns(e) => KeyBytes::from_slice(&StatKey::breakdowns_key(e)),
+            Packed::MemberDays(c, d) => KeyBytes::from_slice(&StatKey::member_days_key(c, d)),
+        }
+    }
+
+    /// Appends the entry of statistic dimension `dim` (one of this row's) to `row`.
+    pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec<u8>) {
+        match dim {
+            Dim::MemberDay(_, member) => push_entry(row, &member.to_be_bytes(), stats, scratch),
+            dim => push(row, dim, stats, scratch),
+        }
+    }
+
+    /// The statistics of dimension `dim` in a stored row of this kind, if present and
+    /// non-zero.
+    pub(super) fn find(row: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
+        match dim {
+            Dim::MemberDay(_, member) => find_entry(row, member.to_be_bytes()),
+            dim => find(row, dim),
+        }
+    }
+
+    /// The merge of stored rows of this kind (see [`merge`]).
+    pub(super) fn merge<'a>(
+        self,
+        existing: Option<&'a [u8]>,
+        operands: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<Vec<u8>> {
+        match self {
+            Packed::Breakdowns(_) => merge(existing, operands),
+            Packed::MemberDays(..) => merge_members(existing, operands),
+        }
+    }
+}
 
 /// The header width of a breakdowns row's entries.
 const BREAKDOWN: usize = 5;
@@ -50,7 +122,7 @@ fn push_entry<const H: usize>(
 }
 
 /// Appends the entry of `dim` (a breakdown dimension) with `stats` to a breakdowns row.
-pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec<u8>) {
+fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec<u8>) {
     let Some((tag, bucket)) = dim.breakdown() else {
         debug_assert!(false, "{dim:?} is not a breakdown");
         return;
@@ -58,11 +130,6 @@ pub(super) fn push(row: &mut Vec<u8>, dim: Dim, stats: &Stats, scratch: &mut Vec
     let mut h = [tag, 0, 0, 0, 0];
     h[1..].copy_from_slice(&bucket.to_be_bytes());
     push_entry(row, &h, stats, scratch);
-}
-
-/// Appends the entry of `member` with `stats` to a member-day row.
-pub(super) fn push_member(row: &mut Vec<u8>, member: u64, stats: &Stats, scratch: &mut Vec<u8>) {
-    push_entry(row, &member.to_be_bytes(), stats, scratch);
 }
 
 /// The entries of a row or operand, one by one: header and encoded statistics; an `Err` item
@@ -177,18 +244,13 @@ fn find_entry<const H: usize>(b: &[u8], want: [u8; H]) -> Result<Option<Stats>, 
 }
 
 /// The statistics of bucket `dim` in a stored breakdowns row, if present and non-zero.
-pub(super) fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
+fn find(b: &[u8], dim: Dim) -> Result<Option<Stats>, StateError> {
     let (tag, bucket) = dim
         .breakdown()
         .ok_or_else(|| codec_err("bad breakdowns row"))?;
     let mut want = [tag, 0, 0, 0, 0];
     want[1..].copy_from_slice(&bucket.to_be_bytes());
     find_entry(b, want)
-}
-
-/// The statistics of `member` in a stored member-day row, if present and non-zero.
-pub(super) fn find_member(b: &[u8], member: u64) -> Result<Option<Stats>, StateError> {
-    find_entry(b, member.to_be_bytes())
 }
 
 /// The merge of breakdowns rows: `existing` (if any) and the `operands`, in that order, bucket
@@ -202,7 +264,7 @@ pub(super) fn merge<'a>(
 }
 
 /// The merge of member-day rows, member by member (see [`merge`]).
-pub(super) fn merge_members<'a>(
+fn merge_members<'a>(
     existing: Option<&'a [u8]>,
     operands: impl IntoIterator<Item = &'a [u8]>,
 ) -> Option<Vec<u8>> {
@@ -415,7 +477,7 @@ mod tests {
                 .map(|o| {
                     let (mut out, mut scratch) = (Vec::new(), Vec::new());
                     for (m, &(k, i)) in o {
-                        push_member(&mut out, *m, &stats(k, i), &mut scratch);
+                        Packed::push(&mut out, Dim::MemberDay(0, *m), &stats(k, i), &mut scratch);
                     }
                     out
                 })
@@ -427,9 +489,9 @@ mod tests {
             let full = merge_members(Some(&partial), rows[split..].iter().map(|r| &r[..])).unwrap();
             prop_assert_eq!(decode_members(&full).unwrap(), expected.clone());
             for (m, s) in &expected {
-                prop_assert_eq!(find_member(&full, *m).unwrap(), Some(*s));
+                prop_assert_eq!(Packed::find(&full, Dim::MemberDay(0, *m)).unwrap(), Some(*s));
             }
-            prop_assert_eq!(find_member(&full, 7).unwrap(), None);
+            prop_assert_eq!(Packed::find(&full, Dim::MemberDay(0, 7)).unwrap(), None);
         }
     }
 

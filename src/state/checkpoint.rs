@@ -3,6 +3,7 @@
 
 use super::*;
 
+use super::breakdowns::Packed;
 use super::codec::*;
 use kmflow_dataflows::aggregate::{StatOp, Writes};
 use kmflow_dataflows::keys::StatTable;
@@ -49,14 +50,8 @@ impl RocksState {
         let mut buf = Vec::with_capacity(64);
         let mut row: (Option<Packed>, Vec<u8>) = (None, Vec::with_capacity(1024));
         let merge_row = |wb: &mut WriteBatch, row: &mut (Option<Packed>, Vec<u8>)| {
-            match (row.0.take(), row.1.is_empty()) {
-                (Some(Packed::Breakdowns(e)), false) => {
-                    wb.merge_cf(stats_cf, StatKey::breakdowns_key(e), &row.1)
-                }
-                (Some(Packed::MemberDays(corp, day)), false) => {
-                    wb.merge_cf(stats_cf, StatKey::member_days_key(corp, day), &row.1)
-                }
-                _ => {}
+            if let (Some(p), false) = (row.0.take(), row.1.is_empty()) {
+                wb.merge_cf(stats_cf, p.key(), &row.1);
             }
             row.1.clear();
         };
@@ -79,12 +74,7 @@ impl RocksState {
                     )));
                 }
                 row.0 = Some(p);
-                match k.dim {
-                    Dim::MemberDay(_, member) => {
-                        breakdowns::push_member(&mut row.1, member, v, &mut buf)
-                    }
-                    dim => breakdowns::push(&mut row.1, dim, v, &mut buf),
-                }
+                Packed::push(&mut row.1, k.dim, v, &mut buf);
                 continue;
             }
             let (table, key) = k.stored();
@@ -273,30 +263,5 @@ fn dead_letter_record(d: &DeadLetter, topics: &[String]) -> DeadLetterRecord {
         error: d.error.clone(),
         payload_len: d.payload_len,
         payload: String::from_utf8_lossy(&d.payload).into_owned(),
-    }
-}
-
-/// The packed row a statistic is stored in, if it is packed (see [`super::breakdowns`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Packed {
-    /// An entity's breakdowns row.
-    Breakdowns(EntityKey),
-    /// A corporation's member-day row of one day.
-    MemberDays(EntityKey, i32),
-}
-
-impl Packed {
-    fn entity(self) -> EntityKey {
-        match self {
-            Packed::Breakdowns(e) | Packed::MemberDays(e, _) => e,
-        }
-    }
-
-    fn of(k: StatKey) -> Option<Packed> {
-        match k.dim {
-            Dim::MemberDay(day, _) => Some(Packed::MemberDays(k.entity, day)),
-            d if d.breakdown().is_some() => Some(Packed::Breakdowns(k.entity)),
-            _ => None,
-        }
     }
 }

@@ -146,12 +146,9 @@ pub(super) fn merge_stats_table(
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
-    if StatKey::breakdowns_entity(key).is_some() {
-        super::breakdowns::merge(existing, operands)
-    } else if StatKey::member_days_of(key).is_some() {
-        super::breakdowns::merge_members(existing, operands)
-    } else {
-        merge_stats(key, existing, operands)
+    match super::breakdowns::Packed::of_stored(key) {
+        Some(p) => p.merge(existing, operands),
+        None => merge_stats(key, existing, operands),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 
+use super::breakdowns::Packed;
 use super::codec::*;
 use kmflow_dataflows::keys::{KeyBytes, StatTable};
 
@@ -67,16 +68,9 @@ impl RocksState {
         // breakdowns row), then one batched read per table.
         let stored: Vec<(bool, KeyBytes)> = keys
             .iter()
-            .map(|k| match (k.dim, k.stored()) {
-                (Dim::MemberDay(day, _), _) => (
-                    false,
-                    KeyBytes::from_slice(&StatKey::member_days_key(k.entity, day)),
-                ),
-                (dim, _) if dim.breakdown().is_some() => (
-                    false,
-                    KeyBytes::from_slice(&StatKey::breakdowns_key(k.entity)),
-                ),
-                (_, (table, b)) => (table == StatTable::Days, b),
+            .map(|&k| match (Packed::of(k), k.stored()) {
+                (Some(p), _) => (false, p.key()),
+                (None, (table, b)) => (table == StatTable::Days, b),
             })
             .collect();
         let mut out: Vec<Option<Stats>> = vec![None; keys.len()];
@@ -87,10 +81,9 @@ impl RocksState {
             }
             let got = self.batched_get(snap, self.cf(cf), at.iter().map(|&i| &stored[i].1[..]));
             for (i, g) in at.into_iter().zip(got) {
-                out[i] = match (g?, keys[i].dim) {
-                    (Some(v), Dim::MemberDay(_, member)) => breakdowns::find_member(&v, member)?,
-                    (Some(v), dim) if dim.breakdown().is_some() => breakdowns::find(&v, dim)?,
-                    (Some(v), _) => stored_stats(&v)?,
+                out[i] = match (g?, Packed::of(keys[i])) {
+                    (Some(v), Some(_)) => Packed::find(&v, keys[i].dim)?,
+                    (Some(v), None) => stored_stats(&v)?,
                     (None, _) => None,
                 };
             }
