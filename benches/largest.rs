@@ -2,8 +2,12 @@
 //! characters, 2,000 corporations, 200 alliances) through the real state path, at both
 //! statistics levels: decode, contributions summed into a shard's deltas, the shard's plan
 //! (which reads the all-time rows), the RocksDB batch, the synced commit. Each round opens a
-//! fresh RocksDB; prints the best of `ROUNDS` (default 7) for every step, the CPU time of the
-//! whole (this thread: RocksDB writes from the calling thread) and the wall time.
+//! fresh RocksDB and commits one such killmail into it, then measures a second one (new
+//! characters, corporations and alliances), as a running kmflow commits them: its maps are
+//! recycled from the previous checkpoint, its shard's all-time cache and the leaderboards'
+//! floors are those the first one left. Prints the best of `ROUNDS` (default 7) for every
+//! step, the CPU time of the whole (this thread: RocksDB writes from the calling thread) and
+//! the wall time, and the same for the first killmail into the empty state.
 //!
 //! Run: `cargo bench --bench largest` (`benches/largest.sh` runs it beside a baseline build).
 
@@ -11,76 +15,101 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kmflow::state::RocksState;
-use kmflow_dataflows::checkpoint::{CheckpointBatch, DeltaMap};
+use kmflow_dataflows::checkpoint::CheckpointBatch;
 use kmflow_dataflows::contrib::{for_each_contribution, StatsLevel};
 use kmflow_dataflows::decode::decode;
 use kmflow_dataflows::deltas::Summing;
-use kmflow_dataflows::shard::{plan_flush, AllTimeCache};
+use kmflow_dataflows::shard::{plan_flush, AllTimeCache, Checkpoints};
 use kmflow_dataflows::{SourcePos, StoredKillmail};
 
 const STEPS: [&str; 5] = ["decode", "deltas", "plan", "batch", "commit"];
+
+/// What a running kmflow keeps from one checkpoint to the next.
+struct Running {
+    checkpoints: Checkpoints,
+    cache: AllTimeCache,
+    /// The combiner's capacity hint: the last epoch's statistics.
+    capacity: usize,
+}
 
 fn main() {
     let rounds: usize = std::env::var("ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
-    let payload = kmflow_dataflows::gen::largest_killmail();
+    let first = kmflow_dataflows::gen::largest_killmail_copy(0);
+    let second = kmflow_dataflows::gen::largest_killmail_copy(1);
     for level in [StatsLevel::AllTime, StatsLevel::Full] {
-        let mut best = [f64::MAX; STEPS.len() + 2];
-        let mut counts = (0, 0, 0);
+        let mut best = [[f64::MAX; STEPS.len() + 2]; 2];
+        let mut counts = [(0, 0, 0); 2];
         for _ in 0..rounds {
             let dir = tempfile::tempdir().expect("temp dir");
             let state = RocksState::open(dir.path(), 64).expect("opens");
-            let (times, keys, writes, ops) = one(&state, &payload, level);
-            counts = (keys, writes, ops);
-            for (b, t) in best.iter_mut().zip(times) {
-                *b = b.min(t);
+            let mut running = Running {
+                checkpoints: Checkpoints::new(1),
+                cache: AllTimeCache::new(1 << 20),
+                capacity: 0,
+            };
+            for (n, payload) in [&first, &second].into_iter().enumerate() {
+                let (times, keys, writes, ops) =
+                    one(&state, &mut running, payload, level, n as u64 + 1);
+                counts[n] = (keys, writes, ops);
+                for (b, t) in best[n].iter_mut().zip(times) {
+                    *b = b.min(t);
+                }
             }
         }
-        let steps: Vec<String> = STEPS
-            .iter()
-            .zip(best)
-            .map(|(s, t)| format!("{s} {t:.1}"))
-            .collect();
-        println!(
-            "{level:?}: {} statistics, {} writes ({} RocksDB operations); best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
-            counts.0,
-            counts.1,
-            counts.2,
-            steps.join(", "),
-            best[STEPS.len()],
-            best[STEPS.len() + 1],
-        );
+        for (n, what) in ["into an empty state", "the next one"].iter().enumerate() {
+            let steps: Vec<String> = STEPS
+                .iter()
+                .zip(best[n])
+                .map(|(s, t)| format!("{s} {t:.1}"))
+                .collect();
+            println!(
+                "{level:?}, {what}: {} statistics, {} writes ({} RocksDB operations); best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
+                counts[n].0,
+                counts[n].1,
+                counts[n].2,
+                steps.join(", "),
+                best[n][STEPS.len()],
+                best[n][STEPS.len() + 1],
+            );
+        }
     }
 }
 
-/// One commit of the killmail into `state`: milliseconds per step, then CPU and wall for the
-/// whole; the statistics and writes it made, and the RocksDB operations they took (an entity's
-/// breakdown buckets are one).
-fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usize, usize, usize) {
+/// One commit of the killmail into `state` at `epoch`: milliseconds per step, then CPU and
+/// wall for the whole; the statistics and writes it made, and the RocksDB operations they took
+/// (an entity's breakdown buckets are one).
+fn one(
+    state: &RocksState,
+    running: &mut Running,
+    payload: &[u8],
+    level: StatsLevel,
+    epoch: u64,
+) -> ([f64; 7], usize, usize, usize) {
     let topics = vec!["killmails".to_string()];
-    let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, 1i64)]))]);
+    let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, epoch as i64)]))]);
     let cpu0 = cpu_ms();
     let t0 = Instant::now();
     let km = decode(payload).expect("decodes");
     let t1 = Instant::now();
-    // As a combiner sums them (one shard here).
-    let mut deltas = [DeltaMap::default()];
+    // As a combiner sums them (one shard here), into a recycled map.
+    let mut deltas = [running.checkpoints.map(running.capacity)];
     let mut summing = Summing::default();
     for_each_contribution(&km, level, |k, s| summing.add(&mut deltas, 0, k, s));
     summing.finish(&mut deltas);
     let [deltas] = deltas;
     let t2 = Instant::now();
     let keys = deltas.len();
-    let mut cache = AllTimeCache::new(1 << 20);
-    let writes = plan_flush(state, &mut cache, deltas)
+    running.capacity = keys;
+    let writes = plan_flush(state, &mut running.cache, deltas)
         .map_err(|(e, _)| e)
         .expect("reads");
     let t3 = Instant::now();
     let n = writes.len();
-    let b = CheckpointBatch::<()> {
-        last_epoch: 1,
+    let mut b = CheckpointBatch::<()> {
+        last_epoch: epoch,
         writes,
         max_time: Some(km.time),
         upserts: vec![(
@@ -89,7 +118,7 @@ fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usiz
                 killmail: km,
                 zkb_version: 0,
                 applied_from: SourcePos::default(),
-                epoch: 1,
+                epoch,
             },
         )],
         ..Default::default()
@@ -101,6 +130,7 @@ fn one(state: &RocksState, payload: &[u8], level: StatsLevel) -> ([f64; 7], usiz
     let ops = prepared.batch.len();
     let clock = state.clock().advance(prepared.max_time, i64::MAX);
     state.commit_prepared(prepared, clock).expect("commit");
+    running.checkpoints.recycle(std::mem::take(&mut b.writes));
     let t5 = Instant::now();
     let cpu = cpu_ms() - cpu0;
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;

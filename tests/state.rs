@@ -255,3 +255,161 @@ fn dead_letters_page_newest_first_within_the_retention() {
     let s = RocksState::open(dir.path(), 16).unwrap();
     assert_eq!(s.checkpoint_meta().unwrap().dead_letters.count, 25);
 }
+
+/// The all-time leaderboards keep the top of each board as the floors rise (more entries than
+/// four times the depth) and fall (re-appraisals lower ISK and points, and take them away):
+/// after every checkpoint, and after a reopen, each board's index is exactly the ranking from
+/// the all-time rows down to its floor, at least the depth of it (or all of it), and a page as
+/// deep as the depth is the ranking's first entries. A state stored without boards (before
+/// floors) has its index rebuilt at open, to the same answers.
+#[test]
+fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
+    use kmflow_dataflows::checkpoint::{CheckpointBatch, DeltaMap};
+    use kmflow_dataflows::contrib::{contributions, StatsLevel};
+    use kmflow_dataflows::keys::RankKey;
+    use kmflow_dataflows::Killmail;
+    use rand::{Rng, SeedableRng};
+
+    const DEPTH: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let topics = vec!["killmails".to_string()];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut s = RocksState::open(dir.path(), 16).unwrap();
+    s.set_leaderboard_depth(DEPTH);
+    // Killmails as committed, by id, to re-appraise.
+    let mut committed: BTreeMap<u64, Killmail> = BTreeMap::new();
+    let mut epoch = 0;
+    let (mut raised, mut lowered) = (0, 0);
+    let check = |s: &RocksState| {
+        let boards = s.check_rank_boards().expect("boards agree with the index");
+        let all = s.all_stats().unwrap();
+        let index = s.all_ranks().unwrap();
+        for b in &boards.0 {
+            let mut want: Vec<RankKey> = all
+                .iter()
+                .filter(|(e, _)| e.kind == b.kind)
+                .filter_map(|(e, st)| {
+                    let value = b.metric.value(st);
+                    (value > 0).then_some(RankKey {
+                        kind: b.kind,
+                        window: 0,
+                        metric: b.metric,
+                        value,
+                        id: e.id,
+                    })
+                })
+                .collect();
+            want.sort_by_key(RankKey::store_order);
+            let mut got: Vec<RankKey> = index
+                .iter()
+                .filter(|r| r.window == 0 && r.kind == b.kind && r.metric == b.metric)
+                .copied()
+                .collect();
+            got.sort_by_key(RankKey::store_order);
+            let n = got.len();
+            assert_eq!(n as u64, b.count, "{b:?}");
+            assert_eq!(got[..], want[..n], "{b:?}: the index is the ranking's top");
+            assert!(
+                n >= DEPTH.min(want.len()),
+                "{b:?} holds {n} of {}",
+                want.len()
+            );
+            assert_eq!(b.floor.is_none(), n == want.len(), "{b:?}");
+            let (page, _) = s.leaderboard(b.kind, 0, b.metric, DEPTH).unwrap();
+            let page: Vec<RankKey> = page.into_iter().map(|(r, _)| r).collect();
+            assert_eq!(page[..], want[..DEPTH.min(want.len())], "{b:?}");
+        }
+        boards
+    };
+    let mut commit = |s: &RocksState,
+                      committed: &mut BTreeMap<u64, Killmail>,
+                      kms: Vec<Killmail>,
+                      epoch: &mut u64| {
+        let mut deltas = DeltaMap::default();
+        for km in &kms {
+            if let Some(old) = committed.insert(km.killmail_id, km.clone()) {
+                for (k, st) in contributions(&old, StatsLevel::Full) {
+                    deltas.merge(k, &st.retraction());
+                }
+            }
+            for (k, st) in contributions(km, StatsLevel::Full) {
+                deltas.merge(k, &st);
+            }
+        }
+        let b = CheckpointBatch::<()> {
+            last_epoch: *epoch,
+            writes: common::writes_of(s, &deltas),
+            ..Default::default()
+        };
+        let before = s.rank_boards();
+        s.write_checkpoint(
+            &b,
+            &topics,
+            &offsets(*epoch as i64),
+            &BTreeMap::new(),
+            i64::MAX,
+        )
+        .unwrap();
+        *epoch += 1;
+        let after = s.rank_boards();
+        for (a, b) in before.0.iter().zip(&after.0) {
+            let rank = |f: Option<RankKey>| f.map_or((0, 0), |f| (f.value, u64::MAX - f.id));
+            match rank(b.floor).cmp(&rank(a.floor)) {
+                std::cmp::Ordering::Greater => raised += 1,
+                std::cmp::Ordering::Less => lowered += 1,
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+    };
+    let attacker = |rng: &mut rand::rngs::SmallRng| {
+        let c: u64 = rng.random_range(0..80);
+        (90_000_000 + c, 98_000_000 + c % 25, 99_000_000 + c % 9)
+    };
+    // Rising: new killmails, many characters each.
+    for id in 1..=60u64 {
+        let n = rng.random_range(1..8);
+        let attackers: Vec<_> = (0..n).map(|_| attacker(&mut rng)).collect();
+        let isk = rng.random_range(1..1_000) as f64 * 1e6;
+        let km = common::killmail(id, attacker(&mut rng), &attackers, Some(isk));
+        commit(&s, &mut committed, vec![km], &mut epoch);
+        check(&s);
+    }
+    // Falling: re-appraisals to less, then to nothing (no zkb: no ISK, no points).
+    let ids: Vec<u64> = committed.keys().copied().collect();
+    for (i, chunk) in ids.chunks(4).enumerate() {
+        let kms = chunk
+            .iter()
+            .map(|id| {
+                let mut km = committed[id].clone();
+                if i % 2 == 0 {
+                    km.zkb = None;
+                } else if let Some(z) = km.zkb.as_mut() {
+                    z.total_value_cents /= 1000;
+                }
+                km
+            })
+            .collect();
+        commit(&s, &mut committed, kms, &mut epoch);
+        check(&s);
+    }
+    assert!(
+        raised > 0 && lowered > 0,
+        "raised {raised}, lowered {lowered}"
+    );
+    // The boards are stored with the checkpoint.
+    let boards = check(&s);
+    drop(s);
+    s = RocksState::open(dir.path(), 16).unwrap();
+    s.set_leaderboard_depth(DEPTH);
+    assert_eq!(check(&s), boards);
+    // A state written before floors (no boards stored): rebuilt at open.
+    let mut meta = s.checkpoint_meta().unwrap();
+    meta.ranks = None;
+    s.write_meta(&meta).unwrap();
+    drop(s);
+    let s = RocksState::open(dir.path(), 16).unwrap();
+    let rebuilt = s.check_rank_boards().unwrap();
+    assert!(rebuilt.0.iter().all(|b| b.floor.is_none()), "{rebuilt:?}");
+    s.set_leaderboard_depth(DEPTH);
+    check(&s);
+}

@@ -278,19 +278,26 @@ impl Iterator for Generator {
 /// distinct attacking characters (ten per corporation, a hundred per alliance, 50 ship
 /// types) on one appraised killmail, as JSON.
 pub fn largest_killmail() -> Vec<u8> {
-    let attackers: Vec<String> = (0..crate::decode::MAX_ATTACKERS)
+    largest_killmail_copy(0)
+}
+
+/// Copy `c` of [`largest_killmail`]: killmail `9 + c`, whose characters, corporations and
+/// alliances are new (ids `100,000·c`, `10,000·c` and `1,000·c` further on).
+pub fn largest_killmail_copy(c: u64) -> Vec<u8> {
+    let attackers: Vec<String> = (0..crate::decode::MAX_ATTACKERS as u64)
         .map(|i| {
             format!(
                 r#"{{"character_id":{},"corporation_id":{},"alliance_id":{},"damage_done":10,"ship_type_id":{}}}"#,
-                90_000_000 + i,
-                98_000_000 + i / 10,
-                99_000_000 + i / 100,
+                90_000_000 + 100_000 * c + i,
+                98_000_000 + 10_000 * c + i / 10,
+                99_000_000 + 1_000 * c + i / 100,
                 587 + i % 50
             )
         })
         .collect();
     format!(
-        r#"{{"killmail_id":9,"killmail_time":"2021-11-27T00:00:00Z","solar_system_id":1,"victim":{{"character_id":95000001,"damage_taken":5}},"attackers":[{}],"zkb":{{"totalValue":1e9,"points":10,"npc":false,"solo":false,"awox":false}}}}"#,
+        r#"{{"killmail_id":{},"killmail_time":"2021-11-27T00:00:00Z","solar_system_id":1,"victim":{{"character_id":95000001,"damage_taken":5}},"attackers":[{}],"zkb":{{"totalValue":1e9,"points":10,"npc":false,"solo":false,"awox":false}}}}"#,
+        9 + c,
         attackers.join(",")
     )
     .into_bytes()

@@ -510,6 +510,36 @@ impl RankKey {
     }
 }
 
+/// How deep the all-time leaderboard index goes, board by board (a board: a kind and a
+/// metric): an entry is indexed when it ranks at or before its board's floor, a position in
+/// the ranking (`None`: every entry is). The API reads at most the first 1,000 entries of a
+/// board, so the store keeps a few thousand rather than one per entity: on a killmail of
+/// 20,000 new characters, the puts of entries that rank below every floor were 43% of the
+/// checkpoint's RocksDB operations. The store moves the floors (see `kmflow::state::ranks`);
+/// the shards only leave out the changes below them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RankFloors([[Option<RankKey>; 4]; 3]);
+
+impl RankFloors {
+    /// The floor of the all-time board of `kind` by `metric`.
+    pub fn get(&self, kind: EntityKind, metric: Metric) -> Option<RankKey> {
+        self.0[kind as usize][metric as usize]
+    }
+
+    pub fn set(&mut self, kind: EntityKind, metric: Metric, floor: Option<RankKey>) {
+        self.0[kind as usize][metric as usize] = floor;
+    }
+
+    /// Whether the index holds `entry` (windows are ranked from their day buckets, never
+    /// indexed: they are not floored).
+    pub fn indexes(&self, entry: &RankKey) -> bool {
+        entry.window != 0
+            || self
+                .get(entry.kind, entry.metric)
+                .is_none_or(|f| entry.store_order() <= f.store_order())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -223,6 +223,8 @@ pub fn plan_flush(
     mut dirty: DeltaMap,
 ) -> Result<Writes, (StoreError, DeltaMap)> {
     let order = store_order(dirty.entries());
+    // The leaderboard entries below the floors are not indexed: their changes are left out.
+    let floors = store.rank_floors();
     // The all-time rows, in store order: each a load from memory (the entries are in the
     // order they were first touched), so every pass over them asks for the next ones early.
     let all_time_rows: Vec<u32> = order.iter().filter(|p| p.all_time).map(|p| p.at).collect();
@@ -292,7 +294,11 @@ pub fn plan_flush(
                     StatOp::Put
                 },
             ));
-            RankKey::changes(key, &old, &new, |r, put| ranks.push((r, put)));
+            RankKey::changes(key, &old, &new, |r, put| {
+                if floors.indexes(&r) {
+                    ranks.push((r, put));
+                }
+            });
         }
     }
     ranks.sort_unstable_by_key(|(r, _)| r.store_order());

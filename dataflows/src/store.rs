@@ -16,7 +16,7 @@ use std::sync::RwLock;
 
 use crate::aggregate::{window_rank_entries, windows_from_days, StreamClock, Write};
 use crate::checkpoint::CheckpointBatch;
-use crate::keys::{Dim, RankKey, StatKey};
+use crate::keys::{Dim, RankFloors, RankKey, StatKey};
 use crate::model::{DeadLetter, StoredKillmail};
 use crate::stats::Stats;
 
@@ -34,6 +34,11 @@ pub trait StateStore: Send + Sync + 'static {
     fn get_stats(&self, keys: &[StatKey]) -> Result<Vec<Option<Stats>>, StoreError>;
     /// The last committed epoch, if any.
     fn committed_epoch(&self) -> Option<u64>;
+    /// How deep the all-time leaderboard index goes as of the last commit: a checkpoint's
+    /// plan leaves out the entries below the floors. The default keeps every entry.
+    fn rank_floors(&self) -> RankFloors {
+        RankFloors::default()
+    }
 }
 
 /// Encodes "no epoch committed yet" in an atomic.

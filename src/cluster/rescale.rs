@@ -7,7 +7,8 @@
 //! the cluster stopped) are read and every key is written to the store of its new owner.
 //! Nothing is re-read from Kafka: the offsets travel with the state.
 //!
-//! - statistics, day buckets and leaderboard entries go to the owner of their entity;
+//! - statistics and day buckets go to the owner of their entity, and each new store rebuilds
+//!   its leaderboard index from them;
 //! - upsert states go to the owner of their killmail;
 //! - dead letters all go to process 0 (renumbered within their epoch, oldest first);
 //! - every new store gets every partition's offsets: each process then keeps its own.
@@ -15,9 +16,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kmflow_dataflows::keys::{RankKey, StatKey};
+use kmflow_dataflows::keys::StatKey;
 use kmflow_dataflows::shard::{entity_owner, killmail_owner};
-use kmflow_dataflows::EntityKey;
 
 use crate::state::{CheckpointMeta, ClusterPlace, DeadLetterTotals, RocksState, StateError, Table};
 
@@ -78,6 +78,7 @@ pub fn rescale(
         } else {
             DeadLetterTotals::default()
         };
+        meta.ranks = Some(target.rebuild_rank_index()?);
         target.write_meta(&meta)?;
     }
     Ok(Copied {
@@ -175,10 +176,9 @@ impl Copier<'_> {
                 StatKey::from_day_major_bytes(k).ok_or_else(bad)?.entity,
                 n,
             )),
-            Table::Ranks => {
-                let r = RankKey::from_bytes(k).ok_or_else(bad)?;
-                Some(entity_owner(EntityKey::new(r.kind, r.id), n))
-            }
+            // Each new store ranks its own entities: it rebuilds its index once the
+            // statistics are copied (a source's index stops at the source's floors).
+            Table::Ranks => return Ok(()),
             Table::Offsets => None,
             Table::DeadLetters => Some(0),
         };

@@ -112,13 +112,7 @@ impl RocksState {
             .sum();
         let mut wb = WriteBatch::with_capacity_bytes(batch.writes.len() * 48 + upserts + 4096);
         self.stage_stats(&mut wb, &batch.writes)?;
-        let ranks_cf = self.cf(CF_RANKS);
-        for (r, put) in batch.writes.ranks() {
-            match put {
-                true => wb.put_cf(ranks_cf, r.to_bytes(), []),
-                false => wb.delete_cf(ranks_cf, r.to_bytes()),
-            }
-        }
+        let ranks = self.stage_ranks(&mut wb, &batch.writes)?;
         let km_cf = self.cf(CF_KILLMAILS);
         for (id, stored) in &batch.upserts {
             wb.put_cf(
@@ -143,6 +137,7 @@ impl RocksState {
             dead_letters: dead,
             format: STATE_FORMAT,
             cluster: None,
+            ranks: Some(ranks),
         };
         Ok(PreparedCheckpoint {
             batch: wb,

@@ -23,6 +23,8 @@ mod codec;
 mod dump;
 pub use dump::Table;
 mod query;
+mod ranks;
+pub use ranks::{Board, RankBoards, LEADERBOARD_DEPTH};
 
 pub use codec::{decode_stats, encode_stats};
 use codec::{merge_stats, merge_stats_table};
@@ -34,7 +36,7 @@ pub use query::{
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -102,6 +104,10 @@ pub struct CheckpointMeta {
     /// In a cluster: which process of how many wrote it (absent: one process alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterPlace>,
+    /// The all-time leaderboards' floors and counts after this checkpoint (absent: written
+    /// before floors; the index is rebuilt at open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<RankBoards>,
 }
 
 /// A process's place in its cluster, stored with each checkpoint: a state is only ever opened
@@ -177,6 +183,8 @@ pub struct RocksState {
     dead_letter_limits: RwLock<DeadLetterLimits>,
     /// Window leaderboards by (kind, window, metric): the epoch they were ranked at.
     window_boards: parking_lot::Mutex<WindowBoards>,
+    /// The entries every all-time board holds at least ([`LEADERBOARD_DEPTH`]; see `ranks`).
+    leaderboard_depth: AtomicUsize,
 }
 
 fn codec_err(e: impl std::fmt::Display) -> StateError {
@@ -247,13 +255,19 @@ impl RocksState {
             meta: RwLock::new(None),
             dead_letter_limits: RwLock::new(DeadLetterLimits::default()),
             window_boards: Default::default(),
+            leaderboard_depth: AtomicUsize::new(LEADERBOARD_DEPTH),
         };
-        let meta = state.read_meta()?;
+        let mut meta = state.read_meta()?;
         if let Some(m) = meta.as_ref().filter(|m| m.format != STATE_FORMAT) {
             return Err(StateError::Format {
                 path: dir.to_path_buf(),
                 found: m.format,
             });
+        }
+        if let Some(m) = meta.as_mut().filter(|m| m.ranks.is_none()) {
+            // Written before the leaderboards had floors: its index holds every entry.
+            m.ranks = Some(state.rebuild_rank_index()?);
+            state.write_meta(m)?;
         }
         if let Some(m) = &meta {
             state.committed_epoch.store(m.epoch, Ordering::Release);
@@ -385,6 +399,10 @@ impl StateStore for RocksState {
             NO_EPOCH => None,
             e => Some(e),
         }
+    }
+
+    fn rank_floors(&self) -> kmflow_dataflows::keys::RankFloors {
+        self.rank_boards().floors()
     }
 }
 

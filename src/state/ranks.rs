@@ -1,0 +1,436 @@
+//! The all-time leaderboard index keeps the top of each board, not every entity.
+//!
+//! A board is a kind and a metric. The API reads at most [`LEADERBOARD_DEPTH`] entries of
+//! one, so each board indexes the entries that rank at or before its *floor* (a position in
+//! the ranking, [`RankFloors`]) and no others: between the depth and four times it, usually
+//! about twice. The shards leave out the changes below the floors; each checkpoint counts what
+//! it puts and deletes per board and, in the same atomic batch:
+//!
+//! - **raises** a board past four times the depth: the floor moves up to the entry at twice
+//!   the depth, and the indexed entries below it are deleted;
+//! - **lowers** a board that fell under the depth (values can fall: a re-appraisal lowers ISK
+//!   and points, and solo kills): the all-time rows of its kind are scanned, and the entries
+//!   below the floor that rank first are indexed, back up to twice the depth (or all of them).
+//!
+//! The floors and counts are stored with every checkpoint ([`CheckpointMeta::ranks`]), so a
+//! board is exact after any crash: its index holds exactly the entries at or above its floor,
+//! at least the depth of them unless it holds every entry of the board. A killmail of 20,000
+//! new characters (of whom almost none rank near the top) put 66,600 entries into a complete
+//! index; now it puts the few that rank above the floors.
+
+use std::collections::BinaryHeap;
+
+use super::codec::*;
+use super::*;
+use kmflow_dataflows::aggregate::{StatOp, Writes};
+use kmflow_dataflows::keys::RankFloors;
+
+/// The entries every board holds at least (or all of its entries): the API's deepest page.
+pub const LEADERBOARD_DEPTH: usize = 1000;
+
+/// One all-time board as stored with a checkpoint: its floor (`None`: every entry with a
+/// value is indexed) and how many entries its index holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Board {
+    pub kind: EntityKind,
+    pub metric: Metric,
+    pub floor: Option<RankKey>,
+    pub count: u64,
+}
+
+/// Every all-time board, in kind then metric order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankBoards(pub Vec<Board>);
+
+impl Default for RankBoards {
+    /// An empty state's: every board complete and empty.
+    fn default() -> Self {
+        RankBoards(
+            EntityKind::ALL
+                .into_iter()
+                .flat_map(|kind| {
+                    Metric::ALL.into_iter().map(move |metric| Board {
+                        kind,
+                        metric,
+                        floor: None,
+                        count: 0,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+impl RankBoards {
+    pub fn floors(&self) -> RankFloors {
+        let mut f = RankFloors::default();
+        for b in &self.0 {
+            f.set(b.kind, b.metric, b.floor);
+        }
+        f
+    }
+
+    fn index(kind: EntityKind, metric: Metric) -> usize {
+        kind as usize * Metric::ALL.len() + metric as usize
+    }
+
+    pub fn get(&self, kind: EntityKind, metric: Metric) -> &Board {
+        &self.0[Self::index(kind, metric)]
+    }
+
+    fn get_mut(&mut self, kind: EntityKind, metric: Metric) -> &mut Board {
+        &mut self.0[Self::index(kind, metric)]
+    }
+
+    /// Whether every board is where it belongs (a stored list read back, say).
+    fn well_formed(&self) -> bool {
+        let d = RankBoards::default();
+        self.0.len() == d.0.len()
+            && (self.0.iter().zip(&d.0)).all(|(a, b)| (a.kind, a.metric) == (b.kind, b.metric))
+    }
+}
+
+/// How a board moves in a checkpoint.
+enum Move {
+    Raise,
+    Lower,
+}
+
+/// The entry of `kind`'s board by `metric` that `stats` makes, if its value is positive.
+fn entry(kind: EntityKind, metric: Metric, id: u64, stats: &Stats) -> Option<RankKey> {
+    let value = metric.value(stats);
+    (value > 0).then_some(RankKey {
+        kind,
+        window: 0,
+        metric,
+        value,
+        id,
+    })
+}
+
+impl RocksState {
+    /// The boards as of the last commit.
+    pub fn rank_boards(&self) -> RankBoards {
+        self.meta
+            .read()
+            .as_ref()
+            .and_then(|m| m.ranks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sets how many entries every board holds at least (tests use a few to move floors on
+    /// small streams; below the API's deepest page, a leaderboard page could come out short).
+    pub fn set_leaderboard_depth(&self, depth: usize) {
+        self.leaderboard_depth
+            .store(depth.max(1), Ordering::Relaxed);
+    }
+
+    /// Adds the checkpoint's leaderboard changes to `wb`, moving the floors of the boards that
+    /// leave their bounds; returns the boards after it.
+    pub(super) fn stage_ranks(
+        &self,
+        wb: &mut WriteBatch,
+        writes: &Writes,
+    ) -> Result<RankBoards, StateError> {
+        let mut boards = self.rank_boards();
+        let floors = boards.floors();
+        let depth = self.leaderboard_depth.load(Ordering::Relaxed) as u64;
+        // Changes below a floor were left out by the shards; one that is not would break the
+        // board's count (a bug to report, not a state to write).
+        for (r, put) in writes.ranks() {
+            if !floors.indexes(r) {
+                return Err(StateError::Corrupt(format!(
+                    "leaderboard entry {r:?} below its board's floor written ({})",
+                    if put { "put" } else { "delete" }
+                )));
+            }
+            if r.window != 0 {
+                return Err(StateError::Corrupt(format!(
+                    "window leaderboard entry {r:?} written to the index"
+                )));
+            }
+            let b = boards.get_mut(r.kind, r.metric);
+            b.count = if put {
+                b.count + 1
+            } else {
+                b.count.saturating_sub(1)
+            };
+        }
+        let mut moved = Vec::new();
+        for b in &boards.0 {
+            if b.count > 4 * depth {
+                moved.push((b.kind, b.metric, Move::Raise));
+            } else if b.count < depth && b.floor.is_some() {
+                moved.push((b.kind, b.metric, Move::Lower));
+            }
+        }
+        let mut new_floors = floors;
+        let ranks_cf = self.cf(CF_RANKS);
+        for (kind, metric, how) in moved {
+            let board = boards.get_mut(kind, metric);
+            match how {
+                Move::Raise => {
+                    let (floor, beyond) = self.raise(writes, kind, metric, 2 * depth as usize)?;
+                    for r in beyond {
+                        wb.delete_cf(ranks_cf, r.to_bytes());
+                    }
+                    board.floor = Some(floor);
+                    board.count = 2 * depth;
+                }
+                Move::Lower => {
+                    let need = (2 * depth - board.count) as usize;
+                    let (added, floor) = self.lower(writes, kind, metric, board.floor, need)?;
+                    for r in &added {
+                        wb.put_cf(ranks_cf, r.to_bytes(), []);
+                    }
+                    board.floor = floor;
+                    board.count += added.len() as u64;
+                }
+            }
+            new_floors.set(kind, metric, board.floor);
+        }
+        for (r, put) in writes.ranks() {
+            match put {
+                // A board raised here drops the puts below its new floor.
+                true if new_floors.indexes(r) => wb.put_cf(ranks_cf, r.to_bytes(), []),
+                true => {}
+                false => wb.delete_cf(ranks_cf, r.to_bytes()),
+            }
+        }
+        Ok(boards)
+    }
+
+    /// The new floor of a board that holds too many entries after `writes`: its entry at
+    /// rank `keep`, and the stored entries below it (to delete). Walks the stored index with
+    /// the checkpoint's changes applied, in rank order.
+    fn raise(
+        &self,
+        writes: &Writes,
+        kind: EntityKind,
+        metric: Metric,
+        keep: usize,
+    ) -> Result<(RankKey, Vec<RankKey>), StateError> {
+        let mine = |r: &&RankKey| r.kind == kind && r.metric == metric;
+        let mut puts: Vec<RankKey> = writes
+            .ranks()
+            .filter(|(r, put)| *put && mine(r))
+            .map(|(r, _)| *r)
+            .collect();
+        puts.sort_unstable_by_key(RankKey::store_order);
+        let deleted: rustc_hash::FxHashSet<RankKey> = writes
+            .ranks()
+            .filter(|(r, put)| !*put && mine(r))
+            .map(|(r, _)| *r)
+            .collect();
+        let prefix = RankKey::prefix(kind, 0, metric);
+        let mut stored = self
+            .db
+            .iterator_cf(
+                self.cf(CF_RANKS),
+                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            )
+            .map(|item| -> Result<Option<RankKey>, StateError> {
+                let (k, _) = item.map_err(|e| self.err(e))?;
+                if !k.starts_with(&prefix) {
+                    return Ok(None);
+                }
+                RankKey::from_bytes(&k)
+                    .map(Some)
+                    .ok_or_else(|| codec_err("bad rank key"))
+            });
+        let mut next_stored = || -> Result<Option<RankKey>, StateError> {
+            loop {
+                match stored.next().transpose()?.flatten() {
+                    Some(r) if deleted.contains(&r) => continue,
+                    other => return Ok(other),
+                }
+            }
+        };
+        let (mut s, mut p) = (next_stored()?, puts.into_iter().peekable());
+        let mut rank = 0;
+        let mut floor = None;
+        let mut beyond = Vec::new();
+        loop {
+            let from_store = match (&s, p.peek()) {
+                (None, None) => break,
+                (Some(a), Some(b)) => a.store_order() < b.store_order(),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            let r = if from_store {
+                let r = s.take().expect("an entry");
+                s = next_stored()?;
+                r
+            } else {
+                p.next().expect("an entry")
+            };
+            rank += 1;
+            if rank == keep {
+                floor = Some(r);
+            } else if rank > keep && from_store {
+                beyond.push(r);
+            }
+        }
+        let floor = floor.ok_or_else(|| {
+            StateError::Corrupt(format!(
+                "leaderboard {kind:?} by {metric:?}: counted more than {keep} entries, found {rank}"
+            ))
+        })?;
+        Ok((floor, beyond))
+    }
+
+    /// The entries below `floor` that rank first, at most `need` of them, after `writes`,
+    /// and the new floor (`None` if they are all the board had left out). Scans the all-time
+    /// rows of `kind`, with the checkpoint's new values over the stored ones.
+    fn lower(
+        &self,
+        writes: &Writes,
+        kind: EntityKind,
+        metric: Metric,
+        floor: Option<RankKey>,
+        need: usize,
+    ) -> Result<(Vec<RankKey>, Option<RankKey>), StateError> {
+        let Some(floor) = floor else {
+            return Ok((Vec::new(), None));
+        };
+        // The checkpoint's all-time rows of the kind: a new value, or gone.
+        let mut overlay: FxHashMap<u64, Option<Stats>> = FxHashMap::default();
+        for (op, k, v) in writes.stats() {
+            if k.dim == Dim::All && k.entity.kind == kind {
+                overlay.insert(k.entity.id, (op != StatOp::Delete).then_some(*v));
+            }
+        }
+        // The best `need + 1` entries below the floor (one more tells whether any is left).
+        let mut best: BinaryHeap<(u8, u8, u8, std::cmp::Reverse<i128>, u64)> = BinaryHeap::new();
+        let mut offer = |stats: &Stats, id: u64| {
+            let Some(r) = entry(kind, metric, id, stats) else {
+                return;
+            };
+            if r.store_order() <= floor.store_order() {
+                return;
+            }
+            best.push(r.store_order());
+            if best.len() > need + 1 {
+                best.pop();
+            }
+        };
+        let prefix = [kind as u8];
+        for item in self.db.iterator_cf(
+            self.cf(CF_STATS),
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some(key) = (k.len() == 9).then(|| StatKey::from_bytes(&k)).flatten() else {
+                continue;
+            };
+            match overlay.remove(&key.entity.id) {
+                Some(Some(stats)) => offer(&stats, key.entity.id),
+                Some(None) => {}
+                None => {
+                    if let Some(stats) = stored_stats(&v)? {
+                        offer(&stats, key.entity.id);
+                    }
+                }
+            }
+        }
+        // Entities the checkpoint writes for the first time.
+        for (id, stats) in overlay {
+            if let Some(stats) = stats {
+                offer(&stats, id);
+            }
+        }
+        let mut taken: Vec<RankKey> = best
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(_, _, _, std::cmp::Reverse(value), id)| RankKey {
+                kind,
+                window: 0,
+                metric,
+                value,
+                id,
+            })
+            .collect();
+        let rest = taken.len() > need;
+        taken.truncate(need);
+        let floor = if rest { taken.last().copied() } else { None };
+        Ok((taken, floor))
+    }
+
+    /// Rebuilds the whole index from the all-time rows: every board's first `2 × depth`
+    /// entries (or all of them). For a state stored without boards (before floors), and after
+    /// a rescale, which copies statistics and not the index. Returns the boards.
+    pub fn rebuild_rank_index(&self) -> Result<RankBoards, StateError> {
+        let depth = self.leaderboard_depth.load(Ordering::Relaxed);
+        let keep = 2 * depth;
+        let mut boards = RankBoards::default();
+        let mut wb = WriteBatch::default();
+        let ranks_cf = self.cf(CF_RANKS);
+        wb.delete_range_cf(
+            ranks_cf,
+            [0u8].as_slice(),
+            [0xFFu8; RankKey::LEN + 1].as_slice(),
+        );
+        for kind in EntityKind::ALL {
+            for metric in Metric::ALL {
+                let (entries, floor) = self.lower(
+                    &Writes::default(),
+                    kind,
+                    metric,
+                    Some(RankKey {
+                        kind,
+                        window: 0,
+                        metric,
+                        value: i128::MAX,
+                        id: 0,
+                    }),
+                    keep,
+                )?;
+                let b = boards.get_mut(kind, metric);
+                b.floor = floor;
+                b.count = entries.len() as u64;
+                for r in entries {
+                    wb.put_cf(ranks_cf, r.to_bytes(), []);
+                }
+            }
+        }
+        self.db.write(wb).map_err(|e| self.err(e))?;
+        Ok(boards)
+    }
+
+    /// Checks the stored boards against the index (for tests): every board's count is what
+    /// its index holds, and no entry lies below its floor.
+    pub fn check_rank_boards(&self) -> Result<RankBoards, StateError> {
+        let boards = self.rank_boards();
+        if !boards.well_formed() {
+            return Err(codec_err(format!(
+                "malformed leaderboard boards {boards:?}"
+            )));
+        }
+        let floors = boards.floors();
+        for b in &boards.0 {
+            let prefix = RankKey::prefix(b.kind, 0, b.metric);
+            let mut n = 0;
+            for item in self.db.iterator_cf(
+                self.cf(CF_RANKS),
+                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            ) {
+                let (k, _) = item.map_err(|e| self.err(e))?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let r = RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key"))?;
+                if !floors.indexes(&r) {
+                    return Err(codec_err(format!("{r:?} is below its floor {:?}", b.floor)));
+                }
+                n += 1;
+            }
+            if n != b.count {
+                return Err(codec_err(format!("{b:?} holds {n} entries")));
+            }
+        }
+        Ok(boards)
+    }
+}
