@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use kmflow_dataflows::aggregate::StatOp;
 use kmflow_dataflows::checkpoint::CheckpointBatch;
 use kmflow_dataflows::keys::Dim;
 use kmflow_dataflows::{EntityKey, Stats, StoredKillmail};
@@ -140,9 +139,9 @@ impl Feed {
             .collect();
         let stats: Vec<(EntityKey, Stats)> = batch
             .writes
-            .stats()
-            .filter(|(op, k, _)| *op == StatOp::Put && k.dim == Dim::All)
-            .map(|(_, k, s)| (k.entity, *s))
+            .puts()
+            .filter(|(k, _)| k.dim == Dim::All)
+            .map(|(k, s)| (k.entity, *s))
             .collect();
         let bytes = killmails
             .iter()

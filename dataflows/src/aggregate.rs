@@ -140,6 +140,22 @@ impl Writes {
         self.parts.iter().flat_map(WritesPart::stats)
     }
 
+    /// The statistics put (all-time rows, with their new values), part by part: only those
+    /// entries are read (a pass over every write reads every delta, tens of megabytes on the
+    /// largest checkpoints).
+    pub fn puts(&self) -> impl Iterator<Item = (&StatKey, &Stats)> + '_ {
+        self.parts.iter().flat_map(|p| {
+            let entries = p.deltas.entries();
+            p.stats
+                .iter()
+                .filter(|(_, op)| *op == StatOp::Put)
+                .map(move |&(i, _)| {
+                    let (k, v) = &entries[i as usize];
+                    (k, v)
+                })
+        })
+    }
+
     /// The leaderboard entries to put (`true`) or delete, part by part.
     pub fn ranks(&self) -> impl Iterator<Item = (&RankKey, bool)> + '_ {
         self.parts

@@ -131,6 +131,9 @@ impl<'de> Deserialize<'de> for Id {
 #[derive(Clone, Copy, Debug)]
 pub struct Limit(pub usize);
 
+// Every all-time leaderboard index holds at least a page this deep (or every entry).
+const _: () = assert!(Limit::MAX <= crate::state::LEADERBOARD_DEPTH);
+
 impl Limit {
     pub const MAX: usize = 1000;
     pub const DEFAULT: usize = 100;

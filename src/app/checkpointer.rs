@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use kmflow_dataflows::aggregate::{StatOp, Writes};
+use kmflow_dataflows::aggregate::Writes;
 use kmflow_dataflows::checkpoint::{CheckpointBatch, CheckpointCoordinator, ToCoordinator};
 use kmflow_dataflows::EntityKind;
 
@@ -340,9 +340,8 @@ impl Checkpointer<'_> {
 
     /// Prints a first query to try, once a checkpoint holds a character; true once printed.
     fn hint<M>(&self, batch: &CheckpointBatch<M>) -> bool {
-        let character = batch.writes.stats().find_map(|(op, k, _)| {
-            (op == StatOp::Put && k.entity.kind == EntityKind::Character).then_some(*k)
-        });
+        let character = (batch.writes.puts())
+            .find_map(|(k, _)| (k.entity.kind == EntityKind::Character).then_some(*k));
         if let Some(c) = character {
             // Never a panic over a closed or full stdout.
             let _ = writeln!(
