@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use kmflow_dataflows::aggregate::{rank_windows, windows_from_days};
 use kmflow_dataflows::checkpoint::DeltaMap;
-use kmflow_dataflows::contrib::{contributions, StatsLevel};
+use kmflow_dataflows::contrib::{contributions, expand, StatsLevel};
 use kmflow_dataflows::gen::{GenConfig, Generator};
 use kmflow_dataflows::keys::{Dim, Metric, RankKey, WINDOW_DAYS};
 use kmflow_dataflows::model::EntityKind;
@@ -73,7 +73,7 @@ fn main() {
             Upsert::Replace(next) => {
                 let old = &current.expect("replaces a known version").killmail;
                 for (k, s) in contributions(old, StatsLevel::Full) {
-                    stats.merge(k, &s.retraction());
+                    expand(k, &s.retraction(), |k, s| stats.merge(k, &s));
                 }
                 next
             }
@@ -81,8 +81,9 @@ fn main() {
         if current.is_none_or(|c| c.killmail.zkb != next.zkb) {
             let c = contributions(&next, StatsLevel::Full);
             touched += c.len();
+            // Every statistic served: a share's delta as the buckets it adds to.
             for (k, s) in c {
-                stats.merge(k, &s);
+                expand(k, &s, |k, s| stats.merge(k, &s));
             }
         }
         latest = latest.max(next.time);

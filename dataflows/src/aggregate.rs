@@ -163,13 +163,20 @@ impl Writes {
             .flat_map(|p| p.ranks.iter().map(|(r, put)| (r, *put)))
     }
 
-    /// Every write, part by part.
+    /// Every write, part by part, a share's delta as the merges it stands for
+    /// ([`crate::contrib::expand`]).
     pub fn iter(&self) -> impl Iterator<Item = Write> + '_ {
         self.parts.iter().flat_map(|p| {
-            let stats = p.stats().map(|(op, &key, &value)| match op {
-                StatOp::Merge => Write::Merge(key, value),
-                StatOp::Put => Write::Put(key, value),
-                StatOp::Delete => Write::Delete(key),
+            let stats = p.stats().flat_map(|(op, &key, &value)| {
+                let mut out = Vec::new();
+                match op {
+                    StatOp::Merge => {
+                        crate::contrib::expand(key, &value, |k, v| out.push(Write::Merge(k, v)))
+                    }
+                    StatOp::Put => out.push(Write::Put(key, value)),
+                    StatOp::Delete => out.push(Write::Delete(key)),
+                }
+                out
             });
             let ranks = p.ranks.iter().map(|&(r, put)| match put {
                 true => Write::RankPut(r),

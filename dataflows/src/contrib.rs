@@ -158,7 +158,6 @@ pub fn for_each_contribution(
     mut emit: impl FnMut(StatKey, Stats),
 ) {
     let day = day_of(km.time);
-    let month = month_of_day(day);
     let hour = week_hour(km.time);
     let group = km.derived.victim_group.unwrap_or(0);
     for kind in EntityKind::ALL {
@@ -178,48 +177,29 @@ pub fn for_each_contribution(
                 continue;
             }
             let key = |dim| StatKey::new(entity, dim);
-            emit(key(Dim::Month(month)), s);
-            emit(key(Dim::Day(day)), s.without_times());
             emit(
-                key(Dim::System(km.solar_system_id)),
-                Stats {
-                    sums: Sums {
-                        involved: 1,
-                        kills: s.sums.kills,
-                        losses: s.sums.losses,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
+                key(Dim::Share {
+                    day,
+                    system: km.solar_system_id,
+                    group,
+                    hour,
+                }),
+                s,
             );
+            emit(key(Dim::Day(day)), s.without_times());
             if s.sums.kills > 0 {
-                let one_kill = Stats {
-                    sums: Sums {
-                        kills: 1,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                emit(key(Dim::Hour(hour)), one_kill);
                 for &(_, t) in ships {
-                    emit(key(Dim::Ship(t)), one_kill);
-                }
-            }
-            if s.sums.kills > 0 || s.sums.losses > 0 || s.sums.npc_losses > 0 {
-                emit(
-                    key(Dim::Group(group)),
-                    Stats {
-                        sums: Sums {
-                            kills: s.sums.kills,
-                            losses: s.sums.losses,
-                            npc_losses: s.sums.npc_losses,
-                            isk_destroyed_cents: s.sums.isk_destroyed_cents,
-                            isk_lost_cents: s.sums.isk_lost_cents,
+                    emit(
+                        key(Dim::Ship(t)),
+                        Stats {
+                            sums: Sums {
+                                kills: 1,
+                                ..Default::default()
+                            },
                             ..Default::default()
                         },
-                        ..Default::default()
-                    },
-                );
+                    );
+                }
             }
         }
     }
@@ -240,6 +220,62 @@ pub fn for_each_contribution(
                 StatKey::new(entity, Dim::MemberDay(day, ch)),
                 share.stats.without_times(),
             );
+        }
+    }
+}
+
+/// The statistics a delta adds to: a [`Dim::Share`] adds to its month (with the times), its
+/// system (involvement, kills, losses), its hour (kills) and its victim group (kills, losses,
+/// NPC losses, ISK); those of them it leaves at zero are not handed to `emit`. Any other
+/// delta is its own statistic.
+pub fn expand(key: StatKey, delta: &Stats, mut emit: impl FnMut(StatKey, Stats)) {
+    let Dim::Share {
+        day,
+        system,
+        group,
+        hour,
+    } = key.dim
+    else {
+        emit(key, *delta);
+        return;
+    };
+    let s = &delta.sums;
+    let sums = |sums: Sums| Stats {
+        sums,
+        ..Default::default()
+    };
+    for (dim, stats) in [
+        (Dim::Month(month_of_day(day)), *delta),
+        (
+            Dim::Group(group),
+            sums(Sums {
+                kills: s.kills,
+                losses: s.losses,
+                npc_losses: s.npc_losses,
+                isk_destroyed_cents: s.isk_destroyed_cents,
+                isk_lost_cents: s.isk_lost_cents,
+                ..Default::default()
+            }),
+        ),
+        (
+            Dim::System(system),
+            sums(Sums {
+                involved: s.involved,
+                kills: s.kills,
+                losses: s.losses,
+                ..Default::default()
+            }),
+        ),
+        (
+            Dim::Hour(hour),
+            sums(Sums {
+                kills: s.kills,
+                ..Default::default()
+            }),
+        ),
+    ] {
+        if !stats.is_empty() {
+            emit(StatKey::new(key.entity, dim), stats);
         }
     }
 }

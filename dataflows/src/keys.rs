@@ -49,6 +49,16 @@ pub enum Dim {
     Member(u64),
     /// A member's day bucket (rosters sum these over a window's days when asked).
     MemberDay(i32, u64),
+    /// An entity's part in killmails of one day, system, victim group and hour of week, as a
+    /// delta: never stored as such, it stands for the month, system, hour and group buckets
+    /// it adds to ([`crate::contrib::expand`]). One sum instead of four or five: a share
+    /// summed per bucket was 88,800 of the 223,205 sums of a 20,000-attacker killmail.
+    Share {
+        day: i32,
+        system: u32,
+        group: u32,
+        hour: u8,
+    },
 }
 
 impl Dim {
@@ -64,6 +74,7 @@ impl Dim {
             Dim::Hour(_) => 7,
             Dim::Member(_) => 8,
             Dim::MemberDay(..) => 9,
+            Dim::Share { .. } => tag::SHARE,
         }
     }
 
@@ -124,6 +135,12 @@ pub mod tag {
     pub const BREAKDOWNS: u8 = 10;
     /// The stored row of a corporation's member-day buckets of one day.
     pub const MEMBER_DAYS: u8 = 11;
+    /// A share's delta ([`super::Dim::Share`]): it orders a shard's writes, and is never
+    /// stored. It is Day's value: a day bucket is stored only day-major, in the `days` table,
+    /// so no key of the `stats` table has it, and it puts an entity's shares first among the
+    /// statistics of its row (before ships flown, and a corporation's members), so a shard's
+    /// writes of one breakdowns row come one after another.
+    pub const SHARE: u8 = 2;
 }
 
 /// Days are stored offset so negative days (before 1970) still sort in order.
@@ -245,6 +262,17 @@ impl StatKey {
             Dim::MemberDay(d, c) => {
                 b.extend(&day_bytes(d));
                 b.extend(&c.to_be_bytes());
+            }
+            Dim::Share {
+                day,
+                system,
+                group,
+                hour,
+            } => {
+                b.extend(&day_bytes(day));
+                b.extend(&system.to_be_bytes());
+                b.extend(&group.to_be_bytes());
+                b.extend(&[hour]);
             }
         }
         b

@@ -55,7 +55,8 @@ pub fn rescale(
     };
     let mut letters = Vec::new();
     for (i, source) in sources.iter().enumerate() {
-        for table in Table::ALL {
+        // Each new store rebuilds its own leaderboard index: a source's is not read.
+        for table in Table::ALL.into_iter().filter(|&t| t != Table::Ranks) {
             source.scan_raw(table, |k, v| {
                 if table == Table::DeadLetters {
                     letters.push((k.to_vec(), i, v.to_vec()));

@@ -39,6 +39,8 @@ impl Packed {
     pub(super) fn of(k: StatKey) -> Option<Packed> {
         match k.dim {
             Dim::MemberDay(day, _) => Some(Packed::MemberDays(k.entity, day)),
+            // A share's delta is buckets of the breakdowns row (contrib::expand).
+            Dim::Share { .. } => Some(Packed::Breakdowns(k.entity)),
             d if d.breakdown().is_some() => Some(Packed::Breakdowns(k.entity)),
             _ => None,
         }
@@ -119,6 +121,103 @@ fn push_entry<const H: usize>(
     row.extend_from_slice(h);
     row.push(len);
     row.extend_from_slice(scratch);
+}
+
+/// The merge operand of one packed row, built from its buckets as they come (a shard's writes
+/// in key order, a share's delta as its buckets): each is encoded once, as it comes. They come
+/// in header order but for an entity's ships flown (which sort between its groups and
+/// systems) and the shares that add to one month; only then are the entries put in order,
+/// each header once (the buckets of one summed), never the 176-byte buckets sorted.
+#[derive(Default)]
+pub(super) struct RowOperand {
+    bytes: Vec<u8>,
+    /// Per entry: its header as a number (header order), where it is in `bytes`.
+    entries: Vec<(u64, u32, u32)>,
+    /// Whether an entry's header is not above the one before.
+    out_of_order: bool,
+    /// The length of the entries' headers (5 for breakdowns, 8 for member days).
+    header: usize,
+    scratch: Vec<u8>,
+    ordered: Vec<u8>,
+}
+
+impl RowOperand {
+    /// Adds the bucket of `dim` (a breakdown or a member day) with `stats`; nothing if empty.
+    pub(super) fn add(&mut self, dim: Dim, stats: &Stats) {
+        if stats.is_empty() {
+            return;
+        }
+        let (order, header) = match (dim, dim.breakdown()) {
+            (_, Some((tag, bucket))) => ((tag as u64) << 32 | bucket as u64, 5),
+            (Dim::MemberDay(_, member), None) => (member, 8),
+            _ => {
+                debug_assert!(false, "{dim:?} is not a packed row's");
+                return;
+            }
+        };
+        self.out_of_order |= self.entries.last().is_some_and(|&(o, ..)| o >= order);
+        self.header = header;
+        let start = self.bytes.len() as u32;
+        Packed::push(&mut self.bytes, dim, stats, &mut self.scratch);
+        self.entries.push((order, start, self.bytes.len() as u32));
+    }
+
+    /// The operand (empty if every bucket was), and the builder emptied for the next row.
+    pub(super) fn take(&mut self) -> Result<&[u8], StateError> {
+        self.entries_in_order()?;
+        self.entries.clear();
+        self.out_of_order = false;
+        Ok(&self.ordered)
+    }
+
+    fn entries_in_order(&mut self) -> Result<(), StateError> {
+        self.ordered.clear();
+        if !self.out_of_order {
+            std::mem::swap(&mut self.ordered, &mut self.bytes);
+            self.bytes.clear();
+            return Ok(());
+        }
+        // Stable: buckets of one header stay in the order they came.
+        self.entries.sort_by_key(|&(o, ..)| o);
+        let mut at = 0;
+        while at < self.entries.len() {
+            let (order, start, end) = self.entries[at];
+            let run = self.entries[at..]
+                .iter()
+                .take_while(|&&(o, ..)| o == order)
+                .count();
+            let entry = &self.bytes[start as usize..end as usize];
+            if run == 1 {
+                self.ordered.extend_from_slice(entry);
+            } else {
+                // The header, then the length byte, then the encoded statistics.
+                let header_len = self.header;
+                let mut sum = Stats::default();
+                for &(_, s, e) in &self.entries[at..at + run] {
+                    sum.merge(&decode_stats(
+                        &self.bytes[s as usize + header_len + 1..e as usize],
+                    )?);
+                }
+                match header_len {
+                    5 => push_entry::<5>(
+                        &mut self.ordered,
+                        entry[..5].try_into().expect("5 bytes"),
+                        &sum,
+                        &mut self.scratch,
+                    ),
+                    _ => push_entry::<8>(
+                        &mut self.ordered,
+                        entry[..8].try_into().expect("8 bytes"),
+                        &sum,
+                        &mut self.scratch,
+                    ),
+                }
+            }
+            at += run;
+        }
+        self.bytes.clear();
+        Ok(())
+    }
 }
 
 /// Appends the entry of `dim` (a breakdown dimension) with `stats` to a breakdowns row.
@@ -400,6 +499,40 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
+        }
+    }
+
+    proptest! {
+        /// A row operand built from buckets in any order, some repeated, some empty, holds
+        /// each non-empty sum once, in bucket order: what a sorted fold gives.
+        #[test]
+        fn a_row_operand_is_the_sorted_sum_of_its_buckets(
+            buckets in proptest::collection::vec((0u8..5, 0u32..6, -2i64..3), 0..40),
+            members in proptest::collection::vec((0u64..6, -2i64..3), 0..20),
+        ) {
+            let mut operand = RowOperand::default();
+            let mut want: BTreeMap<(u8, u32), Stats> = BTreeMap::new();
+            for &(t, b, kills) in &buckets {
+                let d = dim(t, b);
+                operand.add(d, &stats(kills, 0));
+                want.entry(d.breakdown().unwrap()).or_default().merge(&stats(kills, 0));
+            }
+            let got = decode(operand.take().unwrap()).unwrap();
+            let want: Vec<(Dim, Stats)> = want
+                .into_iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|((t, b), s)| (Dim::from_breakdown(t, b).unwrap(), s))
+                .collect();
+            prop_assert_eq!(got, want);
+            // Emptied for the next row, which may be a member-day row.
+            let mut want: BTreeMap<u64, Stats> = BTreeMap::new();
+            for &(m, kills) in &members {
+                operand.add(Dim::MemberDay(3, m), &stats(kills, 0));
+                want.entry(m).or_default().merge(&stats(kills, 0));
+            }
+            let got = decode_members(operand.take().unwrap()).unwrap();
+            let want: Vec<(u64, Stats)> = want.into_iter().filter(|(_, s)| !s.is_empty()).collect();
+            prop_assert_eq!(got, want);
         }
     }
 

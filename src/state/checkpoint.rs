@@ -3,7 +3,7 @@
 
 use super::*;
 
-use super::breakdowns::Packed;
+use super::breakdowns::{Packed, RowOperand};
 use super::codec::*;
 use kmflow_dataflows::aggregate::{StatOp, Writes};
 use kmflow_dataflows::keys::StatTable;
@@ -38,9 +38,10 @@ impl RocksState {
     }
 
     /// Adds the writes to statistics to `wb`, in the order they come (the store's key order):
-    /// the statistics of a packed row (an entity's breakdown buckets; a corporation's member
-    /// days of one day), one after another there, as one merge of that row; every other
-    /// statistic as its own put, merge or delete.
+    /// the statistics of a packed row (an entity's breakdown buckets, a share's delta as the
+    /// buckets it stands for; a corporation's member days of one day), gathered while their
+    /// entity lasts, as one merge of that row with its buckets in order; every other statistic
+    /// as its own put, merge or delete.
     fn stage_stats(&self, wb: &mut WriteBatch, writes: &Writes) -> Result<(), StateError> {
         let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
         let cf_of = |table| match table {
@@ -48,12 +49,14 @@ impl RocksState {
             StatTable::Days => days_cf,
         };
         let mut buf = Vec::with_capacity(64);
-        let mut row: (Option<Packed>, Vec<u8>) = (None, Vec::with_capacity(1024));
-        let merge_row = |wb: &mut WriteBatch, row: &mut (Option<Packed>, Vec<u8>)| {
-            if let (Some(p), false) = (row.0.take(), row.1.is_empty()) {
-                wb.merge_cf(stats_cf, p.key(), &row.1);
+        let mut row: (Option<Packed>, RowOperand) = (None, RowOperand::default());
+        let merge_row = |wb: &mut WriteBatch, row: &mut (Option<Packed>, RowOperand)| {
+            let packed = row.0.take();
+            let operand = row.1.take()?;
+            if let (Some(p), false) = (packed, operand.is_empty()) {
+                wb.merge_cf(stats_cf, p.key(), operand);
             }
-            row.1.clear();
+            Ok::<(), StateError>(())
         };
         for (op, k, v) in writes.stats() {
             let packed = Packed::of(*k);
@@ -63,7 +66,7 @@ impl RocksState {
                 .0
                 .is_some_and(|r| packed.map_or(r.entity() != k.entity, |p| p != r))
             {
-                merge_row(wb, &mut row);
+                merge_row(wb, &mut row)?;
             }
             if let Some(p) = packed {
                 if op != StatOp::Merge {
@@ -74,7 +77,7 @@ impl RocksState {
                     )));
                 }
                 row.0 = Some(p);
-                Packed::push(&mut row.1, k.dim, v, &mut buf);
+                kmflow_dataflows::contrib::expand(*k, v, |k, v| row.1.add(k.dim, &v));
                 continue;
             }
             let (table, key) = k.stored();
@@ -90,8 +93,7 @@ impl RocksState {
                 StatOp::Delete => wb.delete_cf(cf_of(table), key),
             }
         }
-        merge_row(wb, &mut row);
-        Ok(())
+        merge_row(wb, &mut row)
     }
 
     /// Builds the `WriteBatch` of a checkpoint without writing it.
@@ -110,7 +112,9 @@ impl RocksState {
             .iter()
             .map(|(_, s)| s.killmail.attackers.len() * 48 + 512)
             .sum();
-        let mut wb = WriteBatch::with_capacity_bytes(batch.writes.len() * 48 + upserts + 4096);
+        // A share's delta is four buckets: 80 bytes per write covers it (room reserved and
+        // not used is never touched, so it costs no memory).
+        let mut wb = WriteBatch::with_capacity_bytes(batch.writes.len() * 80 + upserts + 4096);
         self.stage_stats(&mut wb, &batch.writes)?;
         let ranks = self.stage_ranks(&mut wb, &batch.writes)?;
         let km_cf = self.cf(CF_KILLMAILS);
@@ -180,6 +184,9 @@ impl RocksState {
             write_ms = t0.elapsed().as_millis() as u64,
             "checkpoint written"
         );
+        // A prepared checkpoint of an earlier build (a cluster's, written before an upgrade)
+        // left the index it was prepared against.
+        self.upgrade(&mut meta)?;
         *self.meta.write() = Some(meta.clone());
         self.committed_epoch.store(meta.epoch, Ordering::Release);
         Ok(meta)

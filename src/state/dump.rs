@@ -62,8 +62,8 @@ impl RocksState {
         Ok(out)
     }
 
-    /// Every leaderboard entry: the all-time index and the windows ranked from scratch (for
-    /// tests).
+    /// The leaderboard entries stored and served: the all-time index (each board down to its
+    /// floor, see `ranks`) and every window entry ranked from scratch (for tests).
     pub fn all_ranks(&self) -> Result<std::collections::BTreeSet<RankKey>, StateError> {
         let all = self.all_stat_keys()?;
         let windows: BTreeMap<StatKey, Stats> = all

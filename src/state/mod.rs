@@ -79,7 +79,13 @@ const ALL_CFS: [&str; 7] = [
 /// 2: version keys in the upsert state (R2Z2 sequence) and dead letters keyed by epoch.
 /// 3: an entity's breakdowns (months included) in one row.
 /// 4: a corporation's member-day buckets of one day in one row.
-pub const STATE_FORMAT: u32 = 4;
+/// 5: the all-time leaderboards index the top of each board only (floors, see `ranks`).
+pub const STATE_FORMAT: u32 = 5;
+
+/// The formats this build opens: a format-4 state is upgraded in place at open (its complete
+/// leaderboard index is rebuilt to the floors). An older build refuses format 5, whose index
+/// it would take for complete.
+const READS_FORMATS: [u32; 2] = [4, STATE_FORMAT];
 
 /// What the last checkpoint covered; served as `as_of`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +174,7 @@ pub enum StateError {
     },
     #[error("corrupt state: {0}")]
     Corrupt(String),
-    #[error("the state in {path} has format {found}; this kmflow reads format {STATE_FORMAT}: replay the history into a new state directory")]
+    #[error("the state in {path} has format {found}; this kmflow reads formats 4 and {STATE_FORMAT}: replay the history into a new state directory")]
     Format { path: PathBuf, found: u32 },
 }
 
@@ -258,16 +264,14 @@ impl RocksState {
             leaderboard_depth: AtomicUsize::new(LEADERBOARD_DEPTH),
         };
         let mut meta = state.read_meta()?;
-        if let Some(m) = meta.as_ref().filter(|m| m.format != STATE_FORMAT) {
+        if let Some(m) = meta.as_ref().filter(|m| !READS_FORMATS.contains(&m.format)) {
             return Err(StateError::Format {
                 path: dir.to_path_buf(),
                 found: m.format,
             });
         }
-        if let Some(m) = meta.as_mut().filter(|m| m.ranks.is_none()) {
-            // Written before the leaderboards had floors: its index holds every entry.
-            m.ranks = Some(state.rebuild_rank_index()?);
-            state.write_meta(m)?;
+        if let Some(m) = meta.as_mut() {
+            state.upgrade(m)?;
         }
         if let Some(m) = &meta {
             state.committed_epoch.store(m.epoch, Ordering::Release);

@@ -118,6 +118,18 @@ impl RocksState {
             .unwrap_or_default()
     }
 
+    /// Brings a stored checkpoint's metadata written by an earlier build (format 4: no floors,
+    /// every entry indexed) to this format: rebuilds the index to the floors and stores the
+    /// boards (synced). Nothing to do for a checkpoint of this format.
+    pub(super) fn upgrade(&self, meta: &mut CheckpointMeta) -> Result<(), StateError> {
+        if meta.format == STATE_FORMAT && meta.ranks.is_some() {
+            return Ok(());
+        }
+        meta.ranks = Some(self.rebuild_rank_index()?);
+        meta.format = STATE_FORMAT;
+        self.write_meta(meta)
+    }
+
     /// Sets how many entries every board holds at least (tests use a few to move floors on
     /// small streams; below the API's deepest page, a leaderboard page could come out short).
     pub fn set_leaderboard_depth(&self, depth: usize) {
