@@ -215,29 +215,34 @@ pub fn for_each_contribution(
         for share in rows.shares {
             let (corp, ch) = share.key;
             let entity = EntityKey::new(EntityKind::Corporation, corp);
-            emit(StatKey::new(entity, Dim::Member(ch)), share.stats);
-            emit(
-                StatKey::new(entity, Dim::MemberDay(day, ch)),
-                share.stats.without_times(),
-            );
+            // With the times: it adds to the member's all-time row too (`expand`).
+            emit(StatKey::new(entity, Dim::MemberDay(day, ch)), share.stats);
         }
     }
 }
 
 /// The statistics a delta adds to: a [`Dim::Share`] adds to its month (with the times), its
 /// system (involvement, kills, losses), its hour (kills) and its victim group (kills, losses,
-/// NPC losses, ISK); those of them it leaves at zero are not handed to `emit`. Any other
-/// delta is its own statistic.
+/// NPC losses, ISK), those of them it leaves at zero are not handed to `emit`; a
+/// [`Dim::MemberDay`] delta (with the times) adds to the member's all-time row and to its
+/// day bucket (without). Any other delta is its own statistic.
 pub fn expand(key: StatKey, delta: &Stats, mut emit: impl FnMut(StatKey, Stats)) {
-    let Dim::Share {
-        day,
-        system,
-        group,
-        hour,
-    } = key.dim
-    else {
-        emit(key, *delta);
-        return;
+    let (day, system, group, hour) = match key.dim {
+        Dim::Share {
+            day,
+            system,
+            group,
+            hour,
+        } => (day, system, group, hour),
+        Dim::MemberDay(_, member) => {
+            emit(StatKey::new(key.entity, Dim::Member(member)), *delta);
+            emit(key, delta.without_times());
+            return;
+        }
+        _ => {
+            emit(key, *delta);
+            return;
+        }
     };
     let s = &delta.sums;
     let sums = |sums: Sums| Stats {

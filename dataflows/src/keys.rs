@@ -47,7 +47,9 @@ pub enum Dim {
     Hour(u8),
     /// A character's statistics under a corporation (corporation entities only).
     Member(u64),
-    /// A member's day bucket (rosters sum these over a window's days when asked).
+    /// A member's day bucket (rosters sum these over a window's days when asked). As a delta,
+    /// with the times, it adds to the member's [`Dim::Member`] row too
+    /// ([`crate::contrib::expand`]).
     MemberDay(i32, u64),
     /// An entity's part in killmails of one day, system, victim group and hour of week, as a
     /// delta: never stored as such, it stands for the month, system, hour and group buckets

@@ -473,7 +473,7 @@ impl<'s> ShardStats<'s> for StreamVec<'s, u64, (usize, DeltaMap)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Write;
+    use crate::aggregate::{StatOp, Write};
     use crate::model::EntityKind;
 
     /// A flush's writes come out as a plain sort by (table, encoded key) would give them, one
@@ -524,8 +524,17 @@ mod tests {
                     Write::RankPut(r) | Write::RankDelete(r) => (2, r.to_bytes().to_vec()),
                 }
             };
-            let statistics: Vec<_> = writes.iter().filter(|w| order(w).0 < 2).collect();
-            let ranks: Vec<_> = writes.iter().filter(|w| order(w).0 == 2).collect();
+            // The shard's own writes, deltas as they are (the store expands a share or a
+            // member day into the statistics it adds to).
+            let statistics: Vec<Write> = writes
+                .stats()
+                .map(|(op, &k, &v)| match op {
+                    StatOp::Merge => Write::Merge(k, v),
+                    StatOp::Put => Write::Put(k, v),
+                    StatOp::Delete => Write::Delete(k),
+                })
+                .collect();
+            let ranks: Vec<Write> = writes.iter().filter(|w| order(w).0 == 2).collect();
             assert_eq!(writes.len(), statistics.len() + ranks.len());
             for part in [&statistics, &ranks] {
                 let keys: Vec<_> = part.iter().map(order).collect();

@@ -39,8 +39,6 @@ impl Packed {
     pub(super) fn of(k: StatKey) -> Option<Packed> {
         match k.dim {
             Dim::MemberDay(day, _) => Some(Packed::MemberDays(k.entity, day)),
-            // A share's delta is buckets of the breakdowns row (contrib::expand).
-            Dim::Share { .. } => Some(Packed::Breakdowns(k.entity)),
             d if d.breakdown().is_some() => Some(Packed::Breakdowns(k.entity)),
             _ => None,
         }

@@ -6,6 +6,7 @@ use super::*;
 use super::breakdowns::{Packed, RowOperand};
 use super::codec::*;
 use kmflow_dataflows::aggregate::{StatOp, Writes};
+use kmflow_dataflows::contrib::expand;
 use kmflow_dataflows::keys::StatTable;
 
 /// A checkpoint built and not yet written: the `WriteBatch` of its statistics, upserts, dead
@@ -37,63 +38,29 @@ impl RocksState {
         self.commit_prepared(prepared, clock)
     }
 
-    /// Adds the writes to statistics to `wb`, in the order they come (the store's key order):
-    /// the statistics of a packed row (an entity's breakdown buckets, a share's delta as the
-    /// buckets it stands for; a corporation's member days of one day), gathered while their
-    /// entity lasts, as one merge of that row with its buckets in order; every other statistic
-    /// as its own put, merge or delete.
+    /// Adds the writes to statistics to `wb`, in the order they come (the store's key order),
+    /// each delta as the statistics it adds to ([`expand`]): the statistics of a packed row
+    /// (an entity's breakdown buckets; a corporation's member days of one day), gathered while
+    /// their row lasts, as one merge of that row; every other statistic as its own put, merge
+    /// or delete.
     fn stage_stats(&self, wb: &mut WriteBatch, writes: &Writes) -> Result<(), StateError> {
-        let (stats_cf, days_cf) = (self.cf(CF_STATS), self.cf(CF_DAYS));
-        let cf_of = |table| match table {
-            StatTable::Stats => stats_cf,
-            StatTable::Days => days_cf,
-        };
-        let mut buf = Vec::with_capacity(64);
-        let mut row: (Option<Packed>, RowOperand) = (None, RowOperand::default());
-        let merge_row = |wb: &mut WriteBatch, row: &mut (Option<Packed>, RowOperand)| {
-            let packed = row.0.take();
-            let operand = row.1.take()?;
-            if let (Some(p), false) = (packed, operand.is_empty()) {
-                wb.merge_cf(stats_cf, p.key(), operand);
-            }
-            Ok::<(), StateError>(())
+        let mut stage = Stage {
+            wb,
+            stats_cf: self.cf(CF_STATS),
+            days_cf: self.cf(CF_DAYS),
+            buf: Vec::with_capacity(64),
+            row: None,
+            operand: RowOperand::default(),
+            error: None,
         };
         for (op, k, v) in writes.stats() {
-            let packed = Packed::of(*k);
-            // The row is complete at the next packed row, or at the next entity: another
-            // statistic of its entity may sit between its entries in key order.
-            if row
-                .0
-                .is_some_and(|r| packed.map_or(r.entity() != k.entity, |p| p != r))
-            {
-                merge_row(wb, &mut row)?;
-            }
-            if let Some(p) = packed {
-                if op != StatOp::Merge {
-                    // Shards put and delete only all-time rows: this is a bug, not a state to
-                    // write (a put would be added as a delta, a delete lost).
-                    return Err(StateError::Corrupt(format!(
-                        "{k:?} written as {op:?}: packed rows are only merged"
-                    )));
-                }
-                row.0 = Some(p);
-                kmflow_dataflows::contrib::expand(*k, v, |k, v| row.1.add(k.dim, &v));
-                continue;
-            }
-            let (table, key) = k.stored();
             match op {
-                StatOp::Put => {
-                    encode_stats_into(v, &mut buf);
-                    wb.put_cf(cf_of(table), key, &buf);
-                }
-                StatOp::Merge => {
-                    encode_stats_into(v, &mut buf);
-                    wb.merge_cf(cf_of(table), key, &buf);
-                }
-                StatOp::Delete => wb.delete_cf(cf_of(table), key),
+                StatOp::Merge => expand(*k, v, |k, v| stage.one(StatOp::Merge, k, &v)),
+                op => stage.one(op, *k, v),
             }
         }
-        merge_row(wb, &mut row)
+        stage.merge_row();
+        stage.error.map_or(Ok(()), Err)
     }
 
     /// Builds the `WriteBatch` of a checkpoint without writing it.
@@ -265,5 +232,79 @@ fn dead_letter_record(d: &DeadLetter, topics: &[String]) -> DeadLetterRecord {
         error: d.error.clone(),
         payload_len: d.payload_len,
         payload: String::from_utf8_lossy(&d.payload).into_owned(),
+    }
+}
+
+/// A checkpoint's statistics on their way into its `WriteBatch` ([`RocksState::stage_stats`]).
+struct Stage<'a> {
+    wb: &'a mut WriteBatch,
+    stats_cf: &'a rocksdb::ColumnFamily,
+    days_cf: &'a rocksdb::ColumnFamily,
+    buf: Vec<u8>,
+    /// The packed row being gathered, and its operand.
+    row: Option<Packed>,
+    operand: RowOperand,
+    /// The first failure (the rest of the writes are then skipped).
+    error: Option<StateError>,
+}
+
+impl Stage<'_> {
+    fn one(&mut self, op: StatOp, k: StatKey, v: &Stats) {
+        if self.error.is_some() {
+            return;
+        }
+        let packed = Packed::of(k);
+        // The row is complete at the next packed row, or at the next entity: another
+        // statistic of its entity may sit between its entries in key order.
+        if self
+            .row
+            .is_some_and(|r| packed.map_or(r.entity() != k.entity, |p| p != r))
+        {
+            self.merge_row();
+        }
+        if let Some(p) = packed {
+            if op != StatOp::Merge {
+                // Shards put and delete only all-time rows: this is a bug, not a state to
+                // write (a put would be added as a delta, a delete lost).
+                self.error = Some(StateError::Corrupt(format!(
+                    "{k:?} written as {op:?}: packed rows are only merged"
+                )));
+                return;
+            }
+            self.row = Some(p);
+            self.operand.add(k.dim, v);
+            return;
+        }
+        let (table, key) = k.stored();
+        let cf = match table {
+            StatTable::Stats => self.stats_cf,
+            StatTable::Days => self.days_cf,
+        };
+        match op {
+            StatOp::Put => {
+                encode_stats_into(v, &mut self.buf);
+                self.wb.put_cf(cf, key, &self.buf);
+            }
+            StatOp::Merge => {
+                encode_stats_into(v, &mut self.buf);
+                self.wb.merge_cf(cf, key, &self.buf);
+            }
+            StatOp::Delete => self.wb.delete_cf(cf, key),
+        }
+    }
+
+    /// Writes the gathered row as one merge (nothing if its buckets came to nothing).
+    fn merge_row(&mut self) {
+        let packed = self.row.take();
+        match self.operand.take() {
+            Ok(operand) => {
+                if let (Some(p), false) = (packed, operand.is_empty()) {
+                    self.wb.merge_cf(self.stats_cf, p.key(), operand);
+                }
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
     }
 }
