@@ -157,7 +157,8 @@ fn day_from(b: &[u8]) -> Option<i32> {
 }
 
 /// An encoded key, on the stack: every key fits in [`KeyBytes::CAPACITY`] bytes (the longest
-/// statistic key, a member's day bucket, is 22; a day-major key 18; a leaderboard key 27), so
+/// statistic key, a share's (never stored), is 23, a member's day bucket 22; a day-major key
+/// 18; a leaderboard key 27), so
 /// encoding one allocates nothing. Ordered as RocksDB orders byte strings.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyBytes {

@@ -493,10 +493,17 @@ mod tests {
             let mut dirty = DeltaMap::default();
             for _ in 0..len {
                 let e = EntityKey::new(EntityKind::ALL[next(3) as usize], next(50));
-                let dim = match next(4) {
+                let dim = match next(6) {
                     0 => Dim::All,
                     1 => Dim::Day(next(40) as i32 - 20),
                     2 => Dim::System(next(9) as u32),
+                    3 => Dim::Ship(next(9) as u32),
+                    4 => Dim::Share {
+                        day: next(4) as i32,
+                        system: next(3) as u32,
+                        group: next(3) as u32,
+                        hour: next(168) as u8,
+                    },
                     _ => Dim::MemberDay(next(5) as i32, next(5)),
                 };
                 let sums = Sums {

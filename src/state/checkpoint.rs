@@ -253,6 +253,14 @@ impl Stage<'_> {
         if self.error.is_some() {
             return;
         }
+        if op != StatOp::Merge && k.dim != Dim::All {
+            // Shards put and delete only all-time rows (a share's or a member day's delta is
+            // expanded, and only as a merge): this is a bug, not a state to write.
+            self.error = Some(StateError::Corrupt(format!(
+                "{k:?} written as {op:?}: only all-time rows are put or deleted"
+            )));
+            return;
+        }
         let packed = Packed::of(k);
         // The row is complete at the next packed row, or at the next entity: another
         // statistic of its entity may sit between its entries in key order.
@@ -263,14 +271,6 @@ impl Stage<'_> {
             self.merge_row();
         }
         if let Some(p) = packed {
-            if op != StatOp::Merge {
-                // Shards put and delete only all-time rows: this is a bug, not a state to
-                // write (a put would be added as a delta, a delete lost).
-                self.error = Some(StateError::Corrupt(format!(
-                    "{k:?} written as {op:?}: packed rows are only merged"
-                )));
-                return;
-            }
             self.row = Some(p);
             self.operand.add(k.dim, v);
             return;
