@@ -419,4 +419,13 @@ fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
     assert!(rebuilt.0.iter().all(|b| b.floor.is_none()), "{rebuilt:?}");
     s.set_leaderboard_depth(DEPTH);
     check(&s);
+    // Boards stored in another shape (another build's): rebuilt at open, never misindexed.
+    let mut meta = s.checkpoint_meta().unwrap();
+    meta.ranks.as_mut().unwrap().0.truncate(3);
+    s.write_meta(&meta).unwrap();
+    drop(s);
+    let s = RocksState::open(dir.path(), 16).unwrap();
+    assert_eq!(s.rank_boards().0.len(), 12);
+    s.set_leaderboard_depth(DEPTH);
+    check(&s);
 }

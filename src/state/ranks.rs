@@ -120,9 +120,11 @@ impl RocksState {
 
     /// Brings a stored checkpoint's metadata written by an earlier build (format 4: no floors,
     /// every entry indexed) to this format: rebuilds the index to the floors and stores the
-    /// boards (synced). Nothing to do for a checkpoint of this format.
+    /// boards (synced). Nothing to do for a checkpoint of this format with well-formed boards.
     pub(super) fn upgrade(&self, meta: &mut CheckpointMeta) -> Result<(), StateError> {
-        if meta.format == STATE_FORMAT && meta.ranks.is_some() {
+        // Boards stored in another shape (another build's kinds or metrics) are rebuilt too,
+        // never indexed out of place.
+        if meta.format == STATE_FORMAT && meta.ranks.as_ref().is_some_and(RankBoards::well_formed) {
             return Ok(());
         }
         meta.ranks = Some(self.rebuild_rank_index()?);
