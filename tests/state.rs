@@ -256,80 +256,77 @@ fn dead_letters_page_newest_first_within_the_retention() {
     assert_eq!(s.checkpoint_meta().unwrap().dead_letters.count, 25);
 }
 
-/// The all-time leaderboards keep the top of each board as the floors rise (more entries than
-/// four times the depth) and fall (re-appraisals lower ISK and points, and take them away):
-/// after every checkpoint, and after a reopen, each board's index is exactly the ranking from
-/// the all-time rows down to its floor, at least the depth of it (or all of it), and a page as
-/// deep as the depth is the ranking's first entries. A state of format 4 (before floors, no
-/// boards stored) has its index rebuilt at open, to the same answers.
-#[test]
-fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
-    use kmflow_dataflows::checkpoint::{CheckpointBatch, DeltaMap};
-    use kmflow_dataflows::contrib::{contributions, StatsLevel};
-    use kmflow_dataflows::keys::RankKey;
-    use kmflow_dataflows::Killmail;
-    use rand::{Rng, SeedableRng};
+/// How deep the boards go in the floors tests (a few, so small streams move the floors).
+const DEPTH: usize = 3;
 
-    const DEPTH: usize = 3;
-    let dir = tempfile::tempdir().unwrap();
-    let topics = vec!["killmails".to_string()];
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let mut s = RocksState::open(dir.path(), 16).unwrap();
-    s.set_leaderboard_depth(DEPTH);
-    // Killmails as committed, by id, to re-appraise.
-    let mut committed: BTreeMap<u64, Killmail> = BTreeMap::new();
-    let mut epoch = 0;
-    let (mut raised, mut lowered) = (0, 0);
-    let check = |s: &RocksState| {
-        let boards = s.check_rank_boards().expect("boards agree with the index");
-        let all = s.all_stats().unwrap();
-        let index = s.all_ranks().unwrap();
-        for b in &boards.0 {
-            let mut want: Vec<RankKey> = all
-                .iter()
-                .filter(|(e, _)| e.kind == b.kind)
-                .filter_map(|(e, st)| {
-                    let value = b.metric.value(st);
-                    (value > 0).then_some(RankKey {
-                        kind: b.kind,
-                        window: 0,
-                        metric: b.metric,
-                        value,
-                        id: e.id,
-                    })
+/// Checks every all-time board of `s` (at depth [`DEPTH`]) against the ranking from its
+/// all-time rows: the index is exactly the ranking down to the floor, at least the depth of it
+/// (or all of it), its count is what it holds, and a page as deep as the depth is the
+/// ranking's first entries. Returns the boards.
+fn assert_boards_are_the_ranking(s: &RocksState) -> kmflow::state::RankBoards {
+    use kmflow_dataflows::keys::RankKey;
+    let boards = s.check_rank_boards().expect("boards agree with the index");
+    let all = s.all_stats().unwrap();
+    let index = s.all_ranks().unwrap();
+    for b in &boards.0 {
+        let mut want: Vec<RankKey> = all
+            .iter()
+            .filter(|(e, _)| e.kind == b.kind)
+            .filter_map(|(e, st)| {
+                let value = b.metric.value(st);
+                (value > 0).then_some(RankKey {
+                    kind: b.kind,
+                    window: 0,
+                    metric: b.metric,
+                    value,
+                    id: e.id,
                 })
-                .collect();
-            want.sort_by_key(RankKey::store_order);
-            let mut got: Vec<RankKey> = index
-                .iter()
-                .filter(|r| r.window == 0 && r.kind == b.kind && r.metric == b.metric)
-                .copied()
-                .collect();
-            got.sort_by_key(RankKey::store_order);
-            let n = got.len();
-            assert_eq!(n as u64, b.count, "{b:?}");
-            assert_eq!(got[..], want[..n], "{b:?}: the index is the ranking's top");
-            assert!(
-                n >= DEPTH.min(want.len()),
-                "{b:?} holds {n} of {}",
-                want.len()
-            );
-            // A board without a floor holds every entry (one with a floor may too: entries
-            // below it can fall to zero without moving it).
-            assert!(b.floor.is_some() || n == want.len(), "{b:?}");
-            let (page, _) = s.leaderboard(b.kind, 0, b.metric, DEPTH).unwrap();
-            let page: Vec<RankKey> = page.into_iter().map(|(r, _)| r).collect();
-            assert_eq!(page[..], want[..DEPTH.min(want.len())], "{b:?}");
-        }
-        boards
-    };
-    let mut commit = |s: &RocksState,
-                      committed: &mut BTreeMap<u64, Killmail>,
-                      kms: Vec<Killmail>,
-                      epoch: &mut u64| {
+            })
+            .collect();
+        want.sort_by_key(RankKey::store_order);
+        let mut got: Vec<RankKey> = index
+            .iter()
+            .filter(|r| r.window == 0 && r.kind == b.kind && r.metric == b.metric)
+            .copied()
+            .collect();
+        got.sort_by_key(RankKey::store_order);
+        let n = got.len();
+        assert_eq!(n as u64, b.count, "{b:?}");
+        assert_eq!(got[..], want[..n], "{b:?}: the index is the ranking's top");
+        assert!(
+            n >= DEPTH.min(want.len()),
+            "{b:?} holds {n} of {}",
+            want.len()
+        );
+        // A board without a floor holds every entry (one with a floor may too: entries
+        // below it can fall to zero without moving it).
+        assert!(b.floor.is_some() || n == want.len(), "{b:?}");
+        let (page, _) = s.leaderboard(b.kind, 0, b.metric, DEPTH).unwrap();
+        let page: Vec<kmflow_dataflows::keys::RankKey> = page.into_iter().map(|(r, _)| r).collect();
+        assert_eq!(page[..], want[..DEPTH.min(want.len())], "{b:?}");
+    }
+    boards
+}
+
+/// Killmails committed to a state one checkpoint at a time, new versions replacing the old,
+/// and how often a board's floor moved up or down.
+#[derive(Default)]
+struct Appraisals {
+    committed: BTreeMap<u64, kmflow_dataflows::Killmail>,
+    epoch: u64,
+    raised: usize,
+    lowered: usize,
+}
+
+impl Appraisals {
+    /// Commits `kms` (each a new killmail or a new version of a committed one) as one
+    /// checkpoint, through a shard's plan, and checks the boards after it.
+    fn commit(&mut self, s: &RocksState, kms: Vec<kmflow_dataflows::Killmail>) {
+        use kmflow_dataflows::checkpoint::{CheckpointBatch, DeltaMap};
+        use kmflow_dataflows::contrib::{contributions, StatsLevel};
         let mut deltas = DeltaMap::default();
         for km in &kms {
-            if let Some(old) = committed.insert(km.killmail_id, km.clone()) {
+            if let Some(old) = self.committed.insert(km.killmail_id, km.clone()) {
                 for (k, st) in contributions(&old, StatsLevel::Full) {
                     deltas.merge(k, &st.retraction());
                 }
@@ -339,50 +336,74 @@ fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
             }
         }
         let b = CheckpointBatch::<()> {
-            last_epoch: *epoch,
+            last_epoch: self.epoch,
             writes: common::writes_of(s, &deltas),
             ..Default::default()
         };
         let before = s.rank_boards();
+        let topics = vec!["killmails".to_string()];
         s.write_checkpoint(
             &b,
             &topics,
-            &offsets(*epoch as i64),
+            &offsets(self.epoch as i64),
             &BTreeMap::new(),
             i64::MAX,
         )
         .unwrap();
-        *epoch += 1;
-        let after = s.rank_boards();
-        for (a, b) in before.0.iter().zip(&after.0) {
-            let rank = |f: Option<RankKey>| f.map_or((0, 0), |f| (f.value, u64::MAX - f.id));
+        self.epoch += 1;
+        let rank = |f: Option<kmflow_dataflows::keys::RankKey>| {
+            f.map_or((0, 0), |f| (f.value, u64::MAX - f.id))
+        };
+        for (a, b) in before.0.iter().zip(&s.rank_boards().0) {
             match rank(b.floor).cmp(&rank(a.floor)) {
-                std::cmp::Ordering::Greater => raised += 1,
-                std::cmp::Ordering::Less => lowered += 1,
+                std::cmp::Ordering::Greater => self.raised += 1,
+                std::cmp::Ordering::Less => self.lowered += 1,
                 std::cmp::Ordering::Equal => {}
             }
         }
-    };
-    let attacker = |rng: &mut rand::rngs::SmallRng| {
-        let c: u64 = rng.random_range(0..80);
-        (90_000_000 + c, 98_000_000 + c % 25, 99_000_000 + c % 9)
-    };
-    // Rising: new killmails, many characters each.
-    for id in 1..=60u64 {
-        let n = rng.random_range(1..8);
-        let attackers: Vec<_> = (0..n).map(|_| attacker(&mut rng)).collect();
-        let isk = rng.random_range(1..1_000) as f64 * 1e6;
-        let km = common::killmail(id, attacker(&mut rng), &attackers, Some(isk));
-        commit(&s, &mut committed, vec![km], &mut epoch);
-        check(&s);
+        assert_boards_are_the_ranking(s);
     }
+
+    /// `n` new killmails (ids after the committed ones), of up to 7 attackers each drawn
+    /// from 80 characters in 25 corporations and 9 alliances, each its own checkpoint.
+    fn rise(&mut self, s: &RocksState, rng: &mut rand::rngs::SmallRng, n: u64) {
+        use rand::Rng;
+        let attacker = |rng: &mut rand::rngs::SmallRng| {
+            let c: u64 = rng.random_range(0..80);
+            (90_000_000 + c, 98_000_000 + c % 25, 99_000_000 + c % 9)
+        };
+        let first = self.committed.keys().last().map_or(1, |id| id + 1);
+        for id in first..first + n {
+            let k = rng.random_range(1..8);
+            let attackers: Vec<_> = (0..k).map(|_| attacker(rng)).collect();
+            let isk = rng.random_range(1..1_000) as f64 * 1e6;
+            let km = common::killmail(id, attacker(rng), &attackers, Some(isk));
+            self.commit(s, vec![km]);
+        }
+    }
+}
+
+/// The all-time leaderboards keep the top of each board as the floors rise (more entries than
+/// four times the depth) and fall (re-appraisals lower ISK and points, and take them away):
+/// after every checkpoint, and after a reopen, each board is the ranking from the all-time
+/// rows down to its floor ([`assert_boards_are_the_ranking`]).
+#[test]
+fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let s = RocksState::open(dir.path(), 16).unwrap();
+    s.set_leaderboard_depth(DEPTH);
+    let mut a = Appraisals::default();
+    // Rising: new killmails, many characters each.
+    a.rise(&s, &mut rng, 60);
     // Falling: re-appraisals to less, then to nothing (no zkb: no ISK, no points).
-    let ids: Vec<u64> = committed.keys().copied().collect();
+    let ids: Vec<u64> = a.committed.keys().copied().collect();
     for (i, chunk) in ids.chunks(4).enumerate() {
         let kms = chunk
             .iter()
             .map(|id| {
-                let mut km = committed[id].clone();
+                let mut km = a.committed[id].clone();
                 if i % 2 == 0 {
                     km.zkb = None;
                 } else if let Some(z) = km.zkb.as_mut() {
@@ -391,20 +412,33 @@ fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
                 km
             })
             .collect();
-        commit(&s, &mut committed, kms, &mut epoch);
-        check(&s);
+        a.commit(&s, kms);
     }
     assert!(
-        raised > 0 && lowered > 0,
-        "raised {raised}, lowered {lowered}"
+        a.raised > 0 && a.lowered > 0,
+        "raised {}, lowered {}",
+        a.raised,
+        a.lowered
     );
     // The boards are stored with the checkpoint.
-    let boards = check(&s);
+    let boards = assert_boards_are_the_ranking(&s);
     drop(s);
-    s = RocksState::open(dir.path(), 16).unwrap();
+    let s = RocksState::open(dir.path(), 16).unwrap();
     s.set_leaderboard_depth(DEPTH);
-    assert_eq!(check(&s), boards);
-    // A state written before floors (format 4, no boards stored): upgraded at open.
+    assert_eq!(assert_boards_are_the_ranking(&s), boards);
+}
+
+/// A state of format 4 (before floors, no boards stored) has its index rebuilt at open, to
+/// the same answers; so have boards stored in another shape (another build's), which are
+/// never read at the wrong place.
+#[test]
+fn leaderboard_indexes_are_rebuilt_when_their_boards_are_not_this_builds() {
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let s = RocksState::open(dir.path(), 16).unwrap();
+    s.set_leaderboard_depth(DEPTH);
+    Appraisals::default().rise(&s, &mut rng, 40);
     let mut meta = s.checkpoint_meta().unwrap();
     meta.ranks = None;
     meta.format = 4;
@@ -418,8 +452,7 @@ fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
     let rebuilt = s.check_rank_boards().unwrap();
     assert!(rebuilt.0.iter().all(|b| b.floor.is_none()), "{rebuilt:?}");
     s.set_leaderboard_depth(DEPTH);
-    check(&s);
-    // Boards stored in another shape (another build's): rebuilt at open, never misindexed.
+    assert_boards_are_the_ranking(&s);
     let mut meta = s.checkpoint_meta().unwrap();
     meta.ranks.as_mut().unwrap().0.truncate(3);
     s.write_meta(&meta).unwrap();
@@ -427,5 +460,5 @@ fn leaderboards_keep_their_top_as_floors_rise_and_fall() {
     let s = RocksState::open(dir.path(), 16).unwrap();
     assert_eq!(s.rank_boards().0.len(), 12);
     s.set_leaderboard_depth(DEPTH);
-    check(&s);
+    assert_boards_are_the_ranking(&s);
 }

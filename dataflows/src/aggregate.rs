@@ -140,20 +140,27 @@ impl Writes {
         self.parts.iter().flat_map(WritesPart::stats)
     }
 
-    /// The statistics put (all-time rows, with their new values), part by part: only those
+    /// The all-time rows put (with their new values) or deleted, part by part: only those
     /// entries are read (a pass over every write reads every delta, tens of megabytes on the
     /// largest checkpoints).
-    pub fn puts(&self) -> impl Iterator<Item = (&StatKey, &Stats)> + '_ {
+    pub fn all_time(&self) -> impl Iterator<Item = (StatOp, &StatKey, &Stats)> + '_ {
         self.parts.iter().flat_map(|p| {
             let entries = p.deltas.entries();
             p.stats
                 .iter()
-                .filter(|(_, op)| *op == StatOp::Put)
-                .map(move |&(i, _)| {
+                .filter(|(_, op)| *op != StatOp::Merge)
+                .map(move |&(i, op)| {
                     let (k, v) = &entries[i as usize];
-                    (k, v)
+                    (op, k, v)
                 })
         })
+    }
+
+    /// The all-time rows put, with their new values ([`Writes::all_time`]).
+    pub fn puts(&self) -> impl Iterator<Item = (&StatKey, &Stats)> + '_ {
+        self.all_time()
+            .filter(|(op, ..)| *op == StatOp::Put)
+            .map(|(_, k, v)| (k, v))
     }
 
     /// The leaderboard entries to put (`true`) or delete, part by part.
@@ -163,8 +170,8 @@ impl Writes {
             .flat_map(|p| p.ranks.iter().map(|(r, put)| (r, *put)))
     }
 
-    /// Every write, part by part, a share's delta as the merges it stands for
-    /// ([`crate::contrib::expand`]).
+    /// Every write, part by part, a share's or a member day's delta as the merges it stands
+    /// for ([`crate::contrib::expand`]).
     pub fn iter(&self) -> impl Iterator<Item = Write> + '_ {
         self.parts.iter().flat_map(|p| {
             let stats = p.stats().flat_map(|(op, &key, &value)| {

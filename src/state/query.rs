@@ -46,6 +46,23 @@ fn read_before(end: Option<Vec<u8>>) -> rocksdb::ReadOptions {
 }
 
 impl RocksState {
+    /// Every key and value of `cf` that starts with `prefix`, in key order, from the latest
+    /// state (RocksDB stops at the prefix's end).
+    pub(super) fn prefixed<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<KvPair, StateError>> + 'a {
+        self.db
+            .iterator_cf_opt(
+                self.cf(cf),
+                read_before(prefix_end(prefix)),
+                IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            )
+            .map(|item| item.map_err(|e| self.err(e)))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+    }
+
     /// All-time statistics of `keys` and the commit they reflect, all read from one snapshot.
     pub fn stats_many(
         &self,

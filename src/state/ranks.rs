@@ -90,11 +90,8 @@ impl RankBoards {
     }
 }
 
-/// How a board moves in a checkpoint.
-enum Move {
-    Raise,
-    Lower,
-}
+/// What lowering a board gives: the entries to add, and its new floor.
+type Lowered = (Vec<RankKey>, Option<RankKey>);
 
 /// The entry of `kind`'s board by `metric` that `stats` makes, if its value is positive.
 fn entry(kind: EntityKind, metric: Metric, id: u64, stats: &Stats) -> Option<RankKey> {
@@ -170,38 +167,36 @@ impl RocksState {
                 b.count.saturating_sub(1)
             };
         }
-        let mut moved = Vec::new();
-        for b in &boards.0 {
-            if b.count > 4 * depth {
-                moved.push((b.kind, b.metric, Move::Raise));
-            } else if b.count < depth && b.floor.is_some() {
-                moved.push((b.kind, b.metric, Move::Lower));
-            }
-        }
         let mut new_floors = floors;
         let ranks_cf = self.cf(CF_RANKS);
-        for (kind, metric, how) in moved {
-            let board = boards.get_mut(kind, metric);
-            match how {
-                Move::Raise => {
-                    let (floor, beyond) = self.raise(writes, kind, metric, 2 * depth as usize)?;
-                    for r in beyond {
-                        wb.delete_cf(ranks_cf, r.to_bytes());
-                    }
-                    board.floor = Some(floor);
-                    board.count = 2 * depth;
-                }
-                Move::Lower => {
-                    let need = (2 * depth - board.count) as usize;
-                    let (added, floor) = self.lower(writes, kind, metric, board.floor, need)?;
-                    for r in &added {
-                        wb.put_cf(ranks_cf, r.to_bytes(), []);
-                    }
-                    board.floor = floor;
-                    board.count += added.len() as u64;
-                }
+        let keep = 2 * depth;
+        for b in boards.0.iter_mut().filter(|b| b.count > 4 * depth) {
+            let (floor, beyond) = self.raise(writes, b.kind, b.metric, keep as usize)?;
+            for r in beyond {
+                wb.delete_cf(ranks_cf, r.to_bytes());
             }
-            new_floors.set(kind, metric, board.floor);
+            b.floor = Some(floor);
+            b.count = keep;
+            new_floors.set(b.kind, b.metric, b.floor);
+        }
+        for kind in EntityKind::ALL {
+            // The boards of the kind that fell under the depth, lowered in one scan.
+            let low: Vec<(Metric, RankKey, usize)> = (boards.0.iter())
+                .filter(|b| b.kind == kind && b.count < depth)
+                .filter_map(|b| Some((b.metric, b.floor?, (keep - b.count) as usize)))
+                .collect();
+            if low.is_empty() {
+                continue;
+            }
+            for (&(metric, ..), (added, floor)) in low.iter().zip(self.lower(writes, kind, &low)?) {
+                for r in &added {
+                    wb.put_cf(ranks_cf, r.to_bytes(), []);
+                }
+                let b = boards.get_mut(kind, metric);
+                b.floor = floor;
+                b.count += added.len() as u64;
+                new_floors.set(kind, metric, floor);
+            }
         }
         for (r, put) in writes.ranks() {
             match put {
@@ -237,24 +232,10 @@ impl RocksState {
             .map(|(r, _)| *r)
             .collect();
         let prefix = RankKey::prefix(kind, 0, metric);
-        let mut stored = self
-            .db
-            .iterator_cf(
-                self.cf(CF_RANKS),
-                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-            )
-            .map(|item| -> Result<Option<RankKey>, StateError> {
-                let (k, _) = item.map_err(|e| self.err(e))?;
-                if !k.starts_with(&prefix) {
-                    return Ok(None);
-                }
-                RankKey::from_bytes(&k)
-                    .map(Some)
-                    .ok_or_else(|| codec_err("bad rank key"))
-            });
+        let mut stored = self.index_of(&prefix);
         let mut next_stored = || -> Result<Option<RankKey>, StateError> {
             loop {
-                match stored.next().transpose()?.flatten() {
+                match stored.next().transpose()? {
                     Some(r) if deleted.contains(&r) => continue,
                     other => return Ok(other),
                 }
@@ -293,50 +274,42 @@ impl RocksState {
         Ok((floor, beyond))
     }
 
-    /// The entries below `floor` that rank first, at most `need` of them, after `writes`,
-    /// and the new floor (`None` if they are all the board had left out). Scans the all-time
+    /// For each board of `kind` asked for (its metric, floor and how many entries it needs),
+    /// the entries below its floor that rank first, at most that many, after `writes`, and its
+    /// new floor (`None` if they are all the board had left out). One scan of the all-time
     /// rows of `kind`, with the checkpoint's new values over the stored ones.
     fn lower(
         &self,
         writes: &Writes,
         kind: EntityKind,
-        metric: Metric,
-        floor: Option<RankKey>,
-        need: usize,
-    ) -> Result<(Vec<RankKey>, Option<RankKey>), StateError> {
-        let Some(floor) = floor else {
-            return Ok((Vec::new(), None));
-        };
+        boards: &[(Metric, RankKey, usize)],
+    ) -> Result<Vec<Lowered>, StateError> {
         // The checkpoint's all-time rows of the kind: a new value, or gone.
         let mut overlay: FxHashMap<u64, Option<Stats>> = FxHashMap::default();
-        for (op, k, v) in writes.stats() {
-            if k.dim == Dim::All && k.entity.kind == kind {
+        for (op, k, v) in writes.all_time() {
+            if k.entity.kind == kind {
                 overlay.insert(k.entity.id, (op != StatOp::Delete).then_some(*v));
             }
         }
-        // The best `need + 1` entries below the floor (one more tells whether any is left).
-        let mut best: BinaryHeap<(u8, u8, u8, std::cmp::Reverse<i128>, u64)> = BinaryHeap::new();
+        // Per board, the best `need + 1` entries below its floor (one more tells whether any
+        // is left).
+        type Order = (u8, u8, u8, std::cmp::Reverse<i128>, u64);
+        let mut best: Vec<BinaryHeap<Order>> = boards.iter().map(|_| BinaryHeap::new()).collect();
         let mut offer = |stats: &Stats, id: u64| {
-            let Some(r) = entry(kind, metric, id, stats) else {
-                return;
-            };
-            if r.store_order() <= floor.store_order() {
-                return;
-            }
-            best.push(r.store_order());
-            if best.len() > need + 1 {
-                best.pop();
+            for (&(metric, floor, need), best) in boards.iter().zip(&mut best) {
+                let Some(r) = entry(kind, metric, id, stats) else {
+                    continue;
+                };
+                if r.store_order() > floor.store_order() {
+                    best.push(r.store_order());
+                    if best.len() > need + 1 {
+                        best.pop();
+                    }
+                }
             }
         };
-        let prefix = [kind as u8];
-        for item in self.db.iterator_cf(
-            self.cf(CF_STATS),
-            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
+        for item in self.prefixed(CF_STATS, &[kind as u8]) {
+            let (k, v) = item?;
             let Some(key) = (k.len() == 9).then(|| StatKey::from_bytes(&k)).flatten() else {
                 continue;
             };
@@ -356,21 +329,27 @@ impl RocksState {
                 offer(&stats, id);
             }
         }
-        let mut taken: Vec<RankKey> = best
-            .into_sorted_vec()
-            .into_iter()
-            .map(|(_, _, _, std::cmp::Reverse(value), id)| RankKey {
-                kind,
-                window: 0,
-                metric,
-                value,
-                id,
+        Ok(boards
+            .iter()
+            .zip(best)
+            .map(|(&(metric, _, need), best)| {
+                let mut taken: Vec<RankKey> = best
+                    .into_sorted_vec()
+                    .into_iter()
+                    .map(|(_, _, _, std::cmp::Reverse(value), id)| RankKey {
+                        kind,
+                        window: 0,
+                        metric,
+                        value,
+                        id,
+                    })
+                    .collect();
+                let rest = taken.len() > need;
+                taken.truncate(need);
+                let floor = if rest { taken.last().copied() } else { None };
+                (taken, floor)
             })
-            .collect();
-        let rest = taken.len() > need;
-        taken.truncate(need);
-        let floor = if rest { taken.last().copied() } else { None };
-        Ok((taken, floor))
+            .collect())
     }
 
     /// Rebuilds the whole index from the all-time rows: every board's first `2 × depth`
@@ -388,20 +367,23 @@ impl RocksState {
             [0xFFu8; RankKey::LEN + 1].as_slice(),
         );
         for kind in EntityKind::ALL {
-            for metric in Metric::ALL {
-                let (entries, floor) = self.lower(
-                    &Writes::default(),
-                    kind,
-                    metric,
-                    Some(RankKey {
+            // Every entry ranks below a floor of the greatest value and no id.
+            let all: Vec<(Metric, RankKey, usize)> = Metric::ALL
+                .into_iter()
+                .map(|metric| {
+                    let top = RankKey {
                         kind,
                         window: 0,
                         metric,
                         value: i128::MAX,
                         id: 0,
-                    }),
-                    keep,
-                )?;
+                    };
+                    (metric, top, keep)
+                })
+                .collect();
+            for (&(metric, ..), (entries, floor)) in
+                all.iter().zip(self.lower(&Writes::default(), kind, &all)?)
+            {
                 let b = boards.get_mut(kind, metric);
                 b.floor = floor;
                 b.count = entries.len() as u64;
@@ -412,6 +394,17 @@ impl RocksState {
         }
         self.db.write(wb).map_err(|e| self.err(e))?;
         Ok(boards)
+    }
+
+    /// The stored entries of the board whose index keys start with `prefix`, in rank order.
+    fn index_of<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<RankKey, StateError>> + 'a {
+        self.prefixed(CF_RANKS, prefix).map(|item| {
+            let (k, _) = item?;
+            RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key"))
+        })
     }
 
     /// Checks the stored boards against the index (for tests): every board's count is what
@@ -427,15 +420,8 @@ impl RocksState {
         for b in &boards.0 {
             let prefix = RankKey::prefix(b.kind, 0, b.metric);
             let mut n = 0;
-            for item in self.db.iterator_cf(
-                self.cf(CF_RANKS),
-                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-            ) {
-                let (k, _) = item.map_err(|e| self.err(e))?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let r = RankKey::from_bytes(&k).ok_or_else(|| codec_err("bad rank key"))?;
+            for r in self.index_of(&prefix) {
+                let r = r?;
                 if !floors.indexes(&r) {
                     return Err(codec_err(format!("{r:?} is below its floor {:?}", b.floor)));
                 }
