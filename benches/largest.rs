@@ -41,7 +41,7 @@ fn main() {
     let second = kmflow_dataflows::gen::largest_killmail_copy(1);
     for level in [StatsLevel::AllTime, StatsLevel::Full] {
         let mut best = [[f64::MAX; STEPS.len() + 2]; 2];
-        let mut counts = [(0, 0, 0); 2];
+        let mut counts = [(0, 0, 0, 0, 0); 2];
         for _ in 0..rounds {
             let dir = tempfile::tempdir().expect("temp dir");
             let state = RocksState::open(dir.path(), 64).expect("opens");
@@ -51,9 +51,9 @@ fn main() {
                 capacity: 0,
             };
             for (n, payload) in [&first, &second].into_iter().enumerate() {
-                let (times, keys, writes, ops) =
+                let (times, keys, writes, ops, bytes, faults) =
                     one(&state, &mut running, payload, level, n as u64 + 1);
-                counts[n] = (keys, writes, ops);
+                counts[n] = (keys, writes, ops, bytes, faults);
                 for (b, t) in best[n].iter_mut().zip(times) {
                     *b = b.min(t);
                 }
@@ -66,10 +66,12 @@ fn main() {
                 .map(|(s, t)| format!("{s} {t:.1}"))
                 .collect();
             println!(
-                "{level:?}, {what}: {} statistics, {} writes ({} RocksDB operations); best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
+                "{level:?}, {what}: {} statistics, {} writes ({} RocksDB operations, {:.1} MB), {} page faults; best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
                 counts[n].0,
                 counts[n].1,
                 counts[n].2,
+                counts[n].3 as f64 / 1e6,
+                counts[n].4,
                 steps.join(", "),
                 best[n][STEPS.len()],
                 best[n][STEPS.len() + 1],
@@ -79,18 +81,20 @@ fn main() {
 }
 
 /// One commit of the killmail into `state` at `epoch`: milliseconds per step, then CPU and
-/// wall for the whole; the statistics and writes it made, and the RocksDB operations they took
-/// (an entity's breakdown buckets are one).
+/// wall for the whole; the statistics and writes it made, the RocksDB operations they took (an
+/// entity's breakdown buckets are one) and their bytes, and the page faults of the whole (each a
+/// page first touched: the kernel zeroes it).
 fn one(
     state: &RocksState,
     running: &mut Running,
     payload: &[u8],
     level: StatsLevel,
     epoch: u64,
-) -> ([f64; 7], usize, usize, usize) {
+) -> ([f64; 7], usize, usize, usize, usize, i64) {
     let topics = vec!["killmails".to_string()];
     let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, epoch as i64)]))]);
     let cpu0 = cpu_ms();
+    let faults0 = page_faults();
     let t0 = Instant::now();
     let km = decode(payload).expect("decodes");
     let t1 = Instant::now();
@@ -128,11 +132,13 @@ fn one(
         .expect("batch");
     let t4 = Instant::now();
     let ops = prepared.batch.len();
+    let bytes = prepared.batch.size_in_bytes();
     let clock = state.clock().advance(prepared.max_time, i64::MAX);
     state.commit_prepared(prepared, clock).expect("commit");
     running.checkpoints.recycle(std::mem::take(&mut b.writes));
     let t5 = Instant::now();
     let cpu = cpu_ms() - cpu0;
+    let faults = page_faults() - faults0;
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let times = [
         ms(t0, t1),
@@ -143,7 +149,15 @@ fn one(
         cpu,
         ms(t0, t5),
     ];
-    (times, keys, n, ops)
+    (times, keys, n, ops, bytes, faults)
+}
+
+/// Minor page faults of this thread so far.
+fn page_faults() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    u.ru_minflt
 }
 
 /// CPU time of this thread (user + system), in milliseconds.

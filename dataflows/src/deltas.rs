@@ -182,6 +182,42 @@ impl DeltaMap {
             .map(|&(_, i)| &self.entries[i as usize].1)
     }
 
+    /// The summed delta of `key`, to change in place.
+    pub fn get_mut(&mut self, key: &StatKey) -> Option<&mut Stats> {
+        let h = hash(key);
+        let entries = &mut self.entries;
+        let i = self
+            .index
+            .find(h, |&(slot_hash, i)| {
+                slot_hash == h && entries[i as usize].0 == *key
+            })
+            .map(|&(_, i)| i as usize)?;
+        Some(&mut entries[i].1)
+    }
+
+    /// Makes room for `n` more statistics.
+    pub fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
+        self.index.reserve(n, |&(slot_hash, _)| slot_hash);
+    }
+
+    /// Keeps only the statistics `keep` accepts (in the same order), and rebuilds the index.
+    pub fn retain(&mut self, mut keep: impl FnMut(&StatKey) -> bool) {
+        self.entries.retain(|(k, _)| keep(k));
+        self.index.clear();
+        for (i, (k, _)) in self.entries.iter().enumerate() {
+            let h = hash(k);
+            self.index
+                .insert_unique(h, (h, i as u32), |&(slot_hash, _)| slot_hash);
+        }
+    }
+
+    /// Empties the map, keeping its memory.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.entries.clear();
+    }
+
     /// The statistics and their deltas, in the order they were first touched.
     pub fn iter(&self) -> impl Iterator<Item = (&StatKey, &Stats)> {
         self.entries.iter().map(|(k, d)| (k, d))
@@ -309,6 +345,34 @@ mod tests {
             chunked.merge_all(first);
             chunked.merge_all(second);
             prop_assert_eq!(chunked.entries(), map.entries());
+            // Changed in place, thinned and grown again (the shards' all-time cache): each
+            // key still found, in the same order, with its value.
+            let mut cache = map.clone();
+            for (k, d) in &oracle {
+                if let Some(v) = cache.get_mut(k) {
+                    v.merge(d);
+                }
+            }
+            cache.retain(|k| k.entity.id % 2 == 0);
+            cache.reserve(10);
+            cache.push(key(1_000, 0), Stats::default());
+            let kept: Vec<(StatKey, Stats)> = map
+                .iter()
+                .filter(|(k, _)| k.entity.id % 2 == 0)
+                .map(|(k, d)| {
+                    let mut twice = *d;
+                    twice.merge(d);
+                    (*k, twice)
+                })
+                .chain([(key(1_000, 0), Stats::default())])
+                .collect();
+            prop_assert_eq!(cache.entries(), &kept[..]);
+            for (k, d) in &kept {
+                prop_assert_eq!(cache.get(k), Some(d));
+            }
+            prop_assert!(cache.get(&key(1, 9)).is_none());
+            cache.clear();
+            prop_assert!(cache.is_empty() && cache.get(&key(1_000, 0)).is_none());
             let firsts: Vec<StatKey> = map.iter().map(|(k, _)| *k).collect();
             let mut dedup = firsts.clone();
             dedup.sort();

@@ -184,9 +184,11 @@ pub struct ShardFlush {
 }
 
 /// The all-time rows a shard last flushed, by key: the old values its leaderboard moves need.
-/// Bounded; an evicted row is read from the store again when next flushed.
+/// Bounded; an evicted row is read from the store again when next flushed. Kept as a
+/// [`DeltaMap`] (rows in an arena, a hash index of 16-byte slots): as a hash map of the rows
+/// themselves, each growth moved every cached row, a tenth of the largest killmail's work.
 pub struct AllTimeCache {
-    rows: rustc_hash::FxHashMap<StatKey, Stats>,
+    rows: DeltaMap,
     capacity: usize,
 }
 
@@ -238,7 +240,7 @@ pub fn plan_flush(
             ahead(dirty.entries(), n);
             dirty.entries()[i as usize].0
         })
-        .filter(|k| !cache.rows.contains_key(k))
+        .filter(|k| cache.rows.get(k).is_none())
         .collect();
     let fetched = match store.get_stats(&missing) {
         Ok(f) if f.len() == missing.len() => f,
@@ -280,7 +282,7 @@ pub fn plan_flush(
                 let old = fetched.next().flatten().unwrap_or_default();
                 let mut new = old;
                 new.merge(&delta);
-                cache.rows.insert(key, new);
+                cache.rows.push(key, new);
                 (old, new)
             }
         };
@@ -314,7 +316,7 @@ pub fn plan_flush(
                 .filter(|(k, _)| k.dim == Dim::All)
                 .map(|(k, _)| *k),
         );
-        cache.rows.retain(|k, _| touched.contains(k));
+        cache.rows.retain(|k| touched.contains(k));
         if cache.rows.len() > cache.capacity {
             cache.rows.clear();
         }
