@@ -186,7 +186,6 @@ pub fn for_each_contribution(
                 }),
                 s,
             );
-            emit(key(Dim::Day(day)), s.without_times());
             if s.sums.kills > 0 {
                 for &(_, t) in ships {
                     emit(
@@ -222,8 +221,9 @@ pub fn for_each_contribution(
 }
 
 /// The statistics a delta adds to: a [`Dim::Share`] adds to its month (with the times), its
-/// system (involvement, kills, losses), its hour (kills) and its victim group (kills, losses,
-/// NPC losses, ISK), those of them it leaves at zero are not handed to `emit`; a
+/// system (involvement, kills, losses), its hour (kills), its victim group (kills, losses,
+/// NPC losses, ISK) and its day bucket (every sum), those of them it leaves at zero are not
+/// handed to `emit`; a
 /// [`Dim::MemberDay`] delta (with the times) adds to the member's all-time row and to its
 /// day bucket (without). Any other delta is its own statistic.
 pub fn expand(key: StatKey, delta: &Stats, mut emit: impl FnMut(StatKey, Stats)) {
@@ -278,6 +278,7 @@ pub fn expand(key: StatKey, delta: &Stats, mut emit: impl FnMut(StatKey, Stats))
                 ..Default::default()
             }),
         ),
+        (Dim::Day(day), delta.without_times()),
     ] {
         if !stats.is_empty() {
             emit(StatKey::new(key.entity, dim), stats);

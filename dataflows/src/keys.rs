@@ -52,9 +52,9 @@ pub enum Dim {
     /// ([`crate::contrib::expand`]).
     MemberDay(i32, u64),
     /// An entity's part in killmails of one day, system, victim group and hour of week, as a
-    /// delta: never stored as such, it stands for the month, system, hour and group buckets
-    /// it adds to ([`crate::contrib::expand`]). One sum instead of four or five: a share
-    /// summed per bucket was 88,800 of the 223,205 sums of a 20,000-attacker killmail.
+    /// delta: never stored as such, it stands for the month, system, hour, group and day
+    /// buckets it adds to ([`crate::contrib::expand`]). One sum instead of five or six: a
+    /// share summed per bucket was 111,000 of the 223,205 sums of a 20,000-attacker killmail.
     Share {
         day: i32,
         system: u32,

@@ -7,7 +7,7 @@ use super::breakdowns::{Packed, RowOperand};
 use super::codec::*;
 use kmflow_dataflows::aggregate::{StatOp, Writes};
 use kmflow_dataflows::contrib::expand;
-use kmflow_dataflows::keys::StatTable;
+use kmflow_dataflows::keys::{KeyBytes, StatTable};
 
 /// A checkpoint built and not yet written: the `WriteBatch` of its statistics, upserts, dead
 /// letters and offsets, and its metadata without the stream clock, which is set when it is
@@ -49,6 +49,7 @@ impl RocksState {
             stats_cf: self.cf(CF_STATS),
             days_cf: self.cf(CF_DAYS),
             buf: Vec::with_capacity(64),
+            days: Vec::new(),
             row: None,
             operand: RowOperand::default(),
             error: None,
@@ -60,6 +61,7 @@ impl RocksState {
             }
         }
         stage.merge_row();
+        stage.merge_days();
         stage.error.map_or(Ok(()), Err)
     }
 
@@ -241,6 +243,9 @@ struct Stage<'a> {
     stats_cf: &'a rocksdb::ColumnFamily,
     days_cf: &'a rocksdb::ColumnFamily,
     buf: Vec<u8>,
+    /// The day buckets' deltas, by stored key: they come with their entities' shares (in
+    /// the `stats` table's order), and are written after them in the `days` table's order.
+    days: Vec<(KeyBytes, Stats)>,
     /// The packed row being gathered, and its operand.
     row: Option<Packed>,
     operand: RowOperand,
@@ -276,10 +281,12 @@ impl Stage<'_> {
             return;
         }
         let (table, key) = k.stored();
-        let cf = match table {
-            StatTable::Stats => self.stats_cf,
-            StatTable::Days => self.days_cf,
-        };
+        if table == StatTable::Days {
+            // Only merged (checked above): gathered, and written by `merge_days`.
+            self.days.push((key, *v));
+            return;
+        }
+        let cf = self.stats_cf;
         match op {
             StatOp::Put => {
                 encode_stats_into(v, &mut self.buf);
@@ -291,6 +298,29 @@ impl Stage<'_> {
             }
             StatOp::Delete => self.wb.delete_cf(cf, key),
         }
+    }
+
+    /// Writes the gathered day buckets in key order (the memtable inserts each next to the one
+    /// before), the deltas of one bucket summed into one merge.
+    fn merge_days(&mut self) {
+        let mut order: Vec<(KeyBytes, u32)> = (self.days.iter().enumerate())
+            .map(|(i, (k, _))| (*k, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut at = 0;
+        while at < order.len() {
+            let key = order[at].0;
+            let mut sum = Stats::default();
+            while order.get(at).is_some_and(|(k, _)| *k == key) {
+                sum.merge(&self.days[order[at].1 as usize].1);
+                at += 1;
+            }
+            if !sum.is_empty() {
+                encode_stats_into(&sum, &mut self.buf);
+                self.wb.merge_cf(self.days_cf, key, &self.buf);
+            }
+        }
+        self.days.clear();
     }
 
     /// Writes the gathered row as one merge (nothing if its buckets came to nothing).
