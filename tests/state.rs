@@ -462,3 +462,33 @@ fn leaderboard_indexes_are_rebuilt_when_their_boards_are_not_this_builds() {
     s.set_leaderboard_depth(DEPTH);
     assert_boards_are_the_ranking(&s);
 }
+
+/// A state of format 5 (floors, statistics in bincode's encoding) opens as it is: its index
+/// and boards are kept (no rebuild), its format becomes this build's, and what it stored reads
+/// back beside what this build writes (see `codec`'s tests for the two encodings).
+#[test]
+fn a_format_5_state_keeps_its_index_when_opened() {
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let s = RocksState::open(dir.path(), 16).unwrap();
+    s.set_leaderboard_depth(DEPTH);
+    let mut a = Appraisals::default();
+    a.rise(&s, &mut rng, 40);
+    let boards = assert_boards_are_the_ranking(&s);
+    assert!(boards.0.iter().any(|b| b.floor.is_some()), "{boards:?}");
+    let mut meta = s.checkpoint_meta().unwrap();
+    meta.format = 5;
+    s.write_meta(&meta).unwrap();
+    drop(s);
+    let s = RocksState::open(dir.path(), 16).unwrap();
+    assert_eq!(
+        s.checkpoint_meta().unwrap().format,
+        kmflow::state::STATE_FORMAT
+    );
+    assert_eq!(s.rank_boards(), boards);
+    s.set_leaderboard_depth(DEPTH);
+    assert_boards_are_the_ranking(&s);
+    a.rise(&s, &mut rng, 10);
+    assert_boards_are_the_ranking(&s);
+}

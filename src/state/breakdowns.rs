@@ -12,7 +12,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 5 or 8 | the header (so the first bytes order the entries) |
-//! | 1 | the length of the statistics that follow (an encoded [`Stats`] is at most [`MAX_STATS_BYTES`], 162) |
+//! | 1 | the length of the statistics that follow (an encoded [`Stats`] is at most [`MAX_STATS_BYTES`], 181) |
 //! | n | the bucket's statistics, as every other row ([`encode_stats_into`]) |
 //!
 //! A merge operand is such a list too: the buckets a checkpoint touched, with their deltas.

@@ -80,12 +80,17 @@ const ALL_CFS: [&str; 7] = [
 /// 3: an entity's breakdowns (months included) in one row.
 /// 4: a corporation's member-day buckets of one day in one row.
 /// 5: the all-time leaderboards index the top of each board only (floors, see `ranks`).
-pub const STATE_FORMAT: u32 = 5;
+/// 6: statistics in the compact encoding (`codec::encode_stats_into`).
+pub const STATE_FORMAT: u32 = 6;
 
-/// The formats this build opens: a format-4 state is upgraded in place at open (its complete
-/// leaderboard index is rebuilt to the floors). An older build refuses format 5, whose index
-/// it would take for complete.
-const READS_FORMATS: [u32; 2] = [4, STATE_FORMAT];
+/// The formats this build opens, upgraded in place at open: a format-4 state's complete
+/// leaderboard index is rebuilt to the floors; a format-5 state's values are read in either
+/// encoding as they are (merges rewrite them compact), so only its format changes. An older
+/// build refuses format 6, whose values or index it would misread.
+const READS_FORMATS: [u32; 3] = [4, 5, STATE_FORMAT];
+
+/// The first format whose leaderboard index has floors.
+const FLOORS_SINCE: u32 = 5;
 
 /// What the last checkpoint covered; served as `as_of`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +179,7 @@ pub enum StateError {
     },
     #[error("corrupt state: {0}")]
     Corrupt(String),
-    #[error("the state in {path} has format {found}; this kmflow reads formats 4 and {STATE_FORMAT}: replay the history into a new state directory")]
+    #[error("the state in {path} has format {found}; this kmflow reads formats 4 to {STATE_FORMAT}: replay the history into a new state directory")]
     Format { path: PathBuf, found: u32 },
 }
 

@@ -115,16 +115,20 @@ impl RocksState {
             .unwrap_or_default()
     }
 
-    /// Brings a stored checkpoint's metadata written by an earlier build (format 4: no floors,
-    /// every entry indexed) to this format: rebuilds the index to the floors and stores the
-    /// boards (synced). Nothing to do for a checkpoint of this format with well-formed boards.
+    /// Brings a stored checkpoint's metadata written by an earlier build to this format (see
+    /// `READS_FORMATS`), synced: for format 4 (no floors, every entry indexed), rebuilds the
+    /// index to the floors and stores the boards. Nothing to do for a checkpoint of this
+    /// format with well-formed boards.
     pub(super) fn upgrade(&self, meta: &mut CheckpointMeta) -> Result<(), StateError> {
         // Boards stored in another shape (another build's kinds or metrics) are rebuilt too,
         // never indexed out of place.
-        if meta.format == STATE_FORMAT && meta.ranks.as_ref().is_some_and(RankBoards::well_formed) {
+        let boards = meta.ranks.as_ref().is_some_and(RankBoards::well_formed);
+        if meta.format == STATE_FORMAT && boards {
             return Ok(());
         }
-        meta.ranks = Some(self.rebuild_rank_index()?);
+        if meta.format < FLOORS_SINCE || !boards {
+            meta.ranks = Some(self.rebuild_rank_index()?);
+        }
         meta.format = STATE_FORMAT;
         self.write_meta(meta)
     }
