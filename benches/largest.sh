@@ -6,6 +6,7 @@
 #   benches/largest.sh                     # full statistics, then all-time; 7 killmails each
 #   BASELINE_REF=04e8aec COUNT=7 benches/largest.sh
 #   PERF=/tmp LEVELS=full benches/largest.sh   # also profiles this checkout (perf record -g)
+#   KMFLOW_BIN=/tmp/kmflow-x benches/largest.sh # that binary (or script) instead of this checkout's
 #
 # For each statistics level and binary (the baseline, built from BASELINE_REF and cached under
 # ~/.cache/kmflow/baseline as benches/replay.sh does, then this checkout), alternately: kmflow
@@ -29,9 +30,10 @@ LEVELS="${LEVELS:-full all-time}"
 scripts/provision.sh
 . benches/lib.sh
 baseline_binary "$BASELINE_REF"
-cargo build --release --bin kmflow -q
+[ -n "${KMFLOW_BIN:-}" ] || cargo build --release --bin kmflow -q
 WORK=$(mktemp -d)
 cp "${CARGO_TARGET_DIR}/release/kmflow" "$WORK/kmflow"
+CURRENT="${KMFLOW_BIN:-$WORK/kmflow}"
 cleanup() {
   kill "${KPID:-}" "${BPID:-}" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -144,7 +146,7 @@ RESULTS="$WORK/results"
 n=0
 for level in $LEVELS; do
   for label in baseline current; do
-    bin="$WORK/kmflow"; [ "$label" = baseline ] && bin="$BASELINE"
+    bin="$CURRENT"; [ "$label" = baseline ] && bin="$BASELINE"
     n=$((n + 1))
     run "$label" "$bin" "$level" "$n" >>"$RESULTS"
   done

@@ -60,7 +60,8 @@ fn shares<K: Copy + Eq + std::hash::Hash>(
     let points = zkb.map_or(0, |z| z.points);
     let solo = km.is_solo();
     let rows = km.attackers.len() + 1;
-    let mut out: Vec<Share<K>> = Vec::with_capacity(rows.min(1024));
+    // Room for every row: a large killmail grew it by doubling, copying every share each time.
+    let mut out: Vec<Share<K>> = Vec::with_capacity(rows);
     let mut ships: Vec<(u32, u32)> = Vec::new();
     // Rows to shares by key: O(rows), whatever the number of attackers.
     let mut index: rustc_hash::FxHashMap<K, usize> = Default::default();
