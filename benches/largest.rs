@@ -132,7 +132,7 @@ fn one(
         .expect("batch");
     let t4 = Instant::now();
     let ops = prepared.batch.len();
-    let bytes = prepared.batch.size_in_bytes();
+    let bytes = prepared.batch.data().len();
     let clock = state.clock().advance(prepared.max_time, i64::MAX);
     state.commit_prepared(prepared, clock).expect("commit");
     running.checkpoints.recycle(std::mem::take(&mut b.writes));

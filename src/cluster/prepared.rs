@@ -10,10 +10,8 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use rocksdb::WriteBatch;
-
 use crate::source::fingerprint;
-use crate::state::{CheckpointMeta, PreparedCheckpoint};
+use crate::state::{Batch, CheckpointMeta, PreparedCheckpoint};
 
 const MAGIC: &[u8; 8] = b"KMFLOWP1";
 const FILE: &str = "prepared-checkpoint";
@@ -78,7 +76,7 @@ pub fn load(state_dir: &Path) -> std::io::Result<Option<PreparedCheckpoint>> {
         )
     });
     Ok(Some(PreparedCheckpoint {
-        batch: WriteBatch::from_data(&body[meta_end + 9..]),
+        batch: Batch::from_data(&body[meta_end + 9..]).ok_or_else(|| bad("no batch header"))?,
         meta,
         max_time,
     }))
@@ -109,8 +107,9 @@ mod tests {
     fn a_prepared_checkpoint_round_trips_and_a_damaged_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load(dir.path()).unwrap().is_none());
-        let mut batch = WriteBatch::default();
-        batch.put(b"k", b"v");
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put(b"k", b"v");
+        let batch = Batch::from_data(wb.data()).unwrap();
         let meta = CheckpointMeta {
             epoch: 41,
             ..Default::default()

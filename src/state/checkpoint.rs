@@ -3,18 +3,20 @@
 
 use super::*;
 
+use super::batch::Cf;
 use super::breakdowns::{Packed, RowOperand};
 use super::codec::*;
 use kmflow_dataflows::aggregate::{StatOp, Writes};
 use kmflow_dataflows::contrib::expand;
 use kmflow_dataflows::keys::{KeyBytes, StatTable};
 
-/// A checkpoint built and not yet written: the `WriteBatch` of its statistics, upserts, dead
-/// letters and offsets, and its metadata without the stream clock, which is set when it is
-/// written ([`RocksState::commit_prepared`]). A cluster keeps it durable in between (see
-/// `cluster::prepared`), so every process can write the same checkpoint after a crash.
+/// A checkpoint built and not yet written: the batch of its statistics, upserts, dead letters
+/// and offsets, and its metadata without the stream clock, which is set when it is written
+/// ([`RocksState::commit_prepared`], which adds it to the batch). A cluster keeps it durable in
+/// between (see `cluster::prepared`), so every process can write the same checkpoint after a
+/// crash.
 pub struct PreparedCheckpoint {
-    pub batch: WriteBatch,
+    pub batch: Batch,
     /// The metadata to write with it; `clock` is set at commit.
     pub meta: CheckpointMeta,
     /// The latest `killmail_time` the checkpoint applies (moves the clock).
@@ -43,11 +45,11 @@ impl RocksState {
     /// (an entity's breakdown buckets; a corporation's member days of one day), gathered while
     /// their row lasts, as one merge of that row; every other statistic as its own put, merge
     /// or delete.
-    fn stage_stats(&self, wb: &mut WriteBatch, writes: &Writes) -> Result<(), StateError> {
+    fn stage_stats(&self, wb: &mut Batch, writes: &Writes) -> Result<(), StateError> {
         let mut stage = Stage {
             wb,
-            stats_cf: self.cf(CF_STATS),
-            days_cf: self.cf(CF_DAYS),
+            stats_cf: self.cf_id(CF_STATS),
+            days_cf: self.cf_id(CF_DAYS),
             buf: Vec::with_capacity(64),
             days: Vec::new(),
             row: None,
@@ -83,10 +85,11 @@ impl RocksState {
             .sum();
         // A share's delta is four buckets: 80 bytes per write covers it (room reserved and
         // not used is never touched, so it costs no memory).
-        let mut wb = WriteBatch::with_capacity_bytes(batch.writes.len() * 80 + upserts + 4096);
+        let spare = std::mem::take(&mut *self.spare_batch.lock());
+        let mut wb = Batch::in_buffer(spare, batch.writes.len() * 80 + upserts + 4096);
         self.stage_stats(&mut wb, &batch.writes)?;
         let ranks = self.stage_ranks(&mut wb, &batch.writes)?;
-        let km_cf = self.cf(CF_KILLMAILS);
+        let km_cf = self.cf_id(CF_KILLMAILS);
         for (id, stored) in &batch.upserts {
             wb.put_cf(
                 km_cf,
@@ -95,7 +98,7 @@ impl RocksState {
             );
         }
         let dead = self.retain_dead_letters(&mut wb, batch, topics)?;
-        let off_cf = self.cf(CF_OFFSETS);
+        let off_cf = self.cf_id(CF_OFFSETS);
         for (topic, parts) in offsets {
             for (p, o) in parts {
                 wb.put_cf(off_cf, position_key(topic, *p, None), o.to_be_bytes());
@@ -140,13 +143,18 @@ impl RocksState {
         meta.clock = clock;
         meta.committed_at = now_ms();
         wb.put_cf(
-            self.cf(CF_META),
+            self.cf_id(CF_META),
             META_CHECKPOINT,
             serde_json::to_vec(&meta).map_err(codec_err)?,
         );
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         let keys = wb.len();
+        let (wb, spare) = wb.into_write_batch();
+        // One buffer kept for the next checkpoint, up to 64 MiB.
+        if spare.capacity() <= 64 << 20 {
+            *self.spare_batch.lock() = spare;
+        }
         self.db.write_opt(wb, &wo).map_err(|e| self.err(e))?;
         tracing::debug!(
             keys,
@@ -168,7 +176,7 @@ impl RocksState {
     /// `state.dead-letters-max-mb`); returns the totals after this checkpoint.
     fn retain_dead_letters<M>(
         &self,
-        wb: &mut WriteBatch,
+        wb: &mut Batch,
         batch: &CheckpointBatch<M>,
         topics: &[String],
     ) -> Result<DeadLetterTotals, StateError> {
@@ -177,7 +185,7 @@ impl RocksState {
             .checkpoint_meta()
             .map(|m| m.dead_letters)
             .unwrap_or_default();
-        let dl_cf = self.cf(CF_DEAD_LETTERS);
+        let dl_cf = self.cf_id(CF_DEAD_LETTERS);
         let mut fresh: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(batch.dead_letters.len());
         for (i, d) in batch.dead_letters.iter().enumerate() {
             let key = dead_letter_key(batch.last_epoch, i as u32);
@@ -188,7 +196,10 @@ impl RocksState {
         }
         let over = |t: &DeadLetterTotals| t.count > limits.count || t.bytes > limits.bytes;
         if over(&totals) {
-            for item in self.db.iterator_cf(dl_cf, IteratorMode::Start) {
+            for item in self
+                .db
+                .iterator_cf(self.cf(CF_DEAD_LETTERS), IteratorMode::Start)
+            {
                 if !over(&totals) {
                     break;
                 }
@@ -239,9 +250,9 @@ fn dead_letter_record(d: &DeadLetter, topics: &[String]) -> DeadLetterRecord {
 
 /// A checkpoint's statistics on their way into its `WriteBatch` ([`RocksState::stage_stats`]).
 struct Stage<'a> {
-    wb: &'a mut WriteBatch,
-    stats_cf: &'a rocksdb::ColumnFamily,
-    days_cf: &'a rocksdb::ColumnFamily,
+    wb: &'a mut Batch,
+    stats_cf: Cf,
+    days_cf: Cf,
     buf: Vec<u8>,
     /// The day buckets' deltas, by stored key: they come with their entities' shares (in
     /// the `stats` table's order), and are written after them in the `days` table's order.

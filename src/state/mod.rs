@@ -16,8 +16,10 @@
 //! Durability: the WAL is on and every commit is written with `sync = true`, so a commit that
 //! returned survives a crash or power loss; a commit interrupted by a crash is absent as a whole.
 
+mod batch;
 mod breakdowns;
 mod checkpoint;
+pub use batch::Batch;
 pub use checkpoint::PreparedCheckpoint;
 mod codec;
 mod dump;
@@ -196,6 +198,10 @@ pub struct RocksState {
     window_boards: parking_lot::Mutex<WindowBoards>,
     /// The entries every all-time board holds at least ([`LEADERBOARD_DEPTH`]; see `ranks`).
     leaderboard_depth: AtomicUsize,
+    /// The id of each column family of [`ALL_CFS`], in its order, for [`batch::Batch`].
+    cf_ids: [batch::Cf; ALL_CFS.len()],
+    /// The last checkpoint's batch buffer, kept for the next (see `prepare_checkpoint`).
+    spare_batch: parking_lot::Mutex<Vec<u8>>,
 }
 
 fn codec_err(e: impl std::fmt::Display) -> StateError {
@@ -259,7 +265,18 @@ impl RocksState {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        let mut cf_ids = [batch::Cf::default(); ALL_CFS.len()];
+        for (id, name) in cf_ids.iter_mut().zip(ALL_CFS) {
+            let cf = db
+                .cf_handle(name)
+                .expect("column families are created at open");
+            *id = batch::Cf::of(cf).ok_or_else(|| {
+                StateError::Corrupt(format!("no column family id for {name} in a batch"))
+            })?;
+        }
         let state = RocksState {
+            cf_ids,
+            spare_batch: Default::default(),
             db,
             path: dir.to_path_buf(),
             committed_epoch: AtomicU64::new(NO_EPOCH),
@@ -290,6 +307,12 @@ impl RocksState {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// The id of column family `name`, for writes in a [`batch::Batch`].
+    fn cf_id(&self, name: &str) -> batch::Cf {
+        let at = ALL_CFS.iter().position(|&n| n == name);
+        self.cf_ids[at.expect("a column family of ALL_CFS")]
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -144,7 +144,7 @@ impl RocksState {
     /// leave their bounds; returns the boards after it.
     pub(super) fn stage_ranks(
         &self,
-        wb: &mut WriteBatch,
+        wb: &mut super::batch::Batch,
         writes: &Writes,
     ) -> Result<RankBoards, StateError> {
         let mut boards = self.rank_boards();
@@ -172,7 +172,7 @@ impl RocksState {
             };
         }
         let mut new_floors = floors;
-        let ranks_cf = self.cf(CF_RANKS);
+        let ranks_cf = self.cf_id(CF_RANKS);
         let keep = 2 * depth;
         for b in boards.0.iter_mut().filter(|b| b.count > 4 * depth) {
             let (floor, beyond) = self.raise(writes, b.kind, b.metric, keep as usize)?;
