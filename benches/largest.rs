@@ -162,9 +162,13 @@ fn page_faults() -> i64 {
 
 /// CPU time of this thread (user + system), in milliseconds.
 fn cpu_ms() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
-    let t = |v: libc::timeval| v.tv_sec as f64 * 1e3 + v.tv_usec as f64 / 1e3;
-    t(u.ru_utime) + t(u.ru_stime)
+    // The scheduler's own count (nanoseconds), not getrusage's, which this kernel keeps in
+    // ticks: its figures came in steps of 4 ms.
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
 }

@@ -175,8 +175,18 @@ impl Stats {
     }
 
     /// True when the entity has never been seen (nothing to serve).
+    ///
+    /// Every sum folded into one word, compared once: the derived comparison with
+    /// `Stats::default()` branched field by field, and a checkpoint asks this of every bucket
+    /// it writes.
     pub fn is_empty(&self) -> bool {
-        *self == Stats::default()
+        let u = &self.sums;
+        let mut any = 0i128;
+        macro_rules! fold {
+            ($($f:ident),*) => { $( any |= u.$f as i128; )* };
+        }
+        sum_fields!(fold);
+        any == 0 && self.seen.first.is_none() && self.seen.last.is_none()
     }
 }
 
@@ -247,6 +257,44 @@ mod tests {
             prop_assert_eq!(join(a, a), a);
             prop_assert_eq!(join(a, Seen::default()), a);
         }
+    }
+
+    /// Empty exactly when equal to the default: any one field set, to any value (the high
+    /// bits of an ISK sum alone included), makes it non-empty.
+    #[test]
+    fn empty_is_the_default_and_nothing_else() {
+        assert!(Stats::default().is_empty());
+        for v in [1i64, -1, i64::MIN, i64::MAX, 1 << 40] {
+            let mut stats = Vec::new();
+            macro_rules! one {
+                ($($f:ident),*) => { $(
+                    let mut s = Stats::default();
+                    s.sums.$f = v as _;
+                    stats.push(s);
+                )* };
+            }
+            sum_fields!(one);
+            stats.push(Stats {
+                seen: Seen {
+                    first: Some(v),
+                    last: None,
+                },
+                ..Default::default()
+            });
+            stats.push(Stats {
+                seen: Seen {
+                    first: None,
+                    last: Some(v),
+                },
+                ..Default::default()
+            });
+            for s in stats {
+                assert!(!s.is_empty(), "{s:?}");
+            }
+        }
+        let mut high = Stats::default();
+        high.sums.isk_lost_cents = 1 << 100;
+        assert!(!high.is_empty());
     }
 
     #[test]

@@ -19,18 +19,20 @@ pub fn encode_stats(s: &Stats) -> Vec<u8> {
 /// is never this one: both read back ([`decode_stats`]), and merges write the compact one.
 const COMPACT: u8 = 0xFF;
 
-/// [`encode_stats`] into a reused buffer. The compact encoding: [`COMPACT`], a 16-bit
+/// [`encode_stats`] into a reused buffer (emptied first). The compact encoding: [`COMPACT`], a 16-bit
 /// little-endian map of what follows (bit `i` for the `i`-th field of [`Sums`] in declaration
 /// order when it is not zero, bit 14 for the first time seen, bit 15 for the last), then those
 /// fields as LEB128 varints of their zigzag, the last time relative to the first. Most fields
 /// of most statistics are zero (a day bucket's kills, a system's involvement): in bincode's
 /// varints each zero took a byte and each time nine, and a 20,000-attacker killmail's
-/// checkpoint was 8.9 MB. The bytes are put together on the stack and copied into `buf` once.
+/// checkpoint was 8.9 MB.
 pub(super) fn encode_stats_into(s: &Stats, buf: &mut Vec<u8>) {
-    let mut out = Varints::default();
-    out.byte(COMPACT);
-    out.byte(0);
-    out.byte(0);
+    buf.clear();
+    buf.reserve(MAX_STATS_BYTES);
+    let mut out = Varints {
+        bytes: &mut buf.spare_capacity_mut()[..MAX_STATS_BYTES],
+        len: 3,
+    };
     let mut map = 0u16;
     for (bit, v) in sum_fields(&s.sums).into_iter().enumerate() {
         if v != 0 {
@@ -46,9 +48,15 @@ pub(super) fn encode_stats_into(s: &Stats, buf: &mut Vec<u8>) {
         map |= 1 << 15;
         out.put(zigzag(last as i128 - s.seen.first.unwrap_or(0) as i128));
     }
-    out.bytes[1..3].copy_from_slice(&map.to_le_bytes());
-    buf.clear();
-    buf.extend_from_slice(out.bytes());
+    let [lo, hi] = map.to_le_bytes();
+    for (at, b) in [COMPACT, lo, hi].into_iter().enumerate() {
+        out.bytes[at].write(b);
+    }
+    let len = out.len;
+    // SAFETY: the first `len` bytes of the spare capacity are written above (the marker and
+    // the map, then every varint byte `put` wrote, in order from 3), and `len` is at most
+    // MAX_STATS_BYTES, which was reserved.
+    unsafe { buf.set_len(len) };
 }
 
 /// The fields of `u` in declaration order.
@@ -78,25 +86,17 @@ fn sum_fields(u: &kmflow_dataflows::stats::Sums) -> [i128; 14] {
 pub(super) const MAX_STATS_BYTES: usize = 3 + 12 * 10 + 2 * 19 + 2 * 10;
 const _: () = assert!(MAX_STATS_BYTES <= u8::MAX as usize);
 
-/// Varints written into a buffer on the stack.
-struct Varints {
-    bytes: [u8; MAX_STATS_BYTES],
+/// Varints written into a buffer's spare capacity, which is never zeroed first (on the
+/// largest killmail, zeroing a buffer per statistic was a twentieth of its batch).
+struct Varints<'a> {
+    bytes: &'a mut [std::mem::MaybeUninit<u8>],
     len: usize,
 }
 
-impl Default for Varints {
-    fn default() -> Self {
-        Varints {
-            bytes: [0; MAX_STATS_BYTES],
-            len: 0,
-        }
-    }
-}
-
-impl Varints {
+impl Varints<'_> {
     #[inline(always)]
     fn byte(&mut self, b: u8) {
-        self.bytes[self.len] = b;
+        self.bytes[self.len].write(b);
         self.len += 1;
     }
 
@@ -108,10 +108,6 @@ impl Varints {
             v >>= 7;
         }
         self.byte(v as u8);
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
     }
 }
 
