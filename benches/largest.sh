@@ -30,10 +30,16 @@ LEVELS="${LEVELS:-full all-time}"
 scripts/provision.sh
 . benches/lib.sh
 baseline_binary "$BASELINE_REF"
-[ -n "${KMFLOW_BIN:-}" ] || cargo build --release --bin kmflow -q
 WORK=$(mktemp -d)
-cp "${CARGO_TARGET_DIR}/release/kmflow" "$WORK/kmflow"
-CURRENT="${KMFLOW_BIN:-$WORK/kmflow}"
+if [ -n "${KMFLOW_BIN:-}" ]; then
+  CURRENT="$KMFLOW_BIN"
+  # `kmflow import` produces the killmails: the baseline's will do.
+  cp "$BASELINE" "$WORK/kmflow"
+else
+  cargo build --release --bin kmflow -q
+  cp "${CARGO_TARGET_DIR}/release/kmflow" "$WORK/kmflow"
+  CURRENT="$WORK/kmflow"
+fi
 cleanup() {
   kill "${KPID:-}" "${BPID:-}" 2>/dev/null || true
   wait 2>/dev/null || true

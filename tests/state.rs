@@ -463,32 +463,75 @@ fn leaderboard_indexes_are_rebuilt_when_their_boards_are_not_this_builds() {
     assert_boards_are_the_ranking(&s);
 }
 
-/// A state of format 5 (floors, statistics in bincode's encoding) opens as it is: its index
-/// and boards are kept (no rebuild), its format becomes this build's, and what it stored reads
-/// back beside what this build writes (see `codec`'s tests for the two encodings).
+/// A state of format 5 (floors, statistics in bincode's varint encoding) opens as it is: its
+/// index and boards are kept (no rebuild) and its format becomes this build's; its values read
+/// back, and merges onto them give exactly what a state written by this build alone holds
+/// after the same killmails (every statistic, day buckets and windows included).
 #[test]
-fn a_format_5_state_keeps_its_index_when_opened() {
+fn a_format_5_state_keeps_its_index_and_values_when_opened() {
+    use kmflow::state::Table;
+    use kmflow_dataflows::keys::StatKey;
     use rand::SeedableRng;
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
-    let s = RocksState::open(dir.path(), 16).unwrap();
-    s.set_leaderboard_depth(DEPTH);
-    let mut a = Appraisals::default();
-    a.rise(&s, &mut rng, 40);
-    let boards = assert_boards_are_the_ranking(&s);
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let open = |dir: &tempfile::TempDir| {
+        let s = RocksState::open(dir.path(), 16).unwrap();
+        s.set_leaderboard_depth(DEPTH);
+        s
+    };
+    let (old, new) = (open(&old_dir), open(&new_dir));
+    let (mut a, mut b) = (Appraisals::default(), Appraisals::default());
+    let (mut ra, mut rb) = (
+        rand::rngs::SmallRng::seed_from_u64(5),
+        rand::rngs::SmallRng::seed_from_u64(5),
+    );
+    a.rise(&old, &mut ra, 40);
+    b.rise(&new, &mut rb, 40);
+    let boards = assert_boards_are_the_ranking(&old);
     assert!(boards.0.iter().any(|b| b.floor.is_some()), "{boards:?}");
-    let mut meta = s.checkpoint_meta().unwrap();
+    // Every plain statistic rewritten as format 5 stored it.
+    use bincode::Options;
+    let bincode = bincode::DefaultOptions::new().with_varint_encoding();
+    let mut legacy = Vec::new();
+    for table in [Table::Stats, Table::Days] {
+        old.scan_raw(table, |k, v| {
+            let plain = match table {
+                Table::Days => StatKey::from_day_major_bytes(k).is_some(),
+                _ => {
+                    StatKey::breakdowns_entity(k).is_none()
+                        && StatKey::member_days_of(k).is_none()
+                        && StatKey::from_bytes(k).is_some()
+                }
+            };
+            if plain {
+                let stats = kmflow::state::decode_stats(v)?;
+                legacy.push((table, k.to_vec(), bincode.serialize(&stats).unwrap()));
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert!(legacy.len() > 100, "{} plain statistics", legacy.len());
+    assert!(legacy.iter().any(|(t, ..)| *t == Table::Days));
+    let before = old.all_stat_keys().unwrap();
+    old.put_raw(&legacy).unwrap();
+    let mut meta = old.checkpoint_meta().unwrap();
     meta.format = 5;
-    s.write_meta(&meta).unwrap();
-    drop(s);
-    let s = RocksState::open(dir.path(), 16).unwrap();
+    old.write_meta(&meta).unwrap();
     assert_eq!(
-        s.checkpoint_meta().unwrap().format,
+        old.all_stat_keys().unwrap(),
+        before,
+        "bincode values read back"
+    );
+    drop(old);
+    let old = open(&old_dir);
+    assert_eq!(
+        old.checkpoint_meta().unwrap().format,
         kmflow::state::STATE_FORMAT
     );
-    assert_eq!(s.rank_boards(), boards);
-    s.set_leaderboard_depth(DEPTH);
-    assert_boards_are_the_ranking(&s);
-    a.rise(&s, &mut rng, 10);
-    assert_boards_are_the_ranking(&s);
+    assert_eq!(old.rank_boards(), boards);
+    assert_boards_are_the_ranking(&old);
+    a.rise(&old, &mut ra, 20);
+    b.rise(&new, &mut rb, 20);
+    assert_eq!(old.all_stat_keys().unwrap(), new.all_stat_keys().unwrap());
+    assert_eq!(old.rank_boards(), new.rank_boards());
 }

@@ -56,7 +56,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An empty batch in `buf` (a buffer [`Batch::into_write_batch`] gave back: its pages are
+    /// An empty batch in `rep` (a buffer [`Batch::into_write_batch`] gave back: its pages are
     /// touched already), with room for `bytes` of records.
     pub(super) fn in_buffer(mut rep: Vec<u8>, bytes: usize) -> Batch {
         rep.clear();

@@ -43,8 +43,9 @@ impl RocksState {
     /// Adds the writes to statistics to `wb`, in the order they come (the store's key order),
     /// each delta as the statistics it adds to ([`expand`]): the statistics of a packed row
     /// (an entity's breakdown buckets; a corporation's member days of one day), gathered while
-    /// their row lasts, as one merge of that row; every other statistic as its own put, merge
-    /// or delete.
+    /// their row lasts, as one merge of that row; the day buckets gathered, summed per bucket
+    /// and written last, in the `days` table's order; every other statistic as its own put,
+    /// merge or delete.
     fn stage_stats(&self, wb: &mut Batch, writes: &Writes) -> Result<(), StateError> {
         let mut stage = Stage {
             wb,
@@ -83,7 +84,7 @@ impl RocksState {
             .iter()
             .map(|(_, s)| s.killmail.attackers.len() * 48 + 512)
             .sum();
-        // A share's delta is four buckets: 80 bytes per write covers it (room reserved and
+        // A share's delta is five buckets: 80 bytes per write covers them (room reserved and
         // not used is never touched, so it costs no memory).
         let spare = std::mem::take(&mut *self.spare_batch.lock());
         let mut wb = Batch::in_buffer(spare, batch.writes.len() * 80 + upserts + 4096);
@@ -142,6 +143,11 @@ impl RocksState {
         let t0 = std::time::Instant::now();
         meta.clock = clock;
         meta.committed_at = now_ms();
+        // Prepared by the previous build (format 5, floors already): it becomes this format
+        // in the same batch, since its merges may write values in the compact encoding.
+        if meta.format >= FLOORS_SINCE {
+            meta.format = STATE_FORMAT;
+        }
         wb.put_cf(
             self.cf_id(CF_META),
             META_CHECKPOINT,
@@ -293,8 +299,12 @@ impl Stage<'_> {
         }
         let (table, key) = k.stored();
         if table == StatTable::Days {
-            // Only merged (checked above): gathered, and written by `merge_days`.
-            self.days.push((key, *v));
+            // Only merged (checked above): gathered, and written by `merge_days`. An entity's
+            // shares of one day come one after another: they sum into one entry.
+            match self.days.last_mut() {
+                Some((last, sum)) if *last == key => sum.merge(v),
+                _ => self.days.push((key, *v)),
+            }
             return;
         }
         let cf = self.stats_cf;

@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// Stats are stored with varint integers: most fields of most keys are small or zero.
+/// Bincode's varint encoding of [`Stats`], which formats up to 5 stored (still read back, see
+/// [`decode_stats`]).
 pub(super) fn stats_codec() -> impl bincode::Options {
     use bincode::Options;
     bincode::DefaultOptions::new().with_varint_encoding()
@@ -187,7 +188,9 @@ fn decode_compact(b: &[u8]) -> Option<Stats> {
         s.seen.first = Some(small(first)?);
     }
     if map & (1 << 15) != 0 {
-        s.seen.last = Some(small(s.seen.first.unwrap_or(0) as i128 + last)?);
+        s.seen.last = Some(small(
+            (s.seen.first.unwrap_or(0) as i128).checked_add(last)?,
+        )?);
     }
     (at == b.len()).then_some(s)
 }
@@ -386,5 +389,16 @@ mod tests {
             buf[i] ^= flip;
             let _ = decode_stats(&buf);
         }
+    }
+
+    /// A last time that would overflow past the first (a 19-byte varint of i128::MAX) is an
+    /// error, not an overflow.
+    #[test]
+    fn a_last_time_beyond_every_integer_is_an_error() {
+        let mut b = vec![COMPACT, 0x00, 0xC0, 0x02];
+        b.push(0xFE);
+        b.extend([0xFF; 17]);
+        b.push(0x03);
+        assert!(decode_stats(&b).is_err());
     }
 }

@@ -4,10 +4,10 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `killmails` | killmail id (u64 BE) | bincode [`StoredKillmail`]: the upsert state |
-//! | `stats` | [`StatKey::to_bytes`]: entity, then dimension (all time, a member's all time) | varint bincode [`Stats`] |
+//! | `stats` | [`StatKey::to_bytes`]: entity, then dimension (all time, a member's all time) | compact [`Stats`] (`codec::encode_stats_into`; varint bincode up to format 5, still read) |
 //! | `stats` | [`StatKey::breakdowns_key`]: entity, then [`tag::BREAKDOWNS`] | the entity's month, group, ship, system and hour buckets ([`breakdowns`]) |
 //! | `stats` | [`StatKey::member_days_key`]: corporation, [`tag::MEMBER_DAYS`], day | the corporation's members' buckets of that day ([`breakdowns`]) |
-//! | `days` | [`StatKey::day_major_bytes`]: day, then entity | varint bincode [`Stats`]: the day buckets windows slide over |
+//! | `days` | [`StatKey::day_major_bytes`]: day, then entity | compact [`Stats`]: the day buckets windows slide over |
 //! | `ranks` | [`RankKey::to_bytes`]: kind, window, metric, value descending, id | empty: the leaderboards |
 //! | `dead_letters` | epoch (u64 BE), index in the checkpoint (u32 BE): oldest first | JSON [`DeadLetterRecord`] |
 //! | `offsets` | topic, 0, partition (i32 BE) | next offset to read (i64 BE) |
