@@ -180,9 +180,22 @@ impl KafkaReader {
     }
 }
 
+/// Errors a poll takes from the consumer's queue before it returns (it is polled again at the
+/// latest after the source's `SIGNALLED_POLL`).
+const MAX_ERRORS_PER_POLL: usize = 16;
+
 impl PartitionReader for KafkaReader {
+    /// librdkafka calls back when the consumer's queue goes from empty to non-empty: a poll
+    /// drains it (or is re-activated at once when it stops at `max`), so every arrival after
+    /// an empty poll wakes the source.
+    fn wake_on_arrival(&mut self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        self.consumer.set_nonempty_callback(wake);
+        true
+    }
+
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> usize {
         let mut n = 0;
+        let mut errors = 0;
         // The last record of each partition in this poll, fingerprinted once at the end.
         let mut last: BTreeMap<(u16, i32), usize> = BTreeMap::new();
         while n < max {
@@ -235,7 +248,12 @@ impl PartitionReader for KafkaReader {
                 Some(Err(e)) => {
                     self.metrics.source.errors.inc();
                     tracing::warn!(error = %e, "kafka: fetch error");
-                    break;
+                    // Drained (a few per poll): the queue must end empty for the next arrival
+                    // to wake the source (`wake_on_arrival`).
+                    errors += 1;
+                    if errors == MAX_ERRORS_PER_POLL {
+                        break;
+                    }
                 }
             }
         }

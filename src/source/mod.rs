@@ -52,6 +52,14 @@ pub trait PartitionReader {
     fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> usize;
     /// The next offset of every partition this reader owns and has a position for.
     fn positions(&self) -> Vec<Position>;
+    /// Asks the reader to call `wake` (from any thread) when something arrives for [`poll`]
+    /// after a poll found nothing; true if it will. A reader that cannot is polled on a timer.
+    ///
+    /// [`poll`]: PartitionReader::poll
+    fn wake_on_arrival(&mut self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        let _ = wake;
+        false
+    }
 }
 
 /// Shared by all workers' sources.
@@ -116,6 +124,10 @@ const BUSY_POLL: Duration = Duration::from_millis(2);
 /// this long; its epoch then closes within `epoch-max-ms`).
 const IDLE_POLL: Duration = Duration::from_millis(10);
 const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How often a source whose reader wakes it on arrival ([`PartitionReader::wake_on_arrival`])
+/// polls anyway when it waits for nothing else: it notices a shutdown within this, and a
+/// wake-up lost would cost at most this much latency.
+const SIGNALLED_POLL: Duration = Duration::from_millis(100);
 
 /// Builds the source operator on this worker.
 pub fn epoch_source<'s>(
@@ -130,6 +142,10 @@ pub fn epoch_source<'s>(
         "Source",
         move |cap, info| {
             ctl.sources.register(&scope, &info.address);
+            let arrival = scope.worker().sync_activator_for(info.address.to_vec());
+            let signalled = reader.wake_on_arrival(Box::new(move || {
+                let _ = arrival.activate();
+            }));
             let activator = scope.activator_for(info.address);
             let mut last_record = Instant::now();
             let mut cap = Some(cap.delayed(&start));
@@ -178,6 +194,12 @@ pub fn epoch_source<'s>(
                 }
                 if got > 0 || close {
                     activator.activate();
+                } else if signalled && !backpressured {
+                    // Records wake it; what is left is the open epoch's deadline.
+                    let wait = first_at.map_or(SIGNALLED_POLL, |t| {
+                        ctl.max_wait.saturating_sub(t.elapsed()).min(SIGNALLED_POLL)
+                    });
+                    activator.activate_after(wait.max(Duration::from_millis(1)));
                 } else if in_epoch == 0 && !backpressured && last_record.elapsed() >= IDLE_AFTER {
                     activator.activate_after(IDLE_POLL);
                 } else {
