@@ -74,6 +74,26 @@ impl Sums {
         *self = a;
     }
 
+    /// Every field in declaration order, as an `i128` (what a codec writes).
+    #[inline]
+    pub fn fields(&self) -> [i128; 14] {
+        macro_rules! list {
+            ($($f:ident),*) => { [$( self.$f as i128 ),*] };
+        }
+        sum_fields!(list)
+    }
+
+    /// The sums of `fields` in declaration order (as [`Sums::fields`] gives them); `None` if
+    /// one does not fit its field.
+    #[inline]
+    pub fn from_fields(fields: [i128; 14]) -> Option<Sums> {
+        let mut next = fields.into_iter();
+        macro_rules! build {
+            ($($f:ident),*) => { Sums { $( $f: next.next()?.try_into().ok()? ),* } };
+        }
+        Some(sum_fields!(build))
+    }
+
     /// The inverse: every field negated.
     pub fn negated(&self) -> Sums {
         let mut a = *self;
@@ -179,13 +199,9 @@ impl Stats {
     /// Every sum folded into one word, compared once: the derived comparison with
     /// `Stats::default()` branched field by field, and a checkpoint asks this of every bucket
     /// it writes.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        let u = &self.sums;
-        let mut any = 0i128;
-        macro_rules! fold {
-            ($($f:ident),*) => { $( any |= u.$f as i128; )* };
-        }
-        sum_fields!(fold);
+        let any = self.sums.fields().into_iter().fold(0, |any, f| any | f);
         any == 0 && self.seen.first.is_none() && self.seen.last.is_none()
     }
 }
@@ -257,6 +273,28 @@ mod tests {
             prop_assert_eq!(join(a, a), a);
             prop_assert_eq!(join(a, Seen::default()), a);
         }
+    }
+
+    /// The fields come back as they went, and a value too wide for its field is refused.
+    #[test]
+    fn sums_round_trip_through_their_fields() {
+        let mut fields = [0i128; 14];
+        for (i, f) in fields.iter_mut().enumerate() {
+            *f = (i as i128 + 1) * if i % 2 == 0 { -1 } else { 1 };
+        }
+        let sums = Sums::from_fields(fields).unwrap();
+        assert_eq!(sums.fields(), fields);
+        assert_eq!(sums.involved, -1);
+        assert_eq!(sums.isk_destroyed_cents, -11);
+        assert_eq!(sums.points_lost, 14);
+        fields[0] = i64::MAX as i128 + 1;
+        assert_eq!(Sums::from_fields(fields), None);
+        fields[0] = 0;
+        fields[10] = i128::MIN;
+        assert_eq!(
+            Sums::from_fields(fields).unwrap().isk_destroyed_cents,
+            i128::MIN
+        );
     }
 
     /// Empty exactly when equal to the default: any one field set, to any value (the high

@@ -1,6 +1,7 @@
 //! How statistics, positions and metadata are laid out as RocksDB bytes.
 
 use super::*;
+use kmflow_dataflows::stats::Sums;
 
 /// Bincode's varint encoding of [`Stats`], which formats up to 5 stored (still read back, see
 /// [`decode_stats`]).
@@ -35,7 +36,7 @@ pub(super) fn encode_stats_into(s: &Stats, buf: &mut Vec<u8>) {
         len: 3,
     };
     let mut map = 0u16;
-    for (bit, v) in sum_fields(&s.sums).into_iter().enumerate() {
+    for (bit, v) in s.sums.fields().into_iter().enumerate() {
         if v != 0 {
             map |= 1 << bit;
             out.put(zigzag(v));
@@ -58,26 +59,6 @@ pub(super) fn encode_stats_into(s: &Stats, buf: &mut Vec<u8>) {
     // the map, then every varint byte `put` wrote, in order from 3), and `len` is at most
     // MAX_STATS_BYTES, which was reserved.
     unsafe { buf.set_len(len) };
-}
-
-/// The fields of `u` in declaration order.
-fn sum_fields(u: &kmflow_dataflows::stats::Sums) -> [i128; 14] {
-    [
-        u.involved as i128,
-        u.kills as i128,
-        u.losses as i128,
-        u.npc_losses as i128,
-        u.final_blows as i128,
-        u.solo_kills as i128,
-        u.solo_losses as i128,
-        u.solo_unknown as i128,
-        u.damage_done as i128,
-        u.damage_taken as i128,
-        u.isk_destroyed_cents,
-        u.isk_lost_cents,
-        u.points_destroyed as i128,
-        u.points_lost as i128,
-    ]
 }
 
 /// The longest encoded `Stats` (181 bytes): the marker and the map, 12 `i64` sums of at most
@@ -158,30 +139,15 @@ fn decode_compact(b: &[u8]) -> Option<Stats> {
             }
         }
     };
-    let small = |v: i128| i64::try_from(v).ok();
-    let mut s = Stats::default();
-    let u = &mut s.sums;
-    for (bit, f) in [
-        &mut u.involved,
-        &mut u.kills,
-        &mut u.losses,
-        &mut u.npc_losses,
-        &mut u.final_blows,
-        &mut u.solo_kills,
-        &mut u.solo_losses,
-        &mut u.solo_unknown,
-        &mut u.damage_done,
-        &mut u.damage_taken,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        *f = small(next(bit as u32)?)?;
+    let mut fields = [0i128; 14];
+    for (bit, f) in fields.iter_mut().enumerate() {
+        *f = next(bit as u32)?;
     }
-    u.isk_destroyed_cents = next(10)?;
-    u.isk_lost_cents = next(11)?;
-    u.points_destroyed = small(next(12)?)?;
-    u.points_lost = small(next(13)?)?;
+    let small = |v: i128| i64::try_from(v).ok();
+    let mut s = Stats {
+        sums: Sums::from_fields(fields)?,
+        ..Default::default()
+    };
     let first = next(14)?;
     let last = next(15)?;
     if map & (1 << 14) != 0 {
@@ -247,6 +213,7 @@ pub(super) fn position_key(topic: &str, partition: i32, offset: Option<i64>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kmflow_dataflows::stats::Seen;
     use proptest::prelude::*;
 
     /// Where bincode's varint changes width (zigzag 250/251, the u16, u32 and u64 steps).
@@ -288,9 +255,12 @@ mod tests {
         ]
     }
 
+    /// The fields of [`Sums`] that are `i128` (the ISK sums), by position in `Sums::fields`.
+    const WIDE: [usize; 2] = [10, 11];
+
     fn any_stats() -> impl Strategy<Value = Stats> {
         (
-            proptest::collection::vec(any_i64(), 12),
+            proptest::collection::vec(any_i64(), 14),
             (any_i128(), any_i128()),
             (
                 proptest::option::of(any_i64()),
@@ -298,57 +268,34 @@ mod tests {
             ),
         )
             .prop_map(|(small, isk, seen)| {
-                let mut s = Stats::default();
-                let u = &mut s.sums;
-                for (f, v) in [
-                    &mut u.involved,
-                    &mut u.kills,
-                    &mut u.losses,
-                    &mut u.npc_losses,
-                    &mut u.final_blows,
-                    &mut u.solo_kills,
-                    &mut u.solo_losses,
-                    &mut u.solo_unknown,
-                    &mut u.damage_done,
-                    &mut u.damage_taken,
-                    &mut u.points_destroyed,
-                    &mut u.points_lost,
-                ]
-                .into_iter()
-                .zip(small)
-                {
-                    *f = v;
+                let mut fields: [i128; 14] = std::array::from_fn(|i| small[i] as i128);
+                (fields[WIDE[0]], fields[WIDE[1]]) = isk;
+                let sums = Sums::from_fields(fields).expect("every field fits");
+                Stats {
+                    sums,
+                    seen: Seen {
+                        first: seen.0,
+                        last: seen.1,
+                    },
                 }
-                (u.isk_destroyed_cents, u.isk_lost_cents) = isk;
-                (s.seen.first, s.seen.last) = seen;
-                s
             })
     }
 
     /// Every field at its widest encodes to exactly `MAX_STATS_BYTES`, and reads back.
     #[test]
     fn the_widest_stats_fill_the_buffer_exactly() {
-        let mut s = Stats::default();
-        let u = &mut s.sums;
-        for f in [
-            &mut u.involved,
-            &mut u.kills,
-            &mut u.losses,
-            &mut u.npc_losses,
-            &mut u.final_blows,
-            &mut u.solo_kills,
-            &mut u.solo_losses,
-            &mut u.solo_unknown,
-            &mut u.damage_done,
-            &mut u.damage_taken,
-            &mut u.points_destroyed,
-            &mut u.points_lost,
-        ] {
-            *f = i64::MIN;
+        let mut fields = [i64::MIN as i128; 14];
+        for i in WIDE {
+            fields[i] = i128::MIN;
         }
-        (u.isk_destroyed_cents, u.isk_lost_cents) = (i128::MIN, i128::MIN);
-        // The last time as far from the first as two i64 can be.
-        (s.seen.first, s.seen.last) = (Some(i64::MIN), Some(i64::MAX));
+        let s = Stats {
+            sums: Sums::from_fields(fields).unwrap(),
+            // The last time as far from the first as two i64 can be.
+            seen: Seen {
+                first: Some(i64::MIN),
+                last: Some(i64::MAX),
+            },
+        };
         let mut buf = Vec::new();
         encode_stats_into(&s, &mut buf);
         assert_eq!(buf.len(), MAX_STATS_BYTES);
