@@ -9,7 +9,8 @@
 //! step, the CPU time of the whole (this thread: RocksDB writes from the calling thread) and
 //! the wall time, and the same for the first killmail into the empty state.
 //!
-//! Run: `cargo bench --bench largest` (`benches/largest.sh` runs it beside a baseline build).
+//! Run: `cargo bench --bench largest` (`benches/largest.sh` runs it beside a baseline build);
+//! `LEVEL=full` skips the all-time level, for a profile of full statistics.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -37,11 +38,16 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
+    // `LEVEL=full`: full statistics only (for a profile of them).
+    let only_full = std::env::var("LEVEL").is_ok_and(|l| l == "full");
     let first = kmflow_dataflows::gen::largest_killmail_copy(0);
     let second = kmflow_dataflows::gen::largest_killmail_copy(1);
     for level in [StatsLevel::AllTime, StatsLevel::Full] {
+        if only_full && level == StatsLevel::AllTime {
+            continue;
+        }
         let mut best = [[f64::MAX; STEPS.len() + 2]; 2];
-        let mut counts = [(0, 0, 0, 0, 0); 2];
+        let mut counts = [(0, 0, 0, 0, [0; STEPS.len()]); 2];
         for _ in 0..rounds {
             let dir = tempfile::tempdir().expect("temp dir");
             let state = RocksState::open(dir.path(), 64).expect("opens");
@@ -66,12 +72,16 @@ fn main() {
                 .map(|(s, t)| format!("{s} {t:.1}"))
                 .collect();
             println!(
-                "{level:?}, {what}: {} statistics, {} writes ({} RocksDB operations, {:.1} MB), {} page faults; best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
+                "{level:?}, {what}: {} statistics, {} writes ({} RocksDB operations, {:.1} MB), {} page faults ({}); best of {rounds} (ms): {}; whole: cpu {:.1}, wall {:.1}",
                 counts[n].0,
                 counts[n].1,
                 counts[n].2,
                 counts[n].3 as f64 / 1e6,
-                counts[n].4,
+                counts[n].4.iter().sum::<i64>(),
+                (STEPS.iter().zip(counts[n].4))
+                    .map(|(s, f)| format!("{s} {f}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 steps.join(", "),
                 best[n][STEPS.len()],
                 best[n][STEPS.len() + 1],
@@ -82,22 +92,23 @@ fn main() {
 
 /// One commit of the killmail into `state` at `epoch`: milliseconds per step, then CPU and
 /// wall for the whole; the statistics and writes it made, the RocksDB operations they took (an
-/// entity's breakdown buckets are one) and their bytes, and the page faults of the whole (each a
-/// page first touched: the kernel zeroes it).
+/// entity's breakdown buckets are one) and their bytes, and the page faults of each step (each
+/// a page first touched: the kernel zeroes it).
 fn one(
     state: &RocksState,
     running: &mut Running,
     payload: &[u8],
     level: StatsLevel,
     epoch: u64,
-) -> ([f64; 7], usize, usize, usize, usize, i64) {
+) -> ([f64; 7], usize, usize, usize, usize, [i64; STEPS.len()]) {
     let topics = vec!["killmails".to_string()];
     let offsets = BTreeMap::from([("killmails".to_string(), BTreeMap::from([(0, epoch as i64)]))]);
     let cpu0 = cpu_ms();
-    let faults0 = page_faults();
+    let mut faults = [page_faults(); STEPS.len() + 1];
     let t0 = Instant::now();
     let km = decode(payload).expect("decodes");
     let t1 = Instant::now();
+    faults[1] = page_faults();
     // As a combiner sums them (one shard here), into a recycled map.
     let mut deltas = [running.checkpoints.map(running.capacity)];
     let mut summing = Summing::default();
@@ -105,12 +116,14 @@ fn one(
     summing.finish(&mut deltas);
     let [deltas] = deltas;
     let t2 = Instant::now();
+    faults[2] = page_faults();
     let keys = deltas.len();
     running.capacity = keys;
     let writes = plan_flush(state, &mut running.cache, deltas)
         .map_err(|(e, _)| e)
         .expect("reads");
     let t3 = Instant::now();
+    faults[3] = page_faults();
     let n = writes.len();
     let mut b = CheckpointBatch::<()> {
         last_epoch: epoch,
@@ -131,6 +144,7 @@ fn one(
         .prepare_checkpoint(&b, &topics, &offsets, &BTreeMap::new())
         .expect("batch");
     let t4 = Instant::now();
+    faults[4] = page_faults();
     let ops = prepared.batch.len();
     let bytes = prepared.batch.data().len();
     let clock = state.clock().advance(prepared.max_time, i64::MAX);
@@ -138,7 +152,8 @@ fn one(
     running.checkpoints.recycle(std::mem::take(&mut b.writes));
     let t5 = Instant::now();
     let cpu = cpu_ms() - cpu0;
-    let faults = page_faults() - faults0;
+    faults[5] = page_faults();
+    let faults = std::array::from_fn(|i| faults[i + 1] - faults[i]);
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let times = [
         ms(t0, t1),
