@@ -113,11 +113,24 @@ fn reads_agree_with_a_scan(s: &RocksState) {
             keys.push(StatKey::new(entity, dim));
         }
     }
+    // Past one `MultiGet` call's worth of keys (they are read in chunks).
+    let keys: Vec<StatKey> = keys
+        .iter()
+        .cycle()
+        .take(keys.len().max(2_500))
+        .copied()
+        .collect();
     let got = StateStore::get_stats(s, &keys).unwrap();
     assert_eq!(got.len(), keys.len());
-    for (k, g) in keys.iter().zip(got) {
-        assert_eq!(g, scanned.get(k).copied(), "{k:?}");
+    for (k, g) in keys.iter().zip(&got) {
+        assert_eq!(*g, scanned.get(k).copied(), "{k:?}");
     }
+    // Only the present ones, with their positions, in order.
+    let present: Vec<(u32, kmflow_dataflows::Stats)> = (got.iter().enumerate())
+        .filter_map(|(i, g)| Some((i as u32, (*g)?)))
+        .collect();
+    assert!(!present.is_empty() && present.len() < keys.len());
+    assert_eq!(StateStore::present_stats(s, &keys).unwrap(), present);
 }
 
 #[test]

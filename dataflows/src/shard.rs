@@ -242,16 +242,26 @@ pub fn plan_flush(
         })
         .filter(|k| cache.rows.get(k).is_none())
         .collect();
-    let fetched = match store.get_stats(&missing) {
-        Ok(f) if f.len() == missing.len() => f,
-        Ok(f) => {
-            let e = format!("asked for {} rows, got {}", missing.len(), f.len());
-            return Err((StoreError(e), dirty));
-        }
+    let fetched = match store.present_stats(&missing) {
+        Ok(f) => f,
         Err(e) => return Err((e, dirty)),
     };
-    // The rows read come in the order they were asked for: the order below.
-    let mut fetched = fetched.into_iter();
+    let in_order = fetched.windows(2).all(|w| w[0].0 < w[1].0);
+    if !in_order
+        || fetched
+            .last()
+            .is_some_and(|&(i, _)| i as usize >= missing.len())
+    {
+        let e = format!(
+            "rows read out of order or beyond the {} asked for",
+            missing.len()
+        );
+        return Err((StoreError(e), dirty));
+    }
+    // The rows read come in the order they were asked for: the order below, where the
+    // `n`th row not in the cache is `missing[n]`.
+    let mut fetched = fetched.into_iter().peekable();
+    let mut missed = 0u32;
     let mut stats = Vec::with_capacity(order.len());
     // Room for the rows read and a put of each of their three leaderboard entries, so neither
     // grows (and rehashes or copies) entry by entry on a large flush.
@@ -279,7 +289,10 @@ pub fn plan_flush(
                 (old, *row)
             }
             None => {
-                let old = fetched.next().flatten().unwrap_or_default();
+                let old = fetched
+                    .next_if(|&(at, _)| at == missed)
+                    .map_or_else(Stats::default, |(_, v)| v);
+                missed += 1;
                 let mut new = old;
                 new.merge(&delta);
                 cache.rows.push(key, new);

@@ -252,6 +252,14 @@ impl RocksState {
                 rocksdb::DBCompressionType::Lz4,
             ]);
             if name == CF_STATS {
+                // A Bloom filter of the memtable's keys, for the checkpoint's reads of all-time
+                // rows that are not there (an entity's first killmail since the last flush):
+                // without it each was a search of the memtable's skiplist. Small (0.5% of the
+                // memtable, a few hundred KiB, which stays in the CPU's cache): larger ones
+                // cost more on every write than they saved on the reads (the largest
+                // killmail's commit +4 ms at 2%, +8 ms at 10%, for -3 ms in its plan).
+                o.set_memtable_whole_key_filtering(true);
+                o.set_memtable_prefix_bloom_ratio(0.005);
                 o.set_merge_operator_associative("kmflow_stats_table_add", merge_stats_table);
             }
             if name == CF_DAYS {
@@ -406,6 +414,19 @@ impl RocksState {
 }
 
 impl StateStore for RocksState {
+    fn present_stats(&self, keys: &[StatKey]) -> Result<Vec<(u32, Stats)>, StoreError> {
+        let mut out = Vec::new();
+        RocksState::read_stats(self, &self.db.snapshot(), keys, |i, v| {
+            out.push((i as u32, v))
+        })
+        .map_err(|e| StoreError(e.to_string()))?;
+        // In the order asked (`read_stats` goes table by table).
+        if !out.is_sorted_by_key(|&(i, _)| i) {
+            out.sort_unstable_by_key(|&(i, _)| i);
+        }
+        Ok(out)
+    }
+
     fn multi_get(&self, ids: &[u64]) -> Result<Vec<Option<StoredKillmail>>, StoreError> {
         let keys: Vec<[u8; 8]> = ids.iter().map(|id| id.to_be_bytes()).collect();
         let snap = self.db.snapshot();

@@ -18,6 +18,9 @@ pub type AsOf<T> = (T, Option<CheckpointMeta>);
 /// How many entries of a window leaderboard are kept between commits (the API's largest limit).
 pub const WINDOW_RANKING_DEPTH: usize = 1000;
 
+/// The most keys of one `MultiGet` call (see [`RocksState::batched_get`]).
+const MULTI_GET_CHUNK: usize = 1024;
+
 pub(super) type WindowBoards = std::collections::HashMap<
     (EntityKind, u8, Metric),
     (u64, Option<CheckpointMeta>, Vec<RankedEntry>),
@@ -81,6 +84,19 @@ impl RocksState {
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
         keys: &[StatKey],
     ) -> Result<Vec<Option<Stats>>, StateError> {
+        let mut out: Vec<Option<Stats>> = vec![None; keys.len()];
+        self.read_stats(snap, keys, |i, v| out[i] = Some(v))?;
+        Ok(out)
+    }
+
+    /// Hands `found` the position and stored value of each of `keys` that has one, table by
+    /// table (`stats`, then `days`), each table's in the order asked.
+    pub(super) fn read_stats(
+        &self,
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        keys: &[StatKey],
+        mut found: impl FnMut(usize, Stats),
+    ) -> Result<(), StateError> {
         // Each key's table and stored key (a breakdown bucket is found in its entity's
         // breakdowns row), then one batched read per table.
         let stored: Vec<(bool, KeyBytes)> = keys
@@ -90,7 +106,6 @@ impl RocksState {
                 (None, (table, b)) => (table == StatTable::Days, b),
             })
             .collect();
-        let mut out: Vec<Option<Stats>> = vec![None; keys.len()];
         for (days, cf) in [(false, CF_STATS), (true, CF_DAYS)] {
             let at: Vec<usize> = (0..keys.len()).filter(|&i| stored[i].0 == days).collect();
             if at.is_empty() {
@@ -98,14 +113,17 @@ impl RocksState {
             }
             let got = self.batched_get(snap, self.cf(cf), at.iter().map(|&i| &stored[i].1[..]));
             for (i, g) in at.into_iter().zip(got) {
-                out[i] = match (g?, Packed::of(keys[i])) {
+                let value = match (g?, Packed::of(keys[i])) {
                     (Some(v), Some(_)) => Packed::find(&v, keys[i].dim)?,
                     (Some(v), None) => stored_stats(&v)?,
                     (None, _) => None,
                 };
+                if let Some(v) = value {
+                    found(i, v);
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The values of `keys` in `cf` as of `snap`, in one batched read (RocksDB's `MultiGet`
@@ -121,11 +139,19 @@ impl RocksState {
         let sorted = keys.windows(2).all(|w| w[0] <= w[1]);
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_snapshot(snap);
-        self.db
-            .batched_multi_get_cf_opt(cf, keys, sorted, &opts)
-            .into_iter()
-            .map(|r| r.map_err(|e| self.err(e)))
-            .collect()
+        // In chunks: RocksDB sets up a context of about a hundred bytes per key of a call,
+        // megabytes of fresh memory for a large checkpoint's tens of thousands of rows.
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MULTI_GET_CHUNK) {
+            out.extend(
+                (self
+                    .db
+                    .batched_multi_get_cf_opt(cf, chunk, sorted, &opts)
+                    .into_iter())
+                .map(|r| r.map_err(|e| self.err(e))),
+            );
+        }
+        out
     }
 
     /// The breakdown buckets of `entity` whose tag (month, group, ship, system, hour) is `wanted`, at
