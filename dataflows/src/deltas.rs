@@ -241,6 +241,7 @@ impl Summing {
     const HELD: usize = 256;
 
     /// Adds `delta` to statistic `key` of `maps[to]` (at the latest by [`Summing::finish`]).
+    #[inline]
     pub fn add(&mut self, maps: &mut [DeltaMap], to: usize, key: StatKey, delta: Stats) {
         if self.buffers.len() < maps.len() {
             self.buffers.resize_with(maps.len(), Vec::new);

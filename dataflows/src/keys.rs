@@ -91,6 +91,7 @@ impl Dim {
 
     /// The tag and bucket of a breakdown dimension (a month, group, ship, system or hour),
     /// which is stored in its entity's breakdowns row ([`StatKey::breakdowns_key`]).
+    #[inline]
     pub fn breakdown(self) -> Option<(u8, u32)> {
         match self {
             Dim::Month(x) => Some((tag::MONTH, x)),
@@ -230,10 +231,12 @@ pub struct StatKey {
 }
 
 impl StatKey {
+    #[inline]
     pub fn new(entity: EntityKey, dim: Dim) -> Self {
         StatKey { entity, dim }
     }
 
+    #[inline]
     pub fn all(entity: EntityKey) -> Self {
         StatKey::new(entity, Dim::All)
     }
@@ -247,6 +250,7 @@ impl StatKey {
     }
 
     /// Entity-major bytes (see the module docs). Day buckets use [`StatKey::day_major_bytes`].
+    #[inline]
     pub fn to_bytes(self) -> KeyBytes {
         let mut b = KeyBytes::default();
         b.extend(&self.entity.to_bytes());
@@ -318,6 +322,7 @@ impl StatKey {
     /// Where the statistic is stored: day buckets day-major in the `days` table, every
     /// other statistic entity-major in the `stats` table. The one place that decides it, for
     /// writes, reads and the order a shard hands its writes over in.
+    #[inline]
     pub fn stored(self) -> (StatTable, KeyBytes) {
         match self.day_major_bytes() {
             Some(b) => (StatTable::Days, b),

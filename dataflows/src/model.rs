@@ -188,11 +188,13 @@ pub struct EntityKey {
 }
 
 impl EntityKey {
+    #[inline]
     pub fn new(kind: EntityKind, id: u64) -> Self {
         EntityKey { kind, id }
     }
 
     /// Big-endian bytes `[kind, id]`, so RocksDB orders keys by kind then id.
+    #[inline]
     pub fn to_bytes(self) -> [u8; 9] {
         let mut b = [0u8; 9];
         b[0] = self.kind as u8;

@@ -65,6 +65,7 @@ impl Sums {
     /// ISK and points), so a sum reaches `i64::MAX` only after billions of killmails of one
     /// entity; the arithmetic saturates there rather than wrap, so no input can turn a sum
     /// negative. Within that range (every reachable value) the group laws hold exactly.
+    #[inline]
     pub fn add(&mut self, other: &Sums) {
         let mut a = *self;
         macro_rules! add {
@@ -148,6 +149,7 @@ impl Seen {
     }
 
     /// The join: earliest first, latest last.
+    #[inline]
     pub fn join(&mut self, other: &Seen) {
         self.first = min_opt(self.first, other.first);
         self.last = max_opt(self.last, other.last);
@@ -165,6 +167,7 @@ pub struct Stats {
 
 impl Stats {
     /// Sums seen at `t`.
+    #[inline]
     pub fn at(sums: Sums, t: i64) -> Stats {
         Stats {
             sums,
@@ -173,6 +176,7 @@ impl Stats {
     }
 
     /// Merges `other` into `self`: sums add, times join.
+    #[inline]
     pub fn merge(&mut self, other: &Stats) {
         self.sums.add(&other.sums);
         self.seen.join(&other.seen);
@@ -187,6 +191,7 @@ impl Stats {
     }
 
     /// The same sums without times (what windows and day buckets keep).
+    #[inline]
     pub fn without_times(self) -> Stats {
         Stats {
             sums: self.sums,

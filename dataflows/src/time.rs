@@ -90,17 +90,20 @@ pub fn format_rfc3339(t: i64) -> String {
 }
 
 /// The UTC day (days since 1970-01-01) of Unix time `t`.
+#[inline]
 pub fn day_of(t: i64) -> i32 {
     t.div_euclid(86_400) as i32
 }
 
 /// The calendar month `YYYYMM` of a UTC day.
+#[inline]
 pub fn month_of_day(day: i32) -> u32 {
     let (y, m, _) = civil_from_days(day as i64);
     (y.clamp(0, 9999) as u32) * 100 + m
 }
 
 /// Day of week (Monday 0) × 24 + hour of day (UTC) of Unix time `t`: a heatmap cell, 0..168.
+#[inline]
 pub fn week_hour(t: i64) -> u8 {
     // 1970-01-01 was a Thursday (3 with Monday 0).
     let dow = (day_of(t) as i64 + 3).rem_euclid(7);
