@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::source::fingerprint;
+use crate::source::fnv1a;
 use crate::state::{Batch, CheckpointMeta, PreparedCheckpoint};
 
 const MAGIC: &[u8; 8] = b"KMFLOWP1";
@@ -30,7 +30,7 @@ pub fn save(state_dir: &Path, p: &PreparedCheckpoint) -> std::io::Result<()> {
     bytes.extend_from_slice(&meta);
     bytes.extend_from_slice(&max_time_bytes(p.max_time));
     bytes.extend_from_slice(data);
-    let sum = fingerprint(&bytes);
+    let sum = fnv1a(&bytes);
     bytes.extend_from_slice(&sum.to_be_bytes());
     let tmp = state_dir.join(format!("{FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
@@ -58,7 +58,7 @@ pub fn load(state_dir: &Path) -> std::io::Result<Option<PreparedCheckpoint>> {
         return Err(bad("not a prepared checkpoint"));
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
-    if fingerprint(body).to_be_bytes() != sum {
+    if fnv1a(body).to_be_bytes() != sum {
         return Err(bad("checksum mismatch"));
     }
     let meta_len = u32::from_be_bytes(body[8..12].try_into().expect("4 bytes")) as usize;

@@ -15,7 +15,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use kmflow_dataflows::{RawRecord, SourcePos};
 
-use super::{fingerprint, PartitionReader, Position};
+use super::{fingerprint, fingerprint_matches, PartitionReader, Position};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 
@@ -389,8 +389,10 @@ pub fn verify_positions(
             if m.offset() < want {
                 continue; // read forward to the wanted message
             }
-            let fp = fingerprint(m.payload().unwrap_or_default());
-            let matches = m.offset() == want && (want_fp == 0 || fp == want_fp);
+            let payload = m.payload().unwrap_or_default();
+            let fp = fingerprint(payload);
+            let matches =
+                m.offset() == want && (want_fp == 0 || fingerprint_matches(payload, want_fp));
             let conclusive = matches || m.offset() == want || starts[&key] == lo || last;
             if !conclusive {
                 continue; // the broker skipped ahead; an earlier start will tell
