@@ -342,7 +342,10 @@ pub fn plan_flush(
 /// big-endian words and the length a fifth, so comparing them is comparing the bytes (a key
 /// sorts before every longer key it prefixes) in a few integer compares: typed comparisons,
 /// which walk the derived orders of `StatKey` and `Dim`, were 13% of a 20,000-attacker
-/// killmail's CPU.
+/// killmail's CPU. Sorted by the stable sort (the keys are distinct, so the order is the same),
+/// which merges the runs already in order: a killmail's statistics come entity by entity, each
+/// kind's entities in the order of its rows, and the unstable sort, which does not use them,
+/// took 2.3 ms more on the largest killmail.
 fn store_order(entries: &[(StatKey, Stats)]) -> Vec<Positioned> {
     let mut order: Vec<([u64; 4], u64)> = Vec::with_capacity(entries.len());
     for (i, (k, d)) in entries.iter().enumerate() {
@@ -360,7 +363,7 @@ fn store_order(entries: &[(StatKey, Stats)]) -> Vec<Positioned> {
         let tail = (key.len() as u64) << 33 | all_time << 32 | i as u64;
         order.push(([word(0), word(1), word(2), word(3)], tail));
     }
-    order.sort_unstable();
+    order.sort();
     order
         .into_iter()
         .map(|(_, tail)| Positioned {
