@@ -10,17 +10,21 @@
 //! the wall time, and the same for the first killmail into the empty state.
 //!
 //! Run: `cargo bench --bench largest` (`benches/largest.sh` runs it beside a baseline build);
-//! `LEVEL=full` skips the all-time level, for a profile of full statistics.
+//! `LEVEL=full` skips the all-time level, for a profile of full statistics; `SHARDS=2` splits
+//! the statistics over two shards (two maps, two plans, a batch of two parts), as a kmflow with
+//! two workers has them.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kmflow::state::RocksState;
+use kmflow_dataflows::aggregate::Writes;
 use kmflow_dataflows::checkpoint::CheckpointBatch;
 use kmflow_dataflows::contrib::{for_each_contribution, StatsLevel};
 use kmflow_dataflows::decode::decode;
+use kmflow_dataflows::deltas::DeltaMap;
 use kmflow_dataflows::deltas::Summing;
-use kmflow_dataflows::shard::{plan_flush, AllTimeCache, Checkpoints};
+use kmflow_dataflows::shard::{key_group, owner, plan_flush, AllTimeCache, Checkpoints};
 use kmflow_dataflows::{SourcePos, StoredKillmail};
 
 const STEPS: [&str; 5] = ["decode", "deltas", "plan", "batch", "commit"];
@@ -28,7 +32,8 @@ const STEPS: [&str; 5] = ["decode", "deltas", "plan", "batch", "commit"];
 /// What a running kmflow keeps from one checkpoint to the next.
 struct Running {
     checkpoints: Checkpoints,
-    cache: AllTimeCache,
+    /// Each shard's all-time cache.
+    caches: Vec<AllTimeCache>,
     /// The combiner's capacity hint: the last epoch's statistics.
     capacity: usize,
 }
@@ -40,6 +45,12 @@ fn main() {
         .unwrap_or(7);
     // `LEVEL=full`: full statistics only (for a profile of them).
     let only_full = std::env::var("LEVEL").is_ok_and(|l| l == "full");
+    // `SHARDS=2`: the statistics split over two shards, as a kmflow with two workers has them.
+    let shards: usize = std::env::var("SHARDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let first = kmflow_dataflows::gen::largest_killmail_copy(0);
     let second = kmflow_dataflows::gen::largest_killmail_copy(1);
     for level in [StatsLevel::AllTime, StatsLevel::Full] {
@@ -53,7 +64,7 @@ fn main() {
             let state = RocksState::open(dir.path(), 64).expect("opens");
             let mut running = Running {
                 checkpoints: Checkpoints::new(1),
-                cache: AllTimeCache::new(1 << 20),
+                caches: (0..shards).map(|_| AllTimeCache::new(1 << 20)).collect(),
                 capacity: 0,
             };
             for (n, payload) in [&first, &second].into_iter().enumerate() {
@@ -109,19 +120,28 @@ fn one(
     let km = decode(payload).expect("decodes");
     let t1 = Instant::now();
     faults[1] = page_faults();
-    // As a combiner sums them (one shard here), into a recycled map.
-    let mut deltas = [running.checkpoints.map(running.capacity)];
+    // As a combiner sums them (a map per shard), into recycled maps.
+    let shards = running.caches.len();
+    let mut deltas: Vec<DeltaMap> = (0..shards)
+        .map(|_| running.checkpoints.map(running.capacity))
+        .collect();
     let mut summing = Summing::default();
-    for_each_contribution(&km, level, |k, s| summing.add(&mut deltas, 0, k, s));
+    for_each_contribution(&km, level, |k, s| {
+        let to = owner(key_group(k.entity), shards);
+        summing.add(&mut deltas, to, k, s)
+    });
     summing.finish(&mut deltas);
-    let [deltas] = deltas;
     let t2 = Instant::now();
     faults[2] = page_faults();
-    let keys = deltas.len();
-    running.capacity = keys;
-    let writes = plan_flush(state, &mut running.cache, deltas)
-        .map_err(|(e, _)| e)
-        .expect("reads");
+    let keys = deltas.iter().map(DeltaMap::len).sum();
+    running.capacity = deltas.iter().map(DeltaMap::len).max().unwrap_or(0);
+    let mut writes = Writes::default();
+    for (cache, deltas) in running.caches.iter_mut().zip(deltas) {
+        let part = plan_flush(state, cache, deltas)
+            .map_err(|(e, _)| e)
+            .expect("reads");
+        writes.append(part);
+    }
     let t3 = Instant::now();
     faults[3] = page_faults();
     let n = writes.len();

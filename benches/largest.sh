@@ -17,7 +17,11 @@
 # what as long a wait costs when idle (its timers and the script's polling, measured for 3 s
 # after a small warm-up killmail), divided by COUNT. RocksDB's background threads (memtable
 # flushes, compactions: deferred, and shared by every write) are shown apart; they vary with
-# when a flush happens to fall. The wall time is produce → visible in the API, which includes
+# when a flush happens to fall. The work is also split by thread (schedstat, each part less
+# its own idle rate): the timely workers (source, decoding, contributions, the shards' plans
+# and reads), the checkpointer (the batch and its synced commit), librdkafka's threads, and the
+# rest (the API answering the script's polls, threads that exited). The wall time is produce →
+# visible in the API, which includes
 # the checkpoint interval. `cargo bench --bench largest` splits the same path into its steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,6 +100,16 @@ cpu_ns() { # $1: own | rocksdb
   total=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f\n", ($14 + $15) * 1e9 / hz}' /proc/"$KPID"/stat)
   echo $((total - r))
 }
+# CPU time (ns) of the threads that live through the run, by part: "workers checkpointer
+# kafka" (the timely workers: source, decode, contributions, the shards' plans; the
+# checkpointer: the batch and the commit; librdkafka's threads), from their schedstat.
+parts_ns() {
+  for t in /proc/"$KPID"/task/*; do
+    printf '%s\t%s\n' "$(cat "$t/comm" 2>/dev/null)" "$(cut -d' ' -f1 "$t/schedstat" 2>/dev/null)"
+  done | awk -F'\t' '
+    $1 ~ /^timely/ { w += $2 } $1 ~ /^kmflow-checkpoi/ { c += $2 } $1 ~ /^rdk:/ { k += $2 }
+    END { printf "%.0f %.0f %.0f\n", w, c, k }'
+}
 now_ns() { date +%s%N; }
 committed() {
   curl -s -X POST "$API/v1/characters:batch" -d '{"ids":[]}' |
@@ -117,10 +131,12 @@ run() { # $1 label, $2 binary, $3 level, $4 run number; prints "label level work
   sleep 2
   # Idle: what 3 s of the same polling costs.
   local c0 t0 c1 t1 idle works="" walls=""
-  c0=$(cpu_ns own); t0=$(now_ns)
+  local p0 p1 idle_parts
+  c0=$(cpu_ns own); p0=$(parts_ns); t0=$(now_ns)
   for _ in $(seq 60); do committed "$topic" >/dev/null; sleep 0.05; done
-  c1=$(cpu_ns own); t1=$(now_ns)
+  c1=$(cpu_ns own); p1=$(parts_ns); t1=$(now_ns)
   idle=$(python3 -c "print(($c1 - $c0) / ($t1 - $t0))")
+  idle_parts=$(python3 -c "import sys; a, b = sys.argv[1].split(), sys.argv[2].split(); print(' '.join(str((int(y) - int(x)) / ($t1 - $t0)) for x, y in zip(a, b)))" "$p0" "$p1")
   local c_start t_start perf_pid=""
   # PERF=dir: profile this checkout's binary over the measured killmails (perf record -g).
   if [ -n "${PERF:-}" ] && [ "$1" = current ]; then
@@ -128,7 +144,8 @@ run() { # $1 label, $2 binary, $3 level, $4 run number; prints "label level work
     perf_pid=$!
   fi
   local r_start r1
-  c_start=$(cpu_ns own); r_start=$(cpu_ns rocksdb); t_start=$(now_ns)
+  local parts_start parts_end
+  c_start=$(cpu_ns own); r_start=$(cpu_ns rocksdb); parts_start=$(parts_ns); t_start=$(now_ns)
   for c in $(seq 0 $((COUNT - 1))); do
     t0=$(now_ns)
     "$WORK/kmflow" import "$WORK/km$c.json" --topic "$topic" --brokers "127.0.0.1:$BPORT" >>"$WORK/import.log" 2>&1
@@ -138,10 +155,16 @@ run() { # $1 label, $2 binary, $3 level, $4 run number; prints "label level work
   done
   # What a killmail's commit leaves to do afterwards (flushes, the live feed) counts too.
   for _ in $(seq 40); do committed "$topic" >/dev/null; sleep 0.05; done
-  c1=$(cpu_ns own); r1=$(cpu_ns rocksdb); t1=$(now_ns)
+  c1=$(cpu_ns own); r1=$(cpu_ns rocksdb); parts_end=$(parts_ns); t1=$(now_ns)
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; fi
   works=$(python3 -c "print(round((($c1 - $c_start) - $idle * ($t1 - $t_start)) / 1e6 / $COUNT, 1))")
   works="$works $(python3 -c "print(round(($r1 - $r_start) / 1e6 / $COUNT, 1))")"
+  # The same per part (workers, checkpointer, Kafka client), each less its own idle rate.
+  works="$works $(python3 -c "
+import sys
+a, b, idle = (v.split() for v in sys.argv[1:4])
+print(' '.join(str(round(((int(y) - int(x)) - float(i) * ($t1 - $t_start)) / 1e6 / $COUNT, 1)) for x, y, i in zip(a, b, idle)))
+" "$parts_start" "$parts_end" "$idle_parts")"
   kill -TERM "$KPID"; wait "$KPID" 2>/dev/null || true
   rm -rf "$state"
   echo "$1|$3|$works|$walls"
@@ -162,12 +185,17 @@ import statistics, sys
 rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
 print(f"  {'binary':<22} {'statistics':<10} {'work per killmail (ms)':<24} {'+ RocksDB background (ms)':<27} {'produce to visible (ms), median':<30}")
 median = {}
+parts = []
 for label, level, works, walls in rows:
-    own, background = (float(x) for x in works.split())
+    own, background, workers, checkpointer, kafka = (float(x) for x in works.split())
     t = [float(x) for x in walls.split()]
     median[(label, level)] = own
     name = f"baseline {sys.argv[2]}" if label == "baseline" else "kmflow (this checkout)"
     print(f"  {name:<22} {level:<10} {own:>8.1f}{'':<16} {background:>8.1f}{'':<19} {statistics.median(t):>8.0f}")
+    parts.append((name, level, workers, checkpointer, kafka, own - workers - checkpointer - kafka))
+print(f"  of the work (ms): {'binary':<22} {'statistics':<10} {'workers':>8} {'checkpointer':>13} {'Kafka client':>13} {'the rest (API, ...)':>20}")
+for name, level, w, c, k, rest in parts:
+    print(f"                    {name:<22} {level:<10} {w:>8.1f} {c:>13.1f} {k:>13.1f} {rest:>20.1f}")
 for level in sorted({l for _, l in median}):
     if ("baseline", level) in median and ("current", level) in median:
         print(f"  {level}: this checkout does {median[('current', level)] / median[('baseline', level)]:.2f}x the baseline's work")
