@@ -134,10 +134,31 @@ impl Writes {
         self.parts.extend(other.parts);
     }
 
-    /// The writes to statistics, part by part, by reference: what a write does, the key and
-    /// the delta (`Merge`) or new value (`Put`).
+    /// The writes to statistics, by reference: what a write does, the key and the delta
+    /// (`Merge`) or new value (`Put`). The parts' writes are merged by table (`stats`, then
+    /// the day buckets' `days`) and entity: an entity's statistics are all in one part, in
+    /// store order, so the `stats` table's writes come in its order, as one run rather than a
+    /// run per part (RocksDB's memtable inserts each next to the one before; two runs cost the
+    /// largest killmail's commit 2 ms more with two shards).
     pub fn stats(&self) -> impl Iterator<Item = (StatOp, &StatKey, &Stats)> + '_ {
-        self.parts.iter().flat_map(WritesPart::stats)
+        let mut parts: Vec<_> = self.parts.iter().map(|p| p.stats().peekable()).collect();
+        let order = |k: &StatKey| (k.dim.day().is_some(), k.entity.to_bytes());
+        std::iter::from_fn(move || {
+            if let [only] = &mut parts[..] {
+                return only.next();
+            }
+            // The part whose next write comes first (the first such part on a tie).
+            let mut first: Option<(usize, (bool, [u8; 9]))> = None;
+            for (i, part) in parts.iter_mut().enumerate() {
+                if let Some((_, k, _)) = part.peek() {
+                    let at = order(k);
+                    if first.is_none_or(|(_, f)| at < f) {
+                        first = Some((i, at));
+                    }
+                }
+            }
+            parts[first?.0].next()
+        })
     }
 
     /// The all-time rows put (with their new values) or deleted, part by part: only those

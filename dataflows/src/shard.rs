@@ -536,49 +536,70 @@ mod tests {
                 .filter(|(_, d)| !d.is_empty())
                 .map(|(k, _)| *k)
                 .collect();
-            let mut cache = AllTimeCache::new(64);
-            let writes = plan_flush(&MemoryStore::default(), &mut cache, dirty).expect("memory");
-            let order = |w: &Write| -> (u8, Vec<u8>) {
-                match w {
-                    Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => {
-                        match k.day_major_bytes() {
-                            None => (0, k.to_bytes().to_vec()),
-                            Some(b) => (1, b.to_vec()),
-                        }
-                    }
-                    Write::RankPut(r) | Write::RankDelete(r) => (2, r.to_bytes().to_vec()),
+            // One shard, then three (their parts merged by `Writes::stats`).
+            for shards in [1, 3] {
+                let mut writes = Writes::default();
+                let mut parts: Vec<DeltaMap> = (0..shards).map(|_| DeltaMap::default()).collect();
+                for (k, d) in dirty.iter() {
+                    parts[entity_owner(k.entity, shards)].merge(*k, d);
                 }
-            };
-            // The shard's own writes, deltas as they are (the store expands a share or a
-            // member day into the statistics it adds to).
-            let statistics: Vec<Write> = writes
-                .stats()
-                .map(|(op, &k, &v)| match op {
-                    StatOp::Merge => Write::Merge(k, v),
-                    StatOp::Put => Write::Put(k, v),
-                    StatOp::Delete => Write::Delete(k),
-                })
-                .collect();
-            let ranks: Vec<Write> = writes.iter().filter(|w| order(w).0 == 2).collect();
-            assert_eq!(writes.len(), statistics.len() + ranks.len());
-            for part in [&statistics, &ranks] {
-                let keys: Vec<_> = part.iter().map(order).collect();
-                let mut sorted = keys.clone();
-                sorted.sort();
-                assert_eq!(keys, sorted, "{len} statistics");
+                for part in parts {
+                    let mut cache = AllTimeCache::new(64);
+                    writes.append(
+                        plan_flush(&MemoryStore::default(), &mut cache, part).expect("memory"),
+                    );
+                }
+                let order = |w: &Write| -> (u8, Vec<u8>) {
+                    match w {
+                        Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => {
+                            match k.day_major_bytes() {
+                                None => (0, k.to_bytes().to_vec()),
+                                Some(b) => (1, b.to_vec()),
+                            }
+                        }
+                        Write::RankPut(r) | Write::RankDelete(r) => (2, r.to_bytes().to_vec()),
+                    }
+                };
+                // The shard's own writes, deltas as they are (the store expands a share or a
+                // member day into the statistics it adds to).
+                let statistics: Vec<Write> = writes
+                    .stats()
+                    .map(|(op, &k, &v)| match op {
+                        StatOp::Merge => Write::Merge(k, v),
+                        StatOp::Put => Write::Put(k, v),
+                        StatOp::Delete => Write::Delete(k),
+                    })
+                    .collect();
+                let ranks: Vec<Write> = writes.iter().filter(|w| order(w).0 == 2).collect();
+                assert_eq!(writes.len(), statistics.len() + ranks.len());
+                // In store order: one shard's every write; the `stats` table's of several (the
+                // day buckets then come by entity, each part's ranks in its own order).
+                let in_order = |keys: Vec<(u8, Vec<u8>)>| {
+                    let mut sorted = keys.clone();
+                    sorted.sort();
+                    assert_eq!(keys, sorted, "{len} statistics, {shards} shards");
+                };
+                let tables: Vec<u8> = statistics.iter().map(|w| order(w).0).collect();
+                assert!(tables.is_sorted(), "the stats table first");
+                if shards == 1 {
+                    in_order(statistics.iter().map(order).collect());
+                    in_order(ranks.iter().map(order).collect());
+                } else {
+                    in_order(statistics.iter().map(order).filter(|o| o.0 == 0).collect());
+                }
+                let mut written: Vec<StatKey> = statistics
+                    .iter()
+                    .map(|w| match w {
+                        Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => *k,
+                        _ => unreachable!("a statistic"),
+                    })
+                    .collect();
+                let mut expected = touched.clone();
+                written.sort();
+                expected.sort();
+                assert_eq!(written, expected, "one write per touched statistic");
+                assert!(len < 100 || !ranks.is_empty(), "leaderboard entries");
             }
-            let mut written: Vec<StatKey> = statistics
-                .iter()
-                .map(|w| match w {
-                    Write::Put(k, _) | Write::Merge(k, _) | Write::Delete(k) => *k,
-                    _ => unreachable!("a statistic"),
-                })
-                .collect();
-            let mut expected = touched;
-            written.sort();
-            expected.sort();
-            assert_eq!(written, expected, "one write per touched statistic");
-            assert!(len < 100 || !ranks.is_empty(), "leaderboard entries");
         }
     }
 

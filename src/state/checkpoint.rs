@@ -327,7 +327,9 @@ impl Stage<'_> {
         let mut order: Vec<(KeyBytes, u32)> = (self.days.iter().enumerate())
             .map(|(i, (k, _))| (*k, i as u32))
             .collect();
-        order.sort_unstable();
+        // The stable sort (the same order: the pairs are distinct) merges the runs already in
+        // order: each shard's part of the batch brings its buckets in key order.
+        order.sort();
         let mut at = 0;
         while at < order.len() {
             let key = order[at].0;

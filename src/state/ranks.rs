@@ -229,7 +229,7 @@ impl RocksState {
             .filter(|(r, put)| *put && mine(r))
             .map(|(r, _)| *r)
             .collect();
-        puts.sort_unstable_by_key(RankKey::store_order);
+        puts.sort_by_key(RankKey::store_order);
         let deleted: rustc_hash::FxHashSet<RankKey> = writes
             .ranks()
             .filter(|(r, put)| !*put && mine(r))
