@@ -21,8 +21,8 @@
 # its own idle rate): the timely workers (source, decoding, contributions, the shards' plans
 # and reads), the checkpointer (the batch and its synced commit), librdkafka's threads, and the
 # rest (the API answering the script's polls, threads that exited). The wall time is produce →
-# visible in the API, which includes
-# the checkpoint interval. `cargo bench --bench largest` splits the same path into its steps.
+# visible in the API, which includes the checkpoint interval. `cargo bench --bench largest`
+# splits the same path into its steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
