@@ -42,9 +42,13 @@ const FINGERPRINT_WHOLE: usize = 64 << 10;
 
 /// The fingerprint of a payload, stored with the offsets: FNV-1a of the payload if it is up to
 /// 64 KiB (a killmail of the real data is under 20 KiB), else FNV-1a of its first 32 KiB, its
-/// last 32 KiB and its length (8 bytes, little-endian). Stable across versions and platforms;
-/// up to 64 KiB it is what every earlier build stored. FNV-1a goes a byte at a time: over the
-/// whole of the largest killmail (2.2 MB) it cost a worker 3 ms.
+/// last 32 KiB and its length (8 bytes, little-endian). Stable across platforms; up to 64 KiB
+/// it is what every earlier build stored, and this build accepts an earlier build's whole one
+/// ([`fingerprint_matches`]). One way only: an earlier build that opens a state this build
+/// wrote, where a partition's last message read was over 64 KiB, finds that position's
+/// fingerprint different and treats the partition as recreated (`kafka.on-offset-reset`:
+/// stopped, or read again from its start, which the upsert makes no-ops of). FNV-1a goes a
+/// byte at a time: over the whole of the largest killmail (2.2 MB) it cost a worker 3 ms.
 pub fn fingerprint(payload: &[u8]) -> u64 {
     if payload.len() <= FINGERPRINT_WHOLE {
         return fnv1a(payload);

@@ -328,7 +328,8 @@ impl Stage<'_> {
             .map(|(i, (k, _))| (*k, i as u32))
             .collect();
         // The stable sort (the same order: the pairs are distinct) merges the runs already in
-        // order: each shard's part of the batch brings its buckets in key order.
+        // order: the buckets come in their entities' order, so those of one day are in key
+        // order (every bucket of a checkpoint within one day; the largest killmail's).
         order.sort();
         let mut at = 0;
         while at < order.len() {

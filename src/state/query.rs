@@ -126,9 +126,10 @@ impl RocksState {
         Ok(())
     }
 
-    /// The values of `keys` in `cf` as of `snap`, in one batched read (RocksDB's `MultiGet`
-    /// with one column family: one pass over the memtables and files, values pinned, not
-    /// copied). Keys already in order, as a checkpoint's plan asks for them, skip its sort.
+    /// The values of `keys` in `cf` as of `snap`, in batched reads of up to
+    /// [`MULTI_GET_CHUNK`] keys (RocksDB's `MultiGet` with one column family: a pass over the
+    /// memtables and files per call, values pinned, not copied; every call reads the same
+    /// snapshot). Keys already in order, as a checkpoint's plan asks for them, skip its sort.
     pub(super) fn batched_get<'k>(
         &self,
         snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
