@@ -390,7 +390,6 @@ pub fn verify_positions(
                 continue; // read forward to the wanted message
             }
             let payload = m.payload().unwrap_or_default();
-            let fp = fingerprint(payload);
             let matches =
                 m.offset() == want && (want_fp == 0 || fingerprint_matches(payload, want_fp));
             let conclusive = matches || m.offset() == want || starts[&key] == lo || last;
@@ -408,7 +407,7 @@ pub fn verify_positions(
                     want_offset = want,
                     got_offset = m.offset(),
                     want_fingerprint = want_fp,
-                    got_fingerprint = fp,
+                    got_fingerprint = fingerprint(payload),
                     "kafka: stored position does not match the partition"
                 );
                 failed.push(key);
